@@ -1,0 +1,113 @@
+"""The ``pushy`` command: one program, subcommands per role (server now; client, job, … later).
+
+Exit statuses scripts can rely on: 0 success, 1 runtime failure (e.g. a corrupt log), 2 a bad
+command line or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tomllib
+from pathlib import Path
+
+from appliance import __version__
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pushy",
+        description="Push whitelisted commands to a fleet of nodes (Chef Push Jobs 2.1 compatible).",
+    )
+    parser.add_argument("--version", action="version", version=f"pushy {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    server = sub.add_parser(
+        "server",
+        help="run the push jobs server",
+        description="Run the push jobs server: REST API + SSE on api_port, ZeroMQ command "
+        "channel on command_port, server heartbeats on server_heartbeat_port.",
+    )
+    server.add_argument("-c", "--config", type=Path, help="settings file (TOML, 2.1 key names)")
+    server.add_argument("--state-dir", help="state directory (default /var/lib/pushy)")
+    server.add_argument(
+        "--recover",
+        action="store_true",
+        help="start even if the event log is corrupt in the middle, keeping only the records "
+        "before the damage (the damaged part is reported)",
+    )
+    server.add_argument(
+        "--ready-file",
+        type=Path,
+        help="write the bound ports as JSON to this file once the server is ready",
+    )
+    server.add_argument("-l", "--log-level", help="debug, info, warning, error")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "server":
+        return _server(args)
+    _parser().print_help()
+    return EXIT_USAGE
+
+
+def _server(args: argparse.Namespace) -> int:
+    from appliance.core.settings import SettingsError, load_settings
+
+    data: dict = {}
+    if args.config is not None:
+        try:
+            data = tomllib.loads(args.config.read_text(encoding="utf-8"))
+        except OSError as exc:
+            print(f"pushy server: cannot read {args.config}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            print(f"pushy server: {args.config} is not valid TOML: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        settings, warnings = load_settings(
+            data,
+            {
+                "state_dir": os.path.abspath(args.state_dir) if args.state_dir else None,
+                "log_level": args.log_level,
+            },
+        )
+    except SettingsError as exc:
+        where = f"{args.config}: " if args.config else ""
+        print(f"pushy server: {where}{exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    _setup_logging(settings.log_level)
+    log = logging.getLogger("pushy.server")
+    for warning in warnings:
+        log.warning("%s", warning)
+    from appliance.server.main import run_server
+    from appliance.store.log import LogCorruption
+
+    try:
+        return run_server(settings, recover=args.recover, ready_file=args.ready_file)
+    except LogCorruption as exc:
+        log.error("the event log is corrupt: %s", exc)
+        log.error("start with --recover to keep the records before the damage")
+        return EXIT_FAILURE
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

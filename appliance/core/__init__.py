@@ -1,0 +1,1 @@
+"""Pure core: no sockets, no clocks, no files. Never imports a shell."""

@@ -1,0 +1,597 @@
+"""The job state machine: voting, quorum, running, finishing (server-protocol.md §5).
+
+Shaped like h11: the transition tables are data, the handlers never touch a socket or a
+clock. Every handler mutates a Job only through ``apply_change`` (the reducer) and returns
+a ``Step``: the durable changes it applied, in order, plus the effects the shell must carry
+out (send a commit/run, send a node to rehab, arm a timer, note that the job finished).
+The event log stores the changes with the handler's ``now``; replaying them through
+``apply_change`` rebuilds an identical Job, SSE events and timestamps included.
+
+Decisions beyond the original (see DESIGN.md):
+
+* messages from a node that is not part of the job are ignored (§10.1 #8: the original
+  crashed the job);
+* ``abort`` is a new operation: live nodes -> ``aborted`` and rehab, job -> ``aborted``;
+  for a job that was never started (status ``new``) no commit went out, so no node is sent
+  to rehab;
+* ``on_node_lost_job`` (a node that came back after a server restart without this job):
+  voting -> a ``new``/``ready`` node becomes ``unavailable`` with a rehab event and no
+  vote (the "any other type" row); running -> a ``ready``/``running`` node becomes
+  ``crashed`` with a rehab event and ``run_complete`` ``crashed``; a terminal node is left
+  alone (it is expected not to hold the job);
+* ``crash`` of an already finished job does nothing;
+* ``succeeded``/``failed`` output is stored in either phase (§7.2 names no phase).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "FINISHED",
+    "JOB_STATUSES",
+    "NODE_STATUSES",
+    "ArmTimer",
+    "Finished",
+    "Job",
+    "JobFinished",
+    "Rehab",
+    "Send",
+    "Step",
+    "abort",
+    "apply_change",
+    "crash",
+    "job_finished",
+    "new_job",
+    "nodes_by_status",
+    "on_message",
+    "on_node_down",
+    "on_node_lost_job",
+    "on_run_timeout",
+    "on_voting_timeout",
+    "running_deadline",
+    "sse_timestamp",
+    "start",
+    "voting_deadline",
+]
+
+JOB_STATUSES = (
+    "new",
+    "voting",
+    "running",
+    "complete",
+    "quorum_failed",
+    "aborted",
+    "timed_out",
+    "crashed",
+)
+NODE_STATUSES = (
+    "new",
+    "ready",
+    "running",
+    "succeeded",
+    "failed",
+    "aborted",
+    "unavailable",
+    "nacked",
+    "faulty",
+    "was_ready",
+    "crashed",
+    "timed_out",
+)
+FINISHED = frozenset({"complete", "quorum_failed", "aborted", "timed_out", "crashed"})
+_LIVE_NODE = ("new", "ready", "running")
+
+
+class JobFinished(Exception):
+    """The operation needs a job that has not finished yet."""
+
+
+@dataclass
+class Job:
+    id: str
+    org: str
+    command: str
+    nodes: dict[str, str]  # node name -> node status, in request order
+    quorum: int
+    run_timeout: int
+    user: str | None
+    dir: str | None
+    env: dict[str, str] | None
+    file: str | None
+    capture: bool
+    requestor: str  # the Chef identity that POSTed (the start event's "user")
+    status: str
+    created_at: float
+    updated_at: float
+    voting_at: float | None
+    running_at: float | None
+    finished_at: float | None
+    events: list[tuple[int, str, dict[str, Any]]]  # (n, name, data); SSE id f"job-{n}"
+    outputs: dict[str, tuple[str, str]]  # node -> (stdout, stderr)
+    last_event_t: float
+
+
+# Effects: not durable; the shell executes them.
+
+
+@dataclass(frozen=True)
+class Send:
+    """A commit or run body, without sequence/timestamp (the shell puts them first)."""
+
+    node: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Rehab:
+    """Tell the node's FSM to go to rehab, which sends it ``abort``."""
+
+    node: str
+
+
+@dataclass(frozen=True)
+class ArmTimer:
+    kind: str  # "voting" or "running"
+    deadline: float
+
+
+@dataclass(frozen=True)
+class Finished:
+    status: str
+
+
+@dataclass
+class Step:
+    changes: list[list[Any]] = field(default_factory=list)
+    effects: list[Any] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------
+# The reducer
+
+
+def _us(t: float) -> int:
+    return round(t * 1_000_000)
+
+
+def sse_timestamp(t: float) -> str:
+    """``YYYY-MM-DD HH:MM:SS.ffffffZ`` in UTC, as the original's SSE data objects start."""
+    secs, micros = divmod(_us(t), 1_000_000)
+    moment = _dt.datetime.fromtimestamp(secs, tz=_dt.UTC)
+    return f"{moment:%Y-%m-%d %H:%M:%S}.{micros:06d}Z"
+
+
+def apply_change(job: Job, change: list[Any], t: float) -> None:
+    """Apply one durable change at time ``t``: the only code that mutates a Job."""
+    kind = change[0]
+    if kind == "node":
+        _, name, status = change
+        if name not in job.nodes or status not in NODE_STATUSES:
+            raise ValueError(f"bad node change {change!r}")
+        job.nodes[name] = status
+    elif kind == "status":
+        _, status = change
+        if status not in JOB_STATUSES:
+            raise ValueError(f"bad status change {change!r}")
+        job.status = status
+        job.updated_at = t
+        if status == "voting":
+            job.voting_at = t
+        elif status == "running":
+            job.running_at = t
+        elif status in FINISHED:
+            job.finished_at = t
+    elif kind == "event":
+        _, name, data = change
+        # Pedant wants unique, increasing timestamps within a job, even for events that
+        # happen in the same microsecond: bump by 1 µs, working in integer microseconds so
+        # the rendered strings differ too.
+        us = max(_us(t), _us(job.last_event_t) + 1)
+        ts = us / 1_000_000
+        job.events.append((len(job.events) + 1, name, {"timestamp": sse_timestamp(ts), **data}))
+        job.last_event_t = ts
+    elif kind == "output":
+        _, node, stdout, stderr = change
+        # The original's job_output: NOT NULL columns, unique on (job, node).
+        if isinstance(stdout, str) and isinstance(stderr, str) and node not in job.outputs:
+            job.outputs[node] = (stdout, stderr)
+    else:
+        raise ValueError(f"unknown change {change!r}")
+
+
+def new_job(
+    *,
+    id: str,
+    org: str,
+    command: str,
+    nodes: list[str],
+    quorum: int,
+    run_timeout: int,
+    user: str | None = None,
+    dir: str | None = None,
+    env: dict[str, str] | None = None,
+    file: str | None = None,
+    capture: bool = False,
+    requestor: str,
+    now: float,
+) -> Job:
+    """A job as POSTed: status ``new``, every node ``new``."""
+    node_map = dict.fromkeys(nodes, "new")
+    if len(node_map) != len(nodes):
+        raise ValueError("duplicate node name")
+    return Job(
+        id=id,
+        org=org,
+        command=command,
+        nodes=node_map,
+        quorum=quorum,
+        run_timeout=run_timeout,
+        user=user,
+        dir=dir,
+        env=dict(env) if env is not None else None,
+        file=file,
+        capture=bool(capture),
+        requestor=requestor,
+        status="new",
+        created_at=now,
+        updated_at=now,
+        voting_at=None,
+        running_at=None,
+        finished_at=None,
+        events=[],
+        outputs={},
+        last_event_t=0.0,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The transition tables (§5.3, §5.5). A cell is a sequence of operations, in order:
+#   ("node", status)          node status change
+#   ("rehab",)                Rehab effect + ``rehab`` event
+#   ("vote", status)          ``quorum_vote`` event
+#   ("run_start",)            ``run_start`` event
+#   ("run_complete", status)  ``run_complete`` event
+# Columns: the node's current status, or "terminal" for anything but new/ready/running.
+
+Op = tuple[str, ...]
+
+_TO_UNAVAILABLE: tuple[Op, ...] = (("node", "unavailable"), ("rehab",))
+_DOWN_LIVE: tuple[Op, ...] = (("vote", "down"), *_TO_UNAVAILABLE)
+_DIED_VOTING: tuple[Op, ...] = (("rehab",), ("vote", "client_died_while_voting"))
+
+VOTING_TABLE: dict[tuple[str, str], tuple[Op, ...]] = {
+    ("ack_commit", "new"): (("node", "ready"), ("vote", "success")),
+    ("ack_commit", "ready"): (("vote", "unexpected_commit"),),
+    ("ack_commit", "terminal"): _DIED_VOTING,
+    ("nack_commit", "new"): (("node", "nacked"), ("vote", "failure")),
+    ("nack_commit", "ready"): (*_TO_UNAVAILABLE, ("vote", "lost_availibility")),  # sic
+    ("nack_commit", "terminal"): _DIED_VOTING,
+    ("down", "new"): _DOWN_LIVE,
+    ("down", "ready"): _DOWN_LIVE,
+    ("down", "terminal"): (("vote", "down"), ("rehab",)),
+    ("other", "new"): _TO_UNAVAILABLE,
+    ("other", "ready"): _TO_UNAVAILABLE,
+    ("other", "terminal"): (("rehab",),),
+}
+
+_CRASHED: tuple[Op, ...] = (("node", "crashed"), ("rehab",), ("run_complete", "crashed"))
+_DIED_RUNNING: tuple[Op, ...] = (("rehab",), ("run_complete", "client_died_while_running"))
+
+RUNNING_TABLE: dict[tuple[str, str], tuple[Op, ...]] = {
+    ("ack_run", "ready"): (("run_start",), ("node", "running")),
+    ("ack_run", "running"): (),
+    # The one row where run_complete precedes the rehab event.
+    ("ack_run", "terminal"): (("run_complete", "client_died_while_running"), ("rehab",)),
+    ("nack_run", "ready"): (("node", "failed"), ("rehab",), ("run_complete", "run_nacked")),
+    ("nack_run", "running"): (
+        ("node", "failed"),
+        ("rehab",),
+        ("run_complete", "run_nacked_while_running"),
+    ),
+    ("nack_run", "terminal"): _DIED_RUNNING,
+    ("succeeded", "ready"): _CRASHED,
+    ("succeeded", "running"): (("node", "succeeded"), ("run_complete", "success")),
+    ("succeeded", "terminal"): _DIED_RUNNING,
+    ("failed", "ready"): _CRASHED,
+    ("failed", "running"): (("node", "failed"), ("run_complete", "failure")),
+    ("failed", "terminal"): _DIED_RUNNING,
+    ("other", "ready"): _CRASHED,
+    ("other", "running"): _CRASHED,
+    ("other", "terminal"): _DIED_RUNNING,
+}
+
+_VOTING_INPUTS = frozenset({"ack_commit", "nack_commit"})
+_RUNNING_INPUTS = frozenset({"ack_run", "nack_run", "succeeded", "failed"})
+
+
+# ---------------------------------------------------------------------------------------
+# Handlers
+
+
+class _Tx:
+    """Collects the changes (applied as they are recorded) and effects of one Step."""
+
+    def __init__(self, job: Job, now: float) -> None:
+        self.job = job
+        self.now = now
+        self.step = Step()
+
+    def change(self, *change: Any) -> None:
+        c = list(change)
+        apply_change(self.job, c, self.now)
+        self.step.changes.append(c)
+
+    def effect(self, effect: Any) -> None:
+        self.step.effects.append(effect)
+
+    def node(self, name: str, status: str) -> None:
+        self.change("node", name, status)
+
+    def status(self, status: str) -> None:
+        self.change("status", status)
+
+    def event(self, name: str, data: dict[str, Any]) -> None:
+        self.change("event", name, data)
+
+    def run_ops(self, node: str, ops: tuple[Op, ...]) -> None:
+        for op in ops:
+            kind = op[0]
+            if kind == "node":
+                self.node(node, op[1])
+            elif kind == "rehab":
+                self.effect(Rehab(node))
+                self.event("rehab", {"node": node})
+            elif kind == "vote":
+                self.event("quorum_vote", {"node": node, "status": op[1]})
+            elif kind == "run_start":
+                self.event("run_start", {"node": node})
+            elif kind == "run_complete":
+                self.event("run_complete", {"node": node, "status": op[1]})
+            else:  # pragma: no cover - the tables are fixed
+                raise ValueError(op)
+
+    def finish(self, status: str) -> None:
+        self.event("job_complete", {"status": status})
+        self.status(status)
+        self.effect(Finished(status))
+
+
+def _column(status: str, live: tuple[str, ...]) -> str:
+    return status if status in live else "terminal"
+
+
+def _commit_body(job: Job, server_name: str) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": "commit",
+        "job_id": job.id,
+        "server": server_name,
+        "command": job.command,
+    }
+    if job.user is not None:
+        body["user"] = job.user
+    if job.dir is not None:
+        body["dir"] = job.dir
+    if job.env is not None:
+        body["env"] = dict(job.env)
+    if job.file is not None:
+        body["file"] = job.file
+    body["capture"] = bool(job.capture)
+    return body
+
+
+def _start_data(job: Job) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "command": job.command,
+        "run_timeout": job.run_timeout,
+        "quorum": job.quorum,
+        "node_count": len(job.nodes),
+        "user": job.requestor,
+    }
+    if job.user is not None:
+        data["job_user"] = job.user
+    if job.dir is not None:
+        data["dir"] = job.dir
+    if job.env is not None:
+        data["env"] = dict(job.env)
+    if job.file is not None:
+        data["file_specified"] = True
+    data["capture"] = bool(job.capture)
+    return data
+
+
+def _maybe_finished_running(tx: _Tx) -> None:
+    job = tx.job
+    if job.status == "running" and not any(s in ("ready", "running") for s in job.nodes.values()):
+        tx.finish("complete")
+
+
+def _maybe_finished_voting(tx: _Tx) -> None:
+    """§5.4, checked after every voting-phase input."""
+    job = tx.job
+    if job.status != "voting" or "new" in job.nodes.values():
+        return
+    ready = [n for n, s in job.nodes.items() if s == "ready"]
+    if len(ready) >= job.quorum:
+        tx.event("quorum_succeeded", {})
+        tx.status("running")
+        for name in ready:
+            tx.effect(Send(name, {"type": "run", "job_id": job.id}))
+        tx.effect(ArmTimer("running", tx.now + job.run_timeout))
+        _maybe_finished_running(tx)
+    else:
+        for name in ready:
+            tx.node(name, "was_ready")
+            tx.effect(Rehab(name))
+        tx.finish("quorum_failed")
+
+
+def _voting_input(tx: _Tx, node: str, kind: str) -> None:
+    column = _column(tx.job.nodes[node], ("new", "ready"))
+    tx.run_ops(node, VOTING_TABLE[(kind, column)])
+    _maybe_finished_voting(tx)
+
+
+def _running_input(tx: _Tx, node: str, kind: str) -> None:
+    column = _column(tx.job.nodes[node], ("ready", "running"))
+    tx.run_ops(node, RUNNING_TABLE[(kind, column)])
+    _maybe_finished_running(tx)
+
+
+def _live(job: Job) -> bool:
+    return job.status in ("voting", "running")
+
+
+def start(
+    job: Job, unavailable: set[str], now: float, *, server_name: str, voting_timeout: float
+) -> Step:
+    """§5.2: the start event, voting, commits to the reachable nodes, then ``down`` for the rest."""
+    if job.status != "new":
+        raise ValueError(f"job {job.id} already started")
+    tx = _Tx(job, now)
+    tx.event("start", _start_data(job))
+    tx.status("voting")
+    commit = _commit_body(job, server_name)
+    for name in job.nodes:
+        if name not in unavailable:
+            tx.effect(Send(name, dict(commit)))
+    tx.effect(ArmTimer("voting", now + voting_timeout))
+    for name in list(job.nodes):
+        if name in unavailable and job.status == "voting":
+            _voting_input(tx, name, "down")
+    _maybe_finished_voting(tx)  # a job with no node at all
+    return tx.step
+
+
+def on_message(job: Job, node: str, msg_type: str, body: dict[str, Any], now: float) -> Step:
+    """A validated node message naming this job."""
+    if node not in job.nodes or not _live(job):
+        return Step()
+    tx = _Tx(job, now)
+    if msg_type in ("succeeded", "failed") and node not in job.outputs:
+        stdout, stderr = body.get("stdout"), body.get("stderr")
+        if isinstance(stdout, str) and isinstance(stderr, str):
+            tx.change("output", node, stdout, stderr)
+    if job.status == "voting":
+        _voting_input(tx, node, msg_type if msg_type in _VOTING_INPUTS else "other")
+    else:
+        _running_input(tx, node, msg_type if msg_type in _RUNNING_INPUTS else "other")
+    return tx.step
+
+
+def on_node_down(job: Job, node: str, now: float) -> Step:
+    """The node's FSM stopped (liveness timeout or a new client incarnation)."""
+    if node not in job.nodes or not _live(job):
+        return Step()
+    tx = _Tx(job, now)
+    if job.status == "voting":
+        _voting_input(tx, node, "down")
+    else:
+        _running_input(tx, node, "other")
+    return tx.step
+
+
+def on_node_lost_job(job: Job, node: str, now: float) -> Step:
+    """After a server restart the node came back without this job (see the module doc)."""
+    if node not in job.nodes or not _live(job):
+        return Step()
+    tx = _Tx(job, now)
+    status = job.nodes[node]
+    if job.status == "voting":
+        if status in ("new", "ready"):
+            tx.run_ops(node, _TO_UNAVAILABLE)
+        _maybe_finished_voting(tx)
+    else:
+        if status in ("ready", "running"):
+            tx.run_ops(node, _CRASHED)
+        _maybe_finished_running(tx)
+    return tx.step
+
+
+def on_voting_timeout(job: Job, now: float) -> Step:
+    """Every node still ``new`` votes ``voting_timeout`` and becomes unavailable."""
+    if job.status != "voting":
+        return Step()  # a stale timer
+    tx = _Tx(job, now)
+    silent = [n for n, s in job.nodes.items() if s == "new"]
+    for name in silent:
+        tx.event("quorum_vote", {"node": name, "status": "voting_timeout"})
+    for name in silent:
+        tx.node(name, "unavailable")
+        tx.effect(Rehab(name))
+    _maybe_finished_voting(tx)
+    return tx.step
+
+
+def on_run_timeout(job: Job, now: float) -> Step:
+    """Nodes still ``ready``/``running`` time out (no per-node events); the job ends timed_out."""
+    if job.status != "running":
+        return Step()  # a stale timer
+    tx = _Tx(job, now)
+    for name, status in list(job.nodes.items()):
+        if status in ("ready", "running"):
+            tx.node(name, "timed_out")
+            tx.effect(Rehab(name))
+    tx.finish("timed_out")
+    return tx.step
+
+
+def abort(job: Job, now: float) -> Step:
+    """Cancel a job (new in this port): live nodes -> ``aborted`` and rehab; job -> aborted."""
+    if job_finished(job):
+        raise JobFinished(job.id)
+    tx = _Tx(job, now)
+    started = job.status != "new"
+    for name, status in list(job.nodes.items()):
+        if status in _LIVE_NODE:
+            tx.node(name, "aborted")
+            if started:
+                tx.effect(Rehab(name))
+    tx.finish("aborted")
+    return tx.step
+
+
+def crash(job: Job, now: float) -> Step:
+    """The job's supervisor failed: like the original's job monitor, node rows stay as they are."""
+    if job_finished(job):
+        return Step()
+    tx = _Tx(job, now)
+    for name, status in job.nodes.items():
+        if status in _LIVE_NODE:
+            tx.effect(Rehab(name))
+    tx.finish("crashed")
+    return tx.step
+
+
+# ---------------------------------------------------------------------------------------
+# Read helpers
+
+
+def job_finished(job: Job) -> bool:
+    return job.status in FINISHED
+
+
+def nodes_by_status(job: Job) -> dict[str, list[str]]:
+    """GET /jobs/ID ``nodes``: only the statuses that occur, names sorted."""
+    out: dict[str, list[str]] = {}
+    for status in NODE_STATUSES:
+        names = sorted(n for n, s in job.nodes.items() if s == status)
+        if names:
+            out[status] = names
+    return out
+
+
+def voting_deadline(job: Job, voting_timeout: float) -> float | None:
+    """When the voting timer fires, or None when the job is not voting (timer to re-arm)."""
+    if job.status != "voting" or job.voting_at is None:
+        return None
+    return job.voting_at + voting_timeout
+
+
+def running_deadline(job: Job) -> float | None:
+    """When the run timer fires, or None when the job is not running."""
+    if job.status != "running" or job.running_at is None:
+        return None
+    return job.running_at + job.run_timeout

@@ -1,0 +1,166 @@
+"""The exact JSON and SSE bytes the REST front end sends, shaped as the original's.
+
+Key order matters (knife and pedant compare bodies; people diff them), so every shape is
+built here, in one place, as an ordered dict. Timestamps are true UTC: the original shifted
+them by the server's time zone (server-protocol.md §10.1 item 15).
+
+SSE framing: every event ends with a blank line, including the last one of a finished job
+(the original left it off, §10.1 item 23, and browsers then drop that event). The
+keepalive is the comment ``:keepalive`` followed by a blank line: an SSE parser ignores a
+comment line, and the blank line after it dispatches nothing because the previous event
+already ended with one, so it can never be taken for (or glued onto) an event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "error_body",
+    "error_list",
+    "job_detail",
+    "job_summary",
+    "make_job_id",
+    "node_state",
+    "node_state_item",
+    "org_event_data",
+    "rfc1123",
+    "sse_comment_keepalive",
+    "sse_event",
+    "sse_timestamp",
+]
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_KEEPALIVE = b":keepalive\n\n"
+
+
+def rfc1123(t: float) -> str:
+    """``Tue, 04 Sep 2012 23:01:02 GMT`` for epoch seconds ``t`` (floored to the second).
+    Built by hand: strftime's names follow the process locale."""
+    tm = time.gmtime(math.floor(t))
+    return (
+        f"{_DAYS[tm.tm_wday]}, {tm.tm_mday:02d} {_MONTHS[tm.tm_mon - 1]} {tm.tm_year:04d} "
+        f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d} GMT"
+    )
+
+
+def sse_timestamp(t: float) -> str:
+    """``2014-07-10 05:17:44.995958Z``: UTC, microseconds rounded (a float epoch holds
+    them to about 0.3 µs, so flooring would turn .995958 into .995957)."""
+    seconds, micros = divmod(round(t * 1_000_000), 1_000_000)
+    tm = time.gmtime(seconds)
+    return (
+        f"{tm.tm_year:04d}-{tm.tm_mon:02d}-{tm.tm_mday:02d} "
+        f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}.{micros:06d}Z"
+    )
+
+
+def _text(value: Any) -> str:
+    """A status as a plain str, whether the model holds a str or an Enum."""
+    return str(getattr(value, "value", value))
+
+
+def job_summary(job: Any, *, include_file: bool = False) -> dict[str, Any]:
+    """One element of GET /jobs (server-protocol.md §6.5); ``quorum`` is never shown."""
+    out: dict[str, Any] = {
+        "id": job.id,
+        "command": job.command,
+        "status": _text(job.status),
+        "run_timeout": job.run_timeout,
+        "created_at": rfc1123(job.created_at),
+        "updated_at": rfc1123(job.updated_at),
+    }
+    if job.user is not None:
+        out["user"] = job.user
+    if job.dir is not None:
+        out["dir"] = job.dir
+    if job.env is not None:
+        out["env"] = dict(job.env)
+    if job.capture:
+        out["capture_output"] = True
+    if job.file is not None:
+        if include_file:
+            out["file"] = job.file
+        else:
+            out["file_specified"] = True
+    return out
+
+
+def _nodes_by_status(nodes: Mapping[str, Any]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for name, status in nodes.items():
+        grouped.setdefault(_text(status), []).append(name)
+    return {status: sorted(grouped[status]) for status in sorted(grouped)}
+
+
+def job_detail(job: Any, include_file: bool = False) -> dict[str, Any]:
+    """GET /jobs/ID: the summary with ``nodes`` (status -> sorted names) as first key.
+    Statuses are listed in name order, and only those that occur."""
+    return {"nodes": _nodes_by_status(job.nodes), **job_summary(job, include_file=include_file)}
+
+
+def sse_event(name: str, event_id: str, data: Mapping[str, Any]) -> bytes:
+    """One SSE event, blank line included. ``data`` is one compact JSON line."""
+    if any(c in s for s in (name, event_id) for c in "\r\n"):
+        raise ValueError("SSE event name and id must be single-line")
+    return b"event: %s\nid: %s\ndata: %s\n\n" % (
+        name.encode("utf-8"),
+        event_id.encode("utf-8"),
+        orjson.dumps(data),
+    )
+
+
+def sse_comment_keepalive() -> bytes:
+    """The idle-stream keepalive: a comment plus a blank line (see the module note)."""
+    return _KEEPALIVE
+
+
+def org_event_data(job_id: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    """An org-feed event's data: the job event's, with ``"job"`` right after ``timestamp``
+    (first when there is no timestamp)."""
+    out: dict[str, Any] = {}
+    if "timestamp" in data:
+        out["timestamp"] = data["timestamp"]
+    out["job"] = job_id
+    for key, value in data.items():
+        if key not in ("timestamp", "job"):
+            out[key] = value
+    return out
+
+
+def node_state_item(name: str, availability: str) -> dict[str, str]:
+    """One element of GET /node_states."""
+    return {"node_name": name, "availability": availability}
+
+
+def node_state(name: str, status: str, availability: str) -> dict[str, str]:
+    """GET /node_states/NODE."""
+    return {"node_name": name, "status": status, "availability": availability}
+
+
+def error_body(message: str) -> dict[str, str]:
+    """The push-jobs error form, ``{"error": "..."}`` (job validation and the like)."""
+    return {"error": message}
+
+
+def error_list(message: str) -> dict[str, list[str]]:
+    """The Chef error form, ``{"error": ["..."]}`` (authentication, authorization, ccpk)."""
+    return {"error": [message]}
+
+
+def make_job_id(org_guid: str, random_bytes: bytes) -> str:
+    """A job id as the original makes it (chef_object:make_org_prefix_id): the last 12
+    hex digits of the org GUID, then the top 80 bits of MD5(guid ‖ random) in hex. The
+    original draws 38 random bytes; the caller supplies them."""
+    guid = org_guid.lower()
+    if len(guid) < 12 or any(c not in "0123456789abcdef" for c in guid):
+        raise ValueError(f"org GUID must be hex, at least 12 digits: {org_guid!r}")
+    digest = hashlib.md5(org_guid.encode("ascii") + random_bytes, usedforsecurity=False).digest()
+    return guid[-12:] + digest[:10].hex()

@@ -1,0 +1,255 @@
+"""Server settings: the TOML file's keys, checked here so a typo stops the server at start
+with a message naming the key, instead of surfacing as a strange runtime fault.
+
+The file is flat (no tables) and uses the original's names (server-protocol.md §8,
+docs-spec.md §9.2). Units follow the original: milliseconds for ``heartbeat_interval`` and
+``rehab_timer``, seconds for every other time; fractions are allowed. Defaults follow the
+2.1 documentation (DESIGN.md "Defaults"), so ``heartbeat_interval`` is 1000 ms, not the
+omnibus 10000.
+
+Decisions:
+- ``api_listen_address`` defaults to ``0.0.0.0``, as the original binds (tests pass
+  ``127.0.0.1``).
+- Port 0 means "pick a free port" (tests); two equal non-zero ports are an error.
+- Keys of the original that mean nothing here (its database, Chef server, log directory,
+  metrics, ZeroMQ thread count) are accepted with a warning, so an operator sees they
+  have no effect; any other unknown key is an error (``unknown setting 'X'``). Debug
+  switches that would weaken checks (``skip_header_validation``,
+  ``ignore_signature_check``) are not accepted at all.
+- A bool is never accepted where a number is wanted (TOML ``true`` is not ``1``), nor an
+  integral float where an integer is wanted; ``nan``/``inf`` are never accepted.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["IGNORED_KEYS", "Settings", "SettingsError", "load_settings"]
+
+#: Original keys accepted but without effect in the appliance (a warning is returned).
+IGNORED_KEYS = frozenset(
+    {
+        "zmq_io_processes",
+        "erchef_root_url",
+        "chef_api_version",
+        "log_dir",
+        "db_pool_size",
+        "enable_graphite",
+    }
+)
+
+# "*", an interface or host name, an IPv4 address, or a bracketed IPv6 address.
+_ZMQ_ADDRESS = re.compile(r"tcp://(\*|[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])")
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_MAX_COUNT = 2**31 - 1  # same ceiling as a job's run_timeout
+
+
+class SettingsError(ValueError):
+    """A bad setting. ``key`` names it; ``message`` (also ``str(err)``) names it too."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of ``pushy server``. Build it with `load_settings`."""
+
+    api_port: int = 10003
+    command_port: int = 10002
+    server_heartbeat_port: int = 10000
+    zeromq_listen_address: str = "tcp://*"
+    api_listen_address: str = "0.0.0.0"
+    server_name: str | None = None  # None: the caller uses the machine's FQDN
+    state_dir: str = "/var/lib/pushy"
+    heartbeat_interval: float = 1000.0  # ms
+    decay_window: int = 4
+    down_threshold: float = 0.6
+    detect_offline_nodes_interval: int = 4  # in heartbeat intervals
+    rehab_timer: float = 1000.0  # ms
+    max_time_skew: float = 300.0
+    config_lifetime: float = 3600.0
+    voting_timeout: float = 60.0
+    default_running_timeout: int = 3600
+    wait_complete_time: float = 5.0
+    keep_alive_time: float = 15.0
+    org_feed_expiration: float = 60.0
+    max_body_size: int = 65536
+    validate_client_node_name: bool = True
+    disable_curve_encryption: bool = False
+    job_retention_days: float = 90.0  # 0 keeps every finished job
+    log_segment_max_bytes: int = 64 * 1024 * 1024
+    session_key_grace: float = 60.0
+    log_level: str = "info"
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """The beat period (and liveness interval I) in seconds; the config's ``interval``."""
+        return self.heartbeat_interval / 1000.0
+
+    @property
+    def rehab_seconds(self) -> float:
+        """The abort re-send period in rehab, in seconds."""
+        return self.rehab_timer / 1000.0
+
+    @property
+    def offline_scan_seconds(self) -> float:
+        """How often the liveness scanner runs, in seconds."""
+        return self.heartbeat_seconds * self.detect_offline_nodes_interval
+
+    @property
+    def job_retention_seconds(self) -> float | None:
+        """How long finished jobs are kept, or None to keep them forever."""
+        return self.job_retention_days * 86400.0 if self.job_retention_days > 0 else None
+
+
+# ---- checkers: each takes (key, value) and returns the normalised value or raises ----
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _fail(key: str, what: str, value: Any) -> SettingsError:
+    return SettingsError(key, f"setting {key!r} must be {what} (got {_show(value)})")
+
+
+def _int(lo: int, hi: int) -> Callable[[str, Any], int]:
+    what = f"an integer from {lo} to {hi}"
+
+    def check(key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise _fail(key, what, value)
+        return value
+
+    return check
+
+
+def _number(what: str, ok: Callable[[float], bool]) -> Callable[[str, Any], float]:
+    def check(key: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _fail(key, what, value)
+        try:
+            number = float(value)  # an int beyond float range overflows here
+        except OverflowError:
+            raise _fail(key, what, value) from None
+        if not math.isfinite(number) or not ok(number):
+            raise _fail(key, what, value)
+        return number
+
+    return check
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(key, "true or false", value)
+    return value
+
+
+def _word(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise _fail(key, "a non-empty string without spaces", value)
+    return value
+
+
+def _zmq_address(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _ZMQ_ADDRESS.fullmatch(value):
+        raise _fail(key, "'tcp://HOST' without a port, e.g. 'tcp://*'", value)
+    return value
+
+
+def _abs_path(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        raise _fail(key, "an absolute path", value)
+    return value
+
+
+def _log_level(key: str, value: Any) -> str:
+    if not isinstance(value, str) or value.lower() not in _LOG_LEVELS:
+        raise _fail(key, "one of " + ", ".join(_LOG_LEVELS), value)
+    return value.lower()
+
+
+_port = _int(0, 65535)
+_positive = _number("a number > 0", lambda v: v > 0)
+_non_negative = _number("a number >= 0", lambda v: v >= 0)
+
+_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "api_port": _port,
+    "command_port": _port,
+    "server_heartbeat_port": _port,
+    "zeromq_listen_address": _zmq_address,
+    "api_listen_address": _word,
+    "server_name": _word,
+    "state_dir": _abs_path,
+    "heartbeat_interval": _positive,
+    "decay_window": _int(1, 1_000_000),
+    "down_threshold": _number("a number between 0 and 2 (exclusive)", lambda v: 0 < v < 2),
+    "detect_offline_nodes_interval": _int(1, 1_000_000),
+    "rehab_timer": _positive,
+    "max_time_skew": _positive,
+    "config_lifetime": _positive,
+    "voting_timeout": _positive,
+    "default_running_timeout": _int(1, _MAX_COUNT),
+    "wait_complete_time": _non_negative,
+    "keep_alive_time": _positive,
+    "org_feed_expiration": _positive,
+    "max_body_size": _int(1024, 64 * 1024 * 1024),
+    "validate_client_node_name": _bool,
+    "disable_curve_encryption": _bool,
+    "job_retention_days": _non_negative,
+    "log_segment_max_bytes": _int(4096, 2**40),
+    "session_key_grace": _non_negative,
+    "log_level": _log_level,
+}
+_PORT_KEYS = ("server_heartbeat_port", "command_port", "api_port")
+
+
+def load_settings(
+    data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+) -> tuple[Settings, list[str]]:
+    """Check the parsed TOML ``data`` and the command line ``overrides`` (which win; a None
+    value means "not given") and build the Settings. Returns the settings and a list of
+    warnings to log. Raises SettingsError naming the first bad key."""
+    if not isinstance(data, Mapping):
+        raise SettingsError("", "settings must be a table of key = value pairs")
+    warnings: list[str] = []
+    values: dict[str, Any] = {}
+    merged = [*data.items(), *((k, v) for k, v in (overrides or {}).items() if v is not None)]
+    for key, value in merged:
+        if key in IGNORED_KEYS:
+            warnings.append(f"setting {key!r} has no effect in this server; ignored")
+            continue
+        check = _CHECKS.get(key)
+        if check is None:
+            raise SettingsError(key, f"unknown setting {key!r}")
+        values[key] = check(key, value)
+    settings = Settings(**values)
+    seen: dict[int, str] = {}
+    for key in _PORT_KEYS:
+        port = getattr(settings, key)
+        if port and port in seen:
+            raise SettingsError(key, f"setting {key!r} uses port {port}, as does {seen[port]!r}")
+        seen[port] = key
+    if settings.disable_curve_encryption:
+        warnings.append(
+            "setting 'disable_curve_encryption' is true: the command channel is not encrypted"
+        )
+    if not settings.validate_client_node_name:
+        warnings.append(
+            "setting 'validate_client_node_name' is false: a client may fetch another node's config"
+        )
+    return settings, warnings

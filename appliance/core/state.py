@@ -1,0 +1,251 @@
+"""The server's durable state and its reducer: ``state = fold(apply, records)``.
+
+Every record in the event log is a JSON object with a ``type``; ``apply`` is the only code that
+turns records into state, at replay and live alike. A snapshot is itself a list of records
+(``to_records``), so the snapshot format is exactly as stable as the log's records.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.core import identity, jobfsm
+
+NodeKey = tuple[str, str]
+ORG_FEED_EVENTS = ("start", "job_complete")
+ORG_EVENTS_KEPT = 10_000
+
+
+@dataclass
+class ServerIdentity:
+    incarnation: str
+    curve_public: str
+    curve_secret: str
+    rsa_public_pem: str
+    created_at: float
+
+
+@dataclass
+class NodeKeys:
+    """Per-node secrets: the HMAC session key (and the previous one during a rotation) and CURVE key."""
+
+    session_key: bytes | None = None
+    previous_key: bytes | None = None
+    previous_until: float = 0.0
+    ccpk: str | None = None
+
+    def accepted_keys(self, now: float) -> list[bytes]:
+        keys = [self.session_key] if self.session_key else []
+        if self.previous_key and now < self.previous_until:
+            keys.append(self.previous_key)
+        return keys
+
+
+@dataclass(frozen=True, slots=True)
+class OrgEvent:
+    n: int
+    org: str
+    t: float
+    name: str
+    data: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return f"org-{self.n}"
+
+
+@dataclass
+class State:
+    server: ServerIdentity | None = None
+    identity: identity.IdentityState = field(default_factory=identity.IdentityState)
+    jobs: dict[str, jobfsm.Job] = field(default_factory=dict)
+    node_keys: dict[NodeKey, NodeKeys] = field(default_factory=dict)
+    up_nodes: dict[NodeKey, str] = field(default_factory=dict)
+    org_events: deque[OrgEvent] = field(default_factory=lambda: deque(maxlen=ORG_EVENTS_KEPT))
+    org_event_count: int = 0
+    last_seq: int = 0
+    curve_index: dict[str, NodeKey] = field(default_factory=dict)  # ccpk -> node (the allow-list)
+
+    def keys_for(self, key: NodeKey) -> NodeKeys:
+        found = self.node_keys.get(key)
+        if found is None:
+            found = self.node_keys[key] = NodeKeys()
+        return found
+
+    def note_job_events(self, job: jobfsm.Job, first_new: int) -> list[OrgEvent]:
+        """Copy a job's new ``start`` / ``job_complete`` events into the org feed."""
+        added = []
+        for _n, name, data in job.events[first_new:]:
+            if name not in ORG_FEED_EVENTS:
+                continue
+            self.org_event_count += 1
+            payload = {"timestamp": data["timestamp"], "job": job.id}
+            payload.update((k, v) for k, v in data.items() if k != "timestamp")
+            event = OrgEvent(self.org_event_count, job.org, job.last_event_t, name, payload)
+            self.org_events.append(event)
+            added.append(event)
+        return added
+
+
+def apply(state: State, record: dict[str, Any]) -> None:
+    kind = record["type"]
+    handler = _HANDLERS.get(kind)
+    if handler is None:
+        identity.apply(state.identity, record)
+        if kind == "client_deleted":
+            key = (record["org"], record["name"])
+            _set_ccpk(state, key, None)
+            state.node_keys.pop(key, None)
+            state.up_nodes.pop(key, None)
+    else:
+        handler(state, record)
+    seq = record.get("seq")
+    if isinstance(seq, int):
+        state.last_seq = seq
+
+
+def _server_init(state: State, r: dict[str, Any]) -> None:
+    state.server = ServerIdentity(
+        r["incarnation"], r["curve_public"], r["curve_secret"], r["rsa_public_pem"], r["t"]
+    )
+
+
+def _job_created(state: State, r: dict[str, Any]) -> None:
+    j = r["job"]
+    state.jobs[j["id"]] = jobfsm.new_job(
+        id=j["id"],
+        org=j["org"],
+        command=j["command"],
+        nodes=list(j["nodes"]),
+        quorum=j["quorum"],
+        run_timeout=j["run_timeout"],
+        user=j.get("user"),
+        dir=j.get("dir"),
+        env=j.get("env"),
+        file=j.get("file"),
+        capture=j.get("capture", False),
+        requestor=j["requestor"],
+        now=r["t"],
+    )
+
+
+def _job_step(state: State, r: dict[str, Any]) -> None:
+    job = state.jobs.get(r["job"])
+    if job is None:
+        return
+    first_new = len(job.events)
+    for change in r["changes"]:
+        jobfsm.apply_change(job, change, r["t"])
+    state.note_job_events(job, first_new)
+
+
+def _job_restore(state: State, r: dict[str, Any]) -> None:
+    j = dict(r["job"])
+    j["events"] = [tuple(e) for e in j["events"]]
+    j["outputs"] = {k: tuple(v) for k, v in j["outputs"].items()}
+    state.jobs[j["id"]] = jobfsm.Job(**j)
+
+
+def _session_key(state: State, r: dict[str, Any]) -> None:
+    keys = state.keys_for((r["org"], r["node"]))
+    new = base64.b64decode(r["key"])
+    if keys.session_key is not None and keys.session_key != new:
+        keys.previous_key = keys.session_key
+        keys.previous_until = r["t"] + r.get("grace", 60.0)
+    keys.session_key = new
+
+
+def _ccpk(state: State, r: dict[str, Any]) -> None:
+    _set_ccpk(state, (r["org"], r["node"]), r["key"])
+
+
+def _set_ccpk(state: State, key: NodeKey, ccpk: str | None) -> None:
+    """A node's latest authenticated CURVE key replaces its previous one in the allow-list."""
+    keys = state.node_keys.get(key)
+    if keys is not None and keys.ccpk is not None and state.curve_index.get(keys.ccpk) == key:
+        del state.curve_index[keys.ccpk]
+    if ccpk is not None:
+        state.keys_for(key).ccpk = ccpk
+        state.curve_index[ccpk] = key
+    elif keys is not None:
+        keys.ccpk = None
+
+
+def _node_up(state: State, r: dict[str, Any]) -> None:
+    state.up_nodes[(r["org"], r["node"])] = r.get("incarnation", "")
+
+
+def _node_down(state: State, r: dict[str, Any]) -> None:
+    state.up_nodes.pop((r["org"], r["node"]), None)
+
+
+def _node_keys_restore(state: State, r: dict[str, Any]) -> None:
+    keys = state.keys_for((r["org"], r["node"]))
+    keys.session_key = base64.b64decode(r["key"]) if r.get("key") else None
+    keys.previous_key = base64.b64decode(r["previous"]) if r.get("previous") else None
+    keys.previous_until = r.get("previous_until", 0.0)
+    _set_ccpk(state, (r["org"], r["node"]), r.get("ccpk"))
+
+
+def _counters(state: State, r: dict[str, Any]) -> None:
+    state.org_event_count = r["org_event_count"]
+
+
+_HANDLERS = {
+    "server_init": _server_init,
+    "job_created": _job_created,
+    "job_step": _job_step,
+    "job_restore": _job_restore,
+    "session_key": _session_key,
+    "ccpk": _ccpk,
+    "node_up": _node_up,
+    "node_down": _node_down,
+    "node_keys_restore": _node_keys_restore,
+    "counters": _counters,
+}
+
+
+def to_records(state: State, *, now: float, retention: float) -> list[dict[str, Any]]:
+    """The state as a list of records that rebuild it; finished jobs past retention are dropped."""
+    out: list[dict[str, Any]] = []
+    if state.server is not None:
+        s = state.server
+        out.append(
+            {
+                "type": "server_init",
+                "incarnation": s.incarnation,
+                "curve_public": s.curve_public,
+                "curve_secret": s.curve_secret,
+                "rsa_public_pem": s.rsa_public_pem,
+                "t": s.created_at,
+            }
+        )
+    out.extend(identity.export_records(state.identity))
+    for job in state.jobs.values():
+        if retention > 0 and job.finished_at is not None and job.finished_at < now - retention:
+            continue
+        out.append({"type": "job_restore", "job": dataclasses.asdict(job)})
+    for (org, node), keys in state.node_keys.items():
+        out.append(
+            {
+                "type": "node_keys_restore",
+                "org": org,
+                "node": node,
+                "key": _b64(keys.session_key),
+                "previous": _b64(keys.previous_key),
+                "previous_until": keys.previous_until,
+                "ccpk": keys.ccpk,
+            }
+        )
+    for (org, node), incarnation in state.up_nodes.items():
+        out.append({"type": "node_up", "org": org, "node": node, "incarnation": incarnation})
+    out.append({"type": "counters", "org_event_count": state.org_event_count})
+    return out
+
+
+def _b64(value: bytes | None) -> str | None:
+    return base64.b64encode(value).decode("ascii") if value else None

@@ -1,0 +1,48 @@
+"""The Quart application: identity API, Push Jobs API and feeds, JSON errors everywhere."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from quart import Response
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from appliance.server import identity_routes, pushy_routes
+from appliance.server.context import ServerContext
+
+MAX_REST_BODY = 1_000_000
+log = logging.getLogger("pushy.http")
+
+
+def create_app(ctx: ServerContext) -> QuartTrio:
+    app = QuartTrio("pushy")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REST_BODY
+    app.config["BODY_TIMEOUT"] = 30
+    app.register_blueprint(pushy_routes.status_blueprint(ctx))
+    app.register_blueprint(pushy_routes.blueprint(ctx))
+    app.register_blueprint(identity_routes.blueprint(ctx))
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        if exc.response is not None:  # raised by our own ``fail``: already a JSON response
+            return exc.response
+        status = exc.code or 500
+        if status == 413:
+            body: object = {"error": f"JSON must be no more than {MAX_REST_BODY} bytes."}
+        elif status == 404:
+            body = {"error": "not found"}
+        elif status == 405:
+            body = {"error": "method not allowed"}
+        else:
+            body = {"error": exc.description or exc.name}
+        return Response(orjson.dumps(body), status=status, content_type="application/json")
+
+    @app.errorhandler(Exception)
+    async def internal_error(exc: Exception) -> Response:
+        log.exception("unhandled error in a request")
+        body = {"error": "internal server error; see the server log"}
+        return Response(orjson.dumps(body), status=500, content_type="application/json")
+
+    return app

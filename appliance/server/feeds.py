@@ -1,0 +1,55 @@
+"""Fan-out of SSE events to subscribers, with bounded buffers.
+
+A subscriber that cannot keep up is dropped rather than buffered without bound; it can resume
+with ``Last-Event-ID`` (the job feed replays from the job's event list).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+SUBSCRIBER_BUFFER = 1024
+END = object()  # sentinel: the feed ended (job finished)
+
+
+@dataclass(eq=False)
+class Subscriber:
+    send: trio.MemorySendChannel
+    receive: trio.MemoryReceiveChannel
+    dropped: bool = False
+
+
+@dataclass
+class Hub:
+    topics: dict[Any, set[Subscriber]] = field(default_factory=lambda: defaultdict(set))
+
+    def subscribe(self, topic: Any) -> Subscriber:
+        send, receive = trio.open_memory_channel(SUBSCRIBER_BUFFER)
+        sub = Subscriber(send, receive)
+        self.topics[topic].add(sub)
+        return sub
+
+    def unsubscribe(self, topic: Any, sub: Subscriber) -> None:
+        subs = self.topics.get(topic)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self.topics[topic]
+        sub.send.close()
+
+    def publish(self, topic: Any, item: Any) -> None:
+        for sub in list(self.topics.get(topic, ())):
+            try:
+                sub.send.send_nowait(item)
+            except trio.WouldBlock:
+                sub.dropped = True
+                self.unsubscribe(topic, sub)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.unsubscribe(topic, sub)
+
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self.topics.values())

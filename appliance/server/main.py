@@ -1,0 +1,176 @@
+"""``pushy server``: state directory, first-start keys, replay, and the supervising nursery.
+
+The nursery tree (DESIGN.md "The shape") is visible in ``serve``: the event store's committer
+outlives everything that writes; the web front end stops first on SIGTERM/SIGINT, then the
+reactor and job supervisors, then the log is drained and closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from functools import partial
+from pathlib import Path
+
+import orjson
+import trio
+import zmq
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+
+from appliance.core import identity
+from appliance.core import nodes as corenodes
+from appliance.core.keys import generate_rsa, load_private_pem, private_pem, public_pem
+from appliance.core.settings import Settings
+from appliance.server.app import create_app
+from appliance.server.context import ServerContext
+from appliance.server.jobs import JobManager
+from appliance.server.reactor import Reactor
+from appliance.server.store import Store
+
+log = logging.getLogger("pushy.server")
+SUPERUSER = "pivotal"
+
+
+def _write_secret(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _key_file(path: Path) -> tuple[object, bool]:
+    """Load an RSA private key from ``path``, creating it (0600) on first start."""
+    if path.exists():
+        return load_private_pem(path.read_bytes()), False
+    key = generate_rsa(2048)
+    _write_secret(path, private_pem(key))
+    return key, True
+
+
+def prepare_state_dir(settings: Settings) -> Path:
+    state_dir = Path(settings.state_dir)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(state_dir, 0o700)
+    return state_dir
+
+
+def open_store(settings: Settings, state_dir: Path, *, recover: bool) -> tuple[Store, object]:
+    """Replay the log; on first start write the server's identity and the superuser."""
+    server_key, _ = _key_file(state_dir / "server.pem")
+    pivotal_path = state_dir / "pivotal.pem"
+    store = Store(
+        state_dir,
+        segment_max_bytes=settings.log_segment_max_bytes,
+        retention_days=settings.job_retention_days,
+    )
+    state = store.load(recover=recover)
+    if state.server is None:
+        pivotal_key, _ = _key_file(pivotal_path)
+        curve_public, curve_secret = zmq.curve_keypair()
+        now = time.time()
+        records = [
+            {
+                "type": "server_init",
+                "incarnation": str(uuid.uuid4()),
+                "curve_public": curve_public.decode("ascii"),
+                "curve_secret": curve_secret.decode("ascii"),
+                "rsa_public_pem": public_pem(server_key),
+                "t": now,
+            },
+            *identity.bootstrap_superuser(state.identity, public_pem(pivotal_key), name=SUPERUSER),
+        ]
+        store.initialise(records)
+        log.info("first start: created %s", state_dir)
+    log.info("superuser '%s' key: %s", SUPERUSER, pivotal_path)
+    return store, server_key
+
+
+def run_server(settings: Settings, *, recover: bool = False, ready_file: Path | None = None) -> int:
+    state_dir = prepare_state_dir(settings)
+    store, server_key = open_store(settings, state_dir, recover=recover)
+    trio.run(partial(serve, settings, store, server_key, ready_file=ready_file))
+    return 0
+
+
+async def serve(settings: Settings, store: Store, server_key, *, ready_file: Path | None) -> None:
+    state = store.state
+    hostname = socket.gethostname().split(".")[0]
+    server_name = settings.server_name or socket.getfqdn()
+    p = settings
+    table = corenodes.NodeTable(
+        corenodes.Liveness(
+            interval=p.heartbeat_interval / 1000.0,
+            decay_window=p.decay_window,
+            threshold=p.down_threshold,
+            rehab_interval=p.rehab_timer / 1000.0,
+        )
+    )
+    now = time.time()
+    for key, incarnation in state.up_nodes.items():
+        table.restore(key, incarnation, now)
+    reactor = Reactor(settings, state, table, store, server_key, hostname)
+    jobs = JobManager(settings, state, store, reactor, server_name)
+    reactor.jobs = jobs
+    ctx = ServerContext(settings, state, store, reactor, jobs, server_key, server_name)
+    async with trio.open_nursery() as root:
+        await root.start(store.run)
+        async with trio.open_nursery() as services:
+            services.start_soon(_watch_signals, ctx)
+            ctx.ports.update(await services.start(reactor.run))
+            await services.start(jobs.run)
+            config = Config()
+            config.bind = [_bind_address(p.api_listen_address, p.api_port)]
+            config.graceful_timeout = 5
+            config.accesslog = None
+            config.errorlog = logging.getLogger("pushy.hypercorn")
+            app = create_app(ctx)
+            async with trio.open_nursery() as web:
+                binds = await web.start(
+                    partial(hypercorn_serve, app, config, shutdown_trigger=ctx.shutdown.wait)
+                )
+                ctx.ports["api_port"] = int(binds[0].rsplit(":", 1)[1])
+                _announce(ctx, binds, ready_file)
+            services.cancel_scope.cancel()
+        reactor.close()
+        store.close()  # the committer drains the queue, then the root nursery ends
+    store.log.close()
+    log.info("pushy server stopped")
+
+
+def _bind_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _announce(ctx: ServerContext, binds: list[str], ready_file: Path | None) -> None:
+    info = {
+        "api": binds[0],
+        "api_port": ctx.ports["api_port"],
+        "command_port": ctx.ports["command_port"],
+        "server_heartbeat_port": ctx.ports["server_heartbeat_port"],
+        "incarnation_id": ctx.state.server.incarnation if ctx.state.server else None,
+        "pid": os.getpid(),
+    }
+    log.info(
+        "pushy server ready: api %s, command port %d, heartbeat port %d",
+        binds[0],
+        info["command_port"],
+        info["server_heartbeat_port"],
+    )
+    if ready_file is not None:
+        tmp = ready_file.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(info))
+        os.replace(tmp, ready_file)
+
+
+async def _watch_signals(ctx: ServerContext) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            ctx.shutdown.set()
+            return

@@ -1,0 +1,383 @@
+"""The Push Jobs REST API and SSE feeds (server-protocol.md §6.2–6.9), with DESIGN.md's fixes."""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import trio
+import zmq
+import zmq.utils.z85
+from quart import Blueprint, Response, request
+
+from appliance.core import identity, jobfsm, render
+from appliance.core.jobspec import JobRequestError, parse_job_request
+from appliance.core.keys import encrypt_session_key, public_pem
+from appliance.server.auth import JSON, authenticate, fail, forbidden, require_accept
+from appliance.server.context import ServerContext
+from appliance.server.feeds import END
+from appliance.store.log import StorageError
+
+EVENT_STREAM = "text/event-stream"
+OCTETS = "application/octet-stream"
+PREFIX = "/organizations/<org>/pushy"
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status=status, content_type=JSON, headers=headers or {})
+
+
+def base_url() -> str:
+    scheme = request.headers.get("X-Forwarded-Proto") or request.scheme
+    return f"{scheme}://{request.headers.get('Host', request.host)}"
+
+
+async def durable(ctx: ServerContext, records: list[dict[str, Any]]) -> None:
+    """Write records and wait until synced; a storage failure is a 503, never a half-applied change."""
+    try:
+        await ctx.store.durable(records)
+    except StorageError as exc:
+        fail(503, {"error": f"the server cannot write its state: {exc.strerror or exc}"})
+
+
+def blueprint(ctx: ServerContext) -> Blueprint:
+    bp = Blueprint("pushy", __name__)
+    s = ctx.settings
+
+    async def reader(org: str) -> identity.Principal:
+        auth = await authenticate(ctx, org)
+        if not identity.can_read_jobs(ctx.state.identity, org, auth.principal):
+            forbidden(auth.principal.name)
+        return auth.principal
+
+    async def writer(org: str) -> identity.Principal:
+        auth = await authenticate(ctx, org)
+        if not identity.can_write_jobs(ctx.state.identity, org, auth.principal):
+            forbidden(auth.principal.name)
+        return auth.principal
+
+    def job_in_org(org: str, job_id: str) -> jobfsm.Job:
+        job = ctx.state.jobs.get(job_id)
+        if job is None or job.org != org:
+            fail(404, render.error_body(f"job '{job_id}' not found"))
+        return job
+
+    # config ----------------------------------------------------------------------------------
+    @bp.route(PREFIX + "/config/<node>", methods=["GET"], strict_slashes=False)
+    @bp.route(PREFIX + "/connect/<node>", methods=["GET"], strict_slashes=False)
+    async def config(org: str, node: str) -> Response:
+        auth = await authenticate(ctx, org)
+        ids = ctx.state.identity
+        p = auth.principal
+        if not identity.can_fetch_config(
+            ids, org, node, p, validate_client_node_name=s.validate_client_node_name
+        ):
+            if p.kind == "client":
+                fail(403, render.error_list("Client and node name must match"))
+            forbidden(p.name)
+        require_accept(JSON)
+        records: list[dict[str, Any]] = []
+        now = time.time()
+        if not s.disable_curve_encryption:
+            ccpk = request.args.get("ccpk")
+            if ccpk is None:
+                fail(400, render.error_list("Missing ccpk"))
+            if len(ccpk) != 40 or not _z85_ok(ccpk):
+                fail(401, render.error_list("Bad ccpk"))
+            if ctx.state.node_keys.get((org, node)) is None or (
+                ctx.state.node_keys[(org, node)].ccpk != ccpk
+            ):
+                records.append({"type": "ccpk", "org": org, "node": node, "key": ccpk})
+        keys = ctx.state.node_keys.get((org, node))
+        own_fetch = p.kind == "client" and p.name == node
+        if keys is None or keys.session_key is None or own_fetch:
+            session = os.urandom(32)
+            records.append(
+                {
+                    "type": "session_key",
+                    "org": org,
+                    "node": node,
+                    "key": base64.b64encode(session).decode("ascii"),
+                    "t": now,
+                    "grace": s.session_key_grace,
+                }
+            )
+        else:
+            session = keys.session_key
+        if records:
+            await durable(ctx, records)
+            for record in records:
+                ctx.store.apply(record)
+        server = ctx.state.server
+        assert server is not None
+        host = ctx.server_name
+        body: dict[str, Any] = {
+            "type": "config",
+            "host": host,
+            "push_jobs": {
+                "heartbeat": {
+                    "out_addr": f"tcp://{host}:{ctx.ports['server_heartbeat_port']}",
+                    "command_addr": f"tcp://{host}:{ctx.ports['command_port']}",
+                    "interval": s.heartbeat_interval / 1000.0,
+                    "offline_threshold": 3,
+                    "online_threshold": 2,
+                }
+            },
+            "node": node,
+            "organization": org,
+            "public_key": public_pem(ctx.server_key) + "\n",
+        }
+        if not s.disable_curve_encryption:
+            body["curve_public_key"] = server.curve_public
+        body["encoded_session_key"] = {
+            "method": "hmac_sha256",
+            "key": await trio.to_thread.run_sync(encrypt_session_key, auth.key, session),
+        }
+        body["lifetime"] = _number(s.config_lifetime)
+        body["max_message_skew"] = _number(s.max_time_skew)
+        body["max_body_size"] = s.max_body_size
+        body["incarnation_id"] = server.incarnation
+        return json_response(body)
+
+    # jobs ------------------------------------------------------------------------------------
+    @bp.route(PREFIX + "/jobs", methods=["GET"], strict_slashes=False)
+    async def list_jobs(org: str) -> Response:
+        await reader(org)
+        require_accept(JSON)
+        jobs = [j for j in ctx.state.jobs.values() if j.org == org]
+        jobs.sort(key=lambda j: j.created_at, reverse=True)
+        return json_response([render.job_summary(j) for j in jobs])
+
+    @bp.route(PREFIX + "/jobs", methods=["POST"], strict_slashes=False)
+    async def create_job(org: str) -> Response:
+        principal = await writer(org)
+        require_accept(JSON)
+        ctype = request.headers.get("Content-Type")
+        if ctype is not None and request.mimetype != JSON:
+            fail(415, render.error_body("Content-Type must be application/json"))
+        body = await request.get_data(cache=True)
+        try:
+            spec = parse_job_request(body, default_run_timeout=s.default_running_timeout)
+        except JobRequestError as exc:
+            fail(400, render.error_body(exc.message))
+        org_guid = ctx.state.identity.orgs[org].guid
+        try:
+            job = await ctx.jobs.create(org, org_guid, spec, principal.name)
+        except StorageError as exc:
+            fail(
+                503, render.error_body(f"the server cannot write its state: {exc.strerror or exc}")
+            )
+        uri = f"{base_url()}/organizations/{org}/pushy/jobs/{job.id}"
+        return json_response({"uri": uri, "id": job.id}, 201, {"Location": uri})
+
+    @bp.route(PREFIX + "/jobs/<job_id>", methods=["GET"], strict_slashes=False)
+    async def get_job(org: str, job_id: str) -> Response:
+        await reader(org)
+        require_accept(JSON)
+        job = job_in_org(org, job_id)
+        include = request.args.get("include_file") == "true"
+        return json_response(render.job_detail(job, include_file=include))
+
+    @bp.route(PREFIX + "/jobs/<job_id>/abort", methods=["POST"], strict_slashes=False)
+    async def abort_job(org: str, job_id: str) -> Response:
+        await writer(org)
+        require_accept(JSON)
+        job = job_in_org(org, job_id)
+        if jobfsm.job_finished(job):
+            fail(409, render.error_body(f"job '{job_id}' has already finished ({job.status})"))
+        seq = ctx.jobs.abort(job)
+        try:
+            await ctx.store.wait_synced(seq)
+        except StorageError as exc:
+            fail(
+                503, render.error_body(f"the server cannot write its state: {exc.strerror or exc}")
+            )
+        return json_response(render.job_detail(job))
+
+    @bp.route(
+        PREFIX + "/jobs/<job_id>/output/<node>/<channel>", methods=["GET"], strict_slashes=False
+    )
+    async def job_output(org: str, job_id: str, node: str, channel: str) -> Response:
+        await reader(org)
+        require_accept(OCTETS)
+        if channel not in ("stdout", "stderr"):
+            fail(404, render.error_body(f"no output channel '{channel}' (stdout or stderr)"))
+        job = job_in_org(org, job_id)
+        output = job.outputs.get(node)
+        if output is None:
+            fail(
+                404, render.error_body(f"no {channel} captured for node '{node}' in job '{job_id}'")
+            )
+        text = output[0] if channel == "stdout" else output[1]
+        return Response(text.encode("utf-8", "surrogatepass"), content_type=OCTETS)
+
+    # node states -----------------------------------------------------------------------------
+    @bp.route(PREFIX + "/node_states", methods=["GET"], strict_slashes=False)
+    async def node_states(org: str) -> Response:
+        await reader(org)
+        require_accept(JSON)
+        items = [
+            render.node_state_item(key[1], "available" if node.available else "unavailable")
+            for key, node in sorted(ctx.reactor.table.nodes.items())
+            if key[0] == org and not node.ghost
+        ]
+        return json_response(items)
+
+    @bp.route(PREFIX + "/node_states/<node>", methods=["GET"], strict_slashes=False)
+    async def node_state(org: str, node: str) -> Response:
+        await reader(org)
+        require_accept(JSON)
+        found = ctx.reactor.table.online((org, node))
+        if found is None:
+            return json_response(render.node_state(node, "offline", "unavailable"))
+        availability = "available" if found.available else "unavailable"
+        return json_response(render.node_state(node, "online", availability))
+
+    # feeds -----------------------------------------------------------------------------------
+    @bp.route(PREFIX + "/job_status_feed/<job_id>", methods=["GET"], strict_slashes=False)
+    @bp.route(PREFIX + "/jobs_status_feed/<job_id>", methods=["GET"], strict_slashes=False)
+    async def job_feed(org: str, job_id: str) -> Response:
+        await reader(org)
+        require_accept(EVENT_STREAM)
+        job = job_in_org(org, job_id)
+        if job_id not in ctx.jobs.live:
+            data = {"timestamp": render.sse_timestamp(time.time()), **render.job_detail(job)}
+            return _stream_response(render.sse_event("summary", "job-1", data))
+        sub = ctx.jobs.hub.subscribe(("job", job_id))
+        start = _after_id(request.headers.get("Last-Event-ID"), "job-", len(job.events))
+        backlog = list(job.events[start:])
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                last = start
+                chunk = b"".join(
+                    render.sse_event(name, f"job-{n}", data) for n, name, data in backlog
+                )
+                if backlog:
+                    last = backlog[-1][0]
+                    yield chunk
+                if jobfsm.job_finished(job) and last >= len(job.events):
+                    return
+                async for item in _with_keepalive(sub.receive, ctx):
+                    if item is None:
+                        yield render.sse_comment_keepalive()
+                        continue
+                    if item is END:
+                        return
+                    n, name, data = item
+                    if n <= last:
+                        continue
+                    last = n
+                    yield render.sse_event(name, f"job-{n}", data)
+                    if name == "job_complete":
+                        return
+            finally:
+                ctx.jobs.hub.unsubscribe(("job", job_id), sub)
+
+        return _stream_response(events())
+
+    @bp.route(PREFIX + "/job_status_feed", methods=["GET"], strict_slashes=False)
+    @bp.route(PREFIX + "/jobs_status_feed", methods=["GET"], strict_slashes=False)
+    async def org_feed(org: str) -> Response:
+        await reader(org)
+        require_accept(EVENT_STREAM)
+        sub = ctx.jobs.hub.subscribe(("org", org))
+        now = time.time()
+        horizon = now - s.org_feed_expiration
+        buffered = [e for e in ctx.state.org_events if e.org == org and e.t >= horizon]
+        last_id = request.headers.get("Last-Event-ID")
+        backlog: list[bytes] = []
+        last = ctx.state.org_event_count
+        if last_id is not None:
+            position = next((i for i, e in enumerate(buffered) if e.id == last_id), None)
+            if position is None:
+                data = {"timestamp": render.sse_timestamp(horizon)}
+                backlog.append(render.sse_event("start_of_history", "start_id", data))
+                position = -1
+            backlog.extend(render.sse_event(e.name, e.id, e.data) for e in buffered[position + 1 :])
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                if backlog:
+                    yield b"".join(backlog)
+                async for item in _with_keepalive(sub.receive, ctx):
+                    if item is None:
+                        yield render.sse_comment_keepalive()
+                    elif item is not END and item.n > last:
+                        yield render.sse_event(item.name, item.id, item.data)
+            finally:
+                ctx.jobs.hub.unsubscribe(("org", org), sub)
+
+        return _stream_response(events())
+
+    return bp
+
+
+def status_blueprint(ctx: ServerContext) -> Blueprint:
+    bp = Blueprint("status", __name__)
+
+    @bp.route("/pushy/_status", methods=["GET"], strict_slashes=False)
+    async def status() -> Response:
+        server = ctx.state.server
+        return json_response(
+            {
+                "status": "it's alive",
+                "incarnation_id": server.incarnation if server else None,
+                "node_fsm_count": ctx.reactor.table.online_count(),
+                "job_processes": sorted(ctx.jobs.live),
+            }
+        )
+
+    return bp
+
+
+def _stream_response(body: bytes | AsyncIterator[bytes]) -> Response:
+    response = Response(
+        body,
+        content_type=EVENT_STREAM,
+        headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
+    )
+    response.timeout = None  # Quart's RESPONSE_TIMEOUT would cut streams after 60 s
+    return response
+
+
+async def _with_keepalive(
+    receive: trio.MemoryReceiveChannel, ctx: ServerContext
+) -> AsyncIterator[Any]:
+    """Items from the channel; None after each ``keep_alive_time`` of silence; stops at shutdown."""
+    while not ctx.shutdown.is_set():
+        with trio.move_on_after(ctx.settings.keep_alive_time):
+            try:
+                item = await receive.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            yield item
+            continue
+        yield None
+
+
+def _after_id(last_id: str | None, prefix: str, count: int) -> int:
+    """Index of the first event after ``Last-Event-ID``; 0 (replay all) if absent or unknown."""
+    if last_id and last_id.startswith(prefix):
+        try:
+            n = int(last_id[len(prefix) :])
+        except ValueError:
+            return 0
+        if 1 <= n <= count:
+            return n
+    return 0
+
+
+def _z85_ok(text: str) -> bool:
+    try:
+        return len(zmq.utils.z85.decode(text.encode("ascii"))) == 32
+    except (ValueError, UnicodeEncodeError, KeyError, IndexError, TypeError):
+        return False
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value

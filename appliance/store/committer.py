@@ -1,0 +1,257 @@
+"""The single writer of the event log, with group commit.
+
+Appends come from any trio task and never block; the committer task writes whatever arrived
+while the previous write + fdatasync ran as the next batch (one write, one fdatasync, in a
+worker thread), then wakes the tasks waiting for those records. Under load the batches grow
+by themselves, which is where the throughput comes from.
+
+When a write fails (ENOSPC, EROFS, EIO) the log has already cut the file back; the records
+of that batch are dropped and their waiters get the `StorageError`. Records queued behind
+the failed batch were never written, so they are renumbered down into the failed seqs: the
+log on disk stays gap-free. A seq returned by `append` is therefore only final once it is
+synced; `append_and_wait` returns the final one, and `wait_synced` follows the renumbering
+for waiters already registered (call it before the next checkpoint after `append`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import orjson
+import trio
+
+from appliance.store.log import EventLog, StorageError
+
+__all__ = ["Committer", "CommitterClosed"]
+
+logger = logging.getLogger(__name__)
+
+
+class CommitterClosed(RuntimeError):
+    """The committer no longer accepts records, or stopped before they were written."""
+
+
+class _Entry:
+    __slots__ = ("seq", "record", "payload")
+
+    def __init__(self, seq: int, record: dict, payload: bytes) -> None:
+        self.seq = seq
+        self.record = record
+        self.payload = payload
+
+
+class _Waiter:
+    __slots__ = ("target", "event", "error")
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.event = trio.Event()
+        self.error: BaseException | None = None
+
+
+def _copy_error(exc: StorageError) -> StorageError:
+    # Each waiter raises its own instance: one exception object raised in many tasks would
+    # have its traceback rewritten by each of them.
+    err = StorageError(exc.errno, exc.strerror, exc.filename)
+    err.__cause__ = exc
+    return err
+
+
+class Committer:
+    """The single writer of the log; run `run()` in the nursery that owns the store.
+
+    `snapshot(seq)`, if given, is called on the trio thread when the current segment is
+    full and must return the state after every record appended so far (seq is the last
+    assigned one) as bytes; the committer writes the queued records, then the snapshot.
+    """
+
+    def __init__(
+        self,
+        log: EventLog,
+        encode: Callable[[dict], bytes] = orjson.dumps,
+        *,
+        snapshot: Callable[[int], bytes] | None = None,
+    ) -> None:
+        if not log.ready:
+            raise RuntimeError("open the event log and consume its replay before committing")
+        self._log = log
+        self._encode = encode
+        self._snapshot = snapshot
+        self._queue: list[_Entry] = []
+        self._waiters: list[_Waiter] = []
+        self._next_seq = log.last_seq + 1
+        self._synced = log.last_seq
+        self._wakeup = trio.Event()
+        self._closed = False
+        self._running = False
+        self._finished = False
+        self._snapshot_retry_at = 0
+        self.batches = 0
+        self.failures = 0
+        self.snapshots = 0
+
+    @property
+    def synced_seq(self) -> int:
+        """Every record with seq <= this is on disk."""
+        return self._synced
+
+    @property
+    def last_seq(self) -> int:
+        """The last seq handed out (synced or queued)."""
+        return self._next_seq - 1
+
+    def append(self, record: dict) -> int:
+        """Assign the next seq (stored into record["seq"]), queue it, return the seq.
+
+        Never blocks. The committer owns `record` from now on: do not mutate it.
+        """
+        if self._closed:
+            raise CommitterClosed("the event log committer is closed")
+        seq = self._next_seq
+        record["seq"] = seq
+        payload = self._encode(record)
+        self._queue.append(_Entry(seq, record, payload))
+        self._next_seq = seq + 1
+        self._wakeup.set()
+        return seq
+
+    async def append_and_wait(self, records: list[dict]) -> int:
+        """Queue `records` (consecutive seqs, one batch) and wait until they are durable.
+
+        Returns the last seq; raises `StorageError` if the write failed (none of them is then
+        in the log) or `CommitterClosed`.
+        """
+        if self._closed:
+            raise CommitterClosed("the event log committer is closed")
+        if not records:
+            await self.wait_synced(self.last_seq)
+            return self.last_seq
+        first = self._next_seq
+        entries = []
+        for i, record in enumerate(records):
+            record["seq"] = first + i
+            entries.append(_Entry(first + i, record, self._encode(record)))
+        self._queue.extend(entries)
+        self._next_seq = first + len(entries)
+        self._wakeup.set()
+        return await self._wait(self._next_seq - 1)
+
+    async def wait_synced(self, seq: int) -> None:
+        """Wait until `seq` is durable; raise `StorageError` if its write failed."""
+        if seq <= self._synced:
+            await trio.lowlevel.checkpoint()
+            return
+        if seq >= self._next_seq:
+            raise ValueError(f"wait_synced: seq {seq} was never assigned")
+        await self._wait(seq)
+
+    async def _wait(self, target: int) -> int:
+        if self._finished:
+            raise CommitterClosed("the event log committer stopped")
+        waiter = _Waiter(target)
+        self._waiters.append(waiter)
+        try:
+            await waiter.event.wait()
+        finally:
+            if not waiter.event.is_set():
+                self._waiters.remove(waiter)
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.target
+
+    def close(self) -> None:
+        """Stop accepting records; `run()` writes what is queued, then returns."""
+        self._closed = True
+        self._wakeup.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The committer task. Returns after `close()` once the queue is written."""
+        if self._running:
+            raise RuntimeError("Committer.run is already running")
+        self._running = True
+        task_status.started()
+        try:
+            while True:
+                while not self._queue and not self._closed:
+                    self._wakeup = trio.Event()
+                    await self._wakeup.wait()
+                if not self._queue:
+                    return
+                if await self._write_batch() and not self._closed:
+                    await self._maybe_snapshot()
+        finally:
+            self._closed = True
+            self._finished = True
+            self._queue.clear()
+            for waiter in self._waiters:
+                waiter.error = CommitterClosed("the event log committer stopped")
+                waiter.event.set()
+            self._waiters.clear()
+
+    async def _write_batch(self) -> bool:
+        batch, self._queue = self._queue, []
+        first, last = batch[0].seq, batch[-1].seq
+        items = [(entry.seq, entry.payload) for entry in batch]
+        try:
+            await trio.to_thread.run_sync(self._log.append, items)
+        except StorageError as exc:
+            self._fail(first, last, exc)
+            return False
+        self.batches += 1
+        self._synced = last
+        still_waiting = []
+        for waiter in self._waiters:
+            if waiter.target <= last:
+                waiter.event.set()
+            else:
+                still_waiting.append(waiter)
+        self._waiters = still_waiting
+        return True
+
+    def _fail(self, first: int, last: int, exc: StorageError) -> None:
+        """Drop records first..last, tell their waiters, renumber what queued behind them."""
+        self.failures += 1
+        dropped = last - first + 1
+        logger.error(
+            "event log: write of seq %d..%d failed, %d records dropped: %s",
+            first,
+            last,
+            dropped,
+            exc,
+        )
+        for entry in self._queue:
+            entry.seq -= dropped
+            entry.record["seq"] = entry.seq
+            entry.payload = self._encode(entry.record)
+        self._next_seq -= dropped
+        still_waiting = []
+        for waiter in self._waiters:
+            if waiter.target <= last:
+                waiter.error = _copy_error(exc)
+                waiter.event.set()
+            else:
+                waiter.target -= dropped
+                still_waiting.append(waiter)
+        self._waiters = still_waiting
+
+    async def _maybe_snapshot(self) -> None:
+        log = self._log
+        if self._snapshot is None or not log.needs_snapshot():
+            return
+        if log.segment_bytes() < self._snapshot_retry_at:
+            return
+        seq = self._next_seq - 1
+        payload = self._snapshot(seq)
+        # The snapshot covers everything appended so far: write the rest of it first. No
+        # checkpoint separates the two, so the queue holds exactly the records <= seq.
+        if self._queue and not await self._write_batch():
+            return
+        try:
+            await trio.to_thread.run_sync(log.write_snapshot, seq, payload)
+        except StorageError as exc:
+            logger.error("event log: snapshot at seq %d failed: %s", seq, exc)
+            self._snapshot_retry_at = log.segment_bytes() + max(1, log.segment_max_bytes // 16)
+            return
+        self.snapshots += 1
+        self._snapshot_retry_at = 0

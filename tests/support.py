@@ -1,0 +1,364 @@
+"""Real parts for end-to-end tests: the server process, a Chef-signing HTTP client, a node.
+
+``Server`` runs ``python -m appliance server`` on 127.0.0.1 with free ports and a temporary
+state directory; ``Chef`` signs requests like knife; ``WireNode`` speaks the node protocol
+(config fetch, CURVE DEALER + SUB, HMAC-signed two-frame messages) the way the original client
+does, at the protocol level, so tests can drive every message by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import zmq
+
+from appliance.core import chefauth, wire
+from appliance.core.keys import decrypt_session_key, load_private_pem, load_public_pem
+from appliance.core.rsaraw import rsa_sha1_verify
+
+REPO = Path(__file__).resolve().parent.parent
+STARTUP_SECONDS = 60
+
+
+class Server:
+    def __init__(self, state_dir: Path, **settings: Any) -> None:
+        self.state_dir = state_dir
+        self.settings = {
+            "api_listen_address": "127.0.0.1",
+            "zeromq_listen_address": "tcp://127.0.0.1",
+            "server_name": "127.0.0.1",
+            "api_port": 0,
+            "command_port": 0,
+            "server_heartbeat_port": 0,
+            "state_dir": str(state_dir),
+            "heartbeat_interval": 200,
+            "log_level": "debug",
+            **settings,
+        }
+        self.proc: subprocess.Popen | None = None
+        self.ports: dict[str, Any] = {}
+        self.log_path = state_dir.parent / f"{state_dir.name}-server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['api_port']}"
+
+    @property
+    def pivotal_key(self) -> Path:
+        return self.state_dir / "pivotal.pem"
+
+    def start(self, *extra: str) -> Server:
+        config = self.state_dir.parent / f"{self.state_dir.name}.toml"
+        config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in self.settings.items()))
+        ready = self.state_dir.parent / f"{self.state_dir.name}.ready"
+        if ready.exists():
+            ready.unlink()
+        log = open(self.log_path, "ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "appliance",
+                "server",
+                "--config",
+                str(config),
+                "--ready-file",
+                str(ready),
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+        )
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while not ready.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"server not ready in {STARTUP_SECONDS} s:\n{self.log()}")
+            time.sleep(0.05)
+        self.ports = json.loads(ready.read_text())
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-20000:]
+
+    def stop(self, timeout: float = 20) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def status(self) -> dict[str, Any]:
+        return httpx.get(f"{self.url}/pushy/_status", timeout=10).json()
+
+
+class Chef:
+    """A signed HTTP client, as knife or mixlib-authentication would sign (protocol 1.3)."""
+
+    def __init__(
+        self, base_url: str, user: str, key_pem: str | bytes, version: str = "1.3"
+    ) -> None:
+        self.base_url = base_url
+        self.user = user
+        self.key = load_private_pem(key_pem)
+        self.version = version
+        self.http = httpx.Client(base_url=base_url, timeout=30)
+
+    def headers(
+        self, method: str, path: str, body: bytes, *, timestamp: float | None = None
+    ) -> dict[str, str]:
+        return chefauth.sign_request(
+            key=self.key,
+            user_id=self.user,
+            method=method,
+            path=urllib.parse.urlsplit(path).path,
+            body=body,
+            timestamp=chefauth.format_timestamp(time.time() if timestamp is None else timestamp),
+            version=self.version,
+        )
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        json_body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        body = (
+            raw
+            if raw is not None
+            else (b"" if json_body is None else json.dumps(json_body).encode())
+        )
+        h = {"Accept": "application/json", **self.headers(method, path, body)}
+        if body:
+            h["Content-Type"] = "application/json"
+        h.update(headers or {})
+        return self.http.request(method, path, content=body, headers=h)
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, json_body: Any = None, **kw: Any) -> httpx.Response:
+        return self.request("POST", path, json_body, **kw)
+
+    def put(self, path: str, json_body: Any = None, **kw: Any) -> httpx.Response:
+        return self.request("PUT", path, json_body, **kw)
+
+    def delete(self, path: str, **kw: Any) -> httpx.Response:
+        return self.request("DELETE", path, **kw)
+
+    def sse(
+        self,
+        path: str,
+        *,
+        last_event_id: str | None = None,
+        seconds: float = 30,
+        until: str | None = "job_complete",
+    ) -> list[tuple[str, str, dict]]:
+        """Read an SSE stream until it ends, ``until`` arrives, or ``seconds`` pass."""
+        h = {"Accept": "text/event-stream", **self.headers("GET", path, b"")}
+        if last_event_id is not None:
+            h["Last-Event-ID"] = last_event_id
+        events: list[tuple[str, str, dict]] = []
+        deadline = time.monotonic() + seconds
+        with self.http.stream("GET", path, headers=h, timeout=seconds) as r:
+            assert r.status_code == 200, r.read()
+            for event in parse_sse(r.iter_lines()):
+                events.append(event)
+                if until is not None and event[0] == until:
+                    break
+                if time.monotonic() > deadline:
+                    break
+        return events
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str, dict]]:
+    """A strict parser: an event is emitted only at its terminating blank line."""
+    name = ident = data = None
+    for line in lines:
+        if line == "":
+            if name is not None:
+                yield name, ident or "", json.loads(data or "{}")
+            name = ident = data = None
+        elif line.startswith(":"):
+            continue
+        else:
+            field, _, value = line.partition(": ")
+            if field == "event":
+                name = value
+            elif field == "id":
+                ident = value
+            elif field == "data":
+                data = value
+
+
+def setup_org(
+    server: Server, org: str = "testorg", nodes: tuple[str, ...] = ("node1",)
+) -> tuple[Chef, dict[str, str]]:
+    """An org with the given node clients; returns the superuser client and each node's key."""
+    admin = Chef(server.url, "pivotal", server.pivotal_key.read_bytes())
+    r = admin.post("/organizations", {"name": org, "full_name": org})
+    assert r.status_code == 201, r.text
+    keys = {}
+    for name in nodes:
+        r = admin.post(f"/organizations/{org}/clients", {"name": name, "create_key": True})
+        assert r.status_code == 201, r.text
+        keys[name] = r.json()["chef_key"]["private_key"]
+    return admin, keys
+
+
+class WireNode:
+    """One node at the protocol level: config fetch, CURVE DEALER + SUB, signed messages."""
+
+    def __init__(
+        self, server: Server, org: str, name: str, key_pem: str, *, ctx: zmq.Context | None = None
+    ) -> None:
+        self.server = server
+        self.org = org
+        self.name = name
+        self.chef = Chef(server.url, name, key_pem)
+        self.private_key = load_private_pem(key_pem)
+        self.ctx = ctx or zmq.Context.instance()
+        self.curve_public, self.curve_secret = zmq.curve_keypair()
+        self.incarnation = str(uuid.uuid4())
+        self.sequence = 0
+        self.config: dict[str, Any] = {}
+        self.session_key = b""
+        self.dealer: zmq.Socket | None = None
+        self.sub: zmq.Socket | None = None
+        self.job_id: str | None = None
+        self.job_state = "idle"
+
+    def fetch_config(self) -> httpx.Response:
+        ccpk = urllib.parse.quote_plus(self.curve_public.decode())
+        r = self.chef.get(
+            f"/organizations/{self.org}/pushy/config/{self.name}?ccpk={ccpk}&version=2.0"
+        )
+        if r.status_code == 200:
+            self.config = r.json()
+            self.session_key = decrypt_session_key(
+                self.private_key, self.config["encoded_session_key"]["key"]
+            )
+        return r
+
+    def connect(self, *, curve: bool = True) -> WireNode:
+        if not self.config:
+            r = self.fetch_config()
+            assert r.status_code == 200, r.text
+        hb = self.config["push_jobs"]["heartbeat"]
+        self.close()
+        self.dealer = self.ctx.socket(zmq.DEALER)
+        self.dealer.linger = 0
+        self.dealer.sndhwm = 3
+        if curve and "curve_public_key" in self.config:
+            self.dealer.curve_serverkey = self.config["curve_public_key"].encode()
+            self.dealer.curve_publickey = self.curve_public
+            self.dealer.curve_secretkey = self.curve_secret
+        self.dealer.connect(hb["command_addr"])
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.linger = 0
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.connect(hb["out_addr"])
+        self.sequence = 0
+        return self
+
+    def close(self) -> None:
+        for sock in (self.dealer, self.sub):
+            if sock is not None:
+                sock.close(linger=0)
+        self.dealer = self.sub = None
+
+    def body(self, kind: str, **extra: Any) -> dict[str, Any]:
+        self.sequence += 1
+        body = {
+            "node": self.name,
+            "client": "testhost",
+            "protocol_version": "2.0",
+            "org": self.org,
+            "type": kind,
+            "sequence": self.sequence,
+            "timestamp": wire.http_date(time.time()),
+            "incarnation_id": self.incarnation,
+        }
+        if kind == "heartbeat":
+            body["job_state"] = self.job_state
+        body["job_id"] = self.job_id if kind == "heartbeat" else extra.pop("job_id", self.job_id)
+        body.update(extra)
+        return body
+
+    def send(self, kind: str, **extra: Any) -> None:
+        self.send_frames(wire.hmac_frames(self.session_key, self.body(kind, **extra)))
+
+    def send_frames(self, frames: list[bytes]) -> None:
+        assert self.dealer is not None
+        self.dealer.send_multipart(frames)
+
+    def recv(
+        self, timeout: float = 5.0, *, types: tuple[str, ...] | None = None
+    ) -> dict[str, Any] | None:
+        """The next valid command-channel message (optionally of given types), or None on timeout."""
+        assert self.dealer is not None
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not self.dealer.poll(int(left * 1000)):
+                return None
+            frames = self.dealer.recv_multipart()
+            assert len(frames) == 2, frames
+            body = wire.check_client_inbound(
+                frames[0],
+                frames[1],
+                session_key=self.session_key,
+                server_public_key=None,
+                now=time.time(),
+                max_skew=300,
+            )
+            if types is None or body["type"] in types:
+                return body
+        return None
+
+    def recv_heartbeat(self, timeout: float = 5.0) -> tuple[list[bytes], dict[str, Any]] | None:
+        assert self.sub is not None
+        if not self.sub.poll(int(timeout * 1000)):
+            return None
+        frames = self.sub.recv_multipart()
+        pub = load_public_pem(self.config["public_key"])
+        header = wire.parse_header(frames[0])
+        assert rsa_sha1_verify(pub, frames[1], header.signature or "")
+        return frames, json.loads(frames[1])
+
+    def join(self, timeout: float = 10.0) -> None:
+        """Heartbeat until the server's opening abort arrives, answer it: the node is available."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.send("heartbeat")
+            msg = self.recv(0.5, types=("abort",))
+            if msg is not None:
+                self.job_id, self.job_state = None, "idle"
+                self.send("aborted", job_id=None)
+                return
+        raise AssertionError(f"{self.name} got no abort within {timeout} s")
