@@ -45,6 +45,38 @@ def _parser() -> argparse.ArgumentParser:
         help="write the bound ports as JSON to this file once the server is ready",
     )
     server.add_argument("-l", "--log-level", help="debug, info, warning, error")
+    raw = sub.add_parser(
+        "raw",
+        help="send one Chef-signed request to the server (like knife raw)",
+        description="Send one signed request and print the response body. Exit 0 on a 2xx "
+        "answer, 1 on an HTTP error, 2 on a usage error, 3 when the server cannot be reached.",
+    )
+    raw.add_argument("path", help="request path, e.g. /organizations or /pushy/_status")
+    raw.add_argument("-m", "--method", default="GET", help="HTTP method (default GET)")
+    raw.add_argument("-d", "--data", help="JSON request body")
+    raw.add_argument("-i", "--input", type=Path, help="read the JSON request body from a file")
+    raw.add_argument(
+        "--server-url",
+        default=os.environ.get("PUSHY_SERVER_URL", "http://127.0.0.1:10003"),
+        help="server base URL (env PUSHY_SERVER_URL; default http://127.0.0.1:10003)",
+    )
+    raw.add_argument(
+        "-u",
+        "--user",
+        default=os.environ.get("PUSHY_USER", "pivotal"),
+        help="user or client name to sign as (env PUSHY_USER; default pivotal)",
+    )
+    raw.add_argument(
+        "-k",
+        "--key",
+        type=Path,
+        default=Path(os.environ.get("PUSHY_KEY", "/var/lib/pushy/pivotal.pem")),
+        help="private key file (env PUSHY_KEY; default /var/lib/pushy/pivotal.pem)",
+    )
+    raw.add_argument("--accept", default="application/json", help="Accept header")
+    from appliance.demo import add_parser as add_demo
+
+    add_demo(sub)
     return parser
 
 
@@ -52,6 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "server":
         return _server(args)
+    if args.command == "demo":
+        from appliance.demo import run_demo
+
+        return run_demo(args)
+    if args.command == "raw":
+        from appliance.rawrequest import run_raw
+
+        return run_raw(args)
     _parser().print_help()
     return EXIT_USAGE
 

@@ -25,9 +25,10 @@ Decisions beyond the original (see DESIGN.md):
 
 from __future__ import annotations
 
-import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Any
+
+from appliance.core.render import sse_timestamp
 
 __all__ = [
     "FINISHED",
@@ -52,7 +53,6 @@ __all__ = [
     "on_run_timeout",
     "on_voting_timeout",
     "running_deadline",
-    "sse_timestamp",
     "start",
     "voting_deadline",
 ]
@@ -155,13 +155,6 @@ class Step:
 
 def _us(t: float) -> int:
     return round(t * 1_000_000)
-
-
-def sse_timestamp(t: float) -> str:
-    """``YYYY-MM-DD HH:MM:SS.ffffffZ`` in UTC, as the original's SSE data objects start."""
-    secs, micros = divmod(_us(t), 1_000_000)
-    moment = _dt.datetime.fromtimestamp(secs, tz=_dt.UTC)
-    return f"{moment:%Y-%m-%d %H:%M:%S}.{micros:06d}Z"
 
 
 def apply_change(job: Job, change: list[Any], t: float) -> None:

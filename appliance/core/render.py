@@ -14,12 +14,13 @@ already ended with one, so it can never be taken for (or glued onto) an event.
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
+
+from appliance.core.wire import http_date
 
 __all__ = [
     "error_body",
@@ -36,19 +37,12 @@ __all__ = [
     "sse_timestamp",
 ]
 
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _KEEPALIVE = b":keepalive\n\n"
 
 
 def rfc1123(t: float) -> str:
-    """``Tue, 04 Sep 2012 23:01:02 GMT`` for epoch seconds ``t`` (floored to the second).
-    Built by hand: strftime's names follow the process locale."""
-    tm = time.gmtime(math.floor(t))
-    return (
-        f"{_DAYS[tm.tm_wday]}, {tm.tm_mday:02d} {_MONTHS[tm.tm_mon - 1]} {tm.tm_year:04d} "
-        f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d} GMT"
-    )
+    """``Tue, 04 Sep 2012 23:01:02 GMT`` for epoch seconds ``t`` (floored to the second)."""
+    return http_date(t)
 
 
 def sse_timestamp(t: float) -> str:

@@ -8,7 +8,6 @@ caller supplies keys and "now".
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import math
@@ -107,8 +106,8 @@ def rsa_frames(key: RSAPrivateKey, body: dict[str, Any]) -> list[bytes]:
 
 
 def http_date(t: float) -> str:
-    """RFC 1123 date in GMT, as message ``timestamp`` fields carry it."""
-    return formatdate(t, usegmt=True)
+    """RFC 1123 date in GMT (floored to the second), as message ``timestamp`` fields carry it."""
+    return formatdate(math.floor(t), usegmt=True)
 
 
 def parse_http_date(text: Any) -> float | None:
@@ -218,11 +217,3 @@ def server_heartbeat(sequence: int, t: float, server: str, incarnation: str) -> 
 def server_message(sequence: int, t: float, body: dict[str, Any]) -> dict[str, Any]:
     """A server → node message: ``sequence`` and ``timestamp`` first, then the body's fields."""
     return {"sequence": sequence, "timestamp": http_date(t), **body}
-
-
-def is_base64(text: str) -> bool:
-    try:
-        base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    return True

@@ -258,6 +258,7 @@ class EventLog:
                     raise
                 logger.error("event log: %s; falling back to an older state", exc)
                 self.report.notes.append(str(exc))
+                self.report.recovered_from_corruption = True
                 rejected.append(path)
                 continue
             self._set_aside(rejected)

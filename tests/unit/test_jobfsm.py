@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.core import jobfsm
+from appliance.core import jobfsm, render
 from appliance.core.jobfsm import ArmTimer, Finished, Rehab, Send
 
 T0 = 1_700_000_000.0
@@ -739,8 +739,8 @@ def test_apply_change_output_guards_non_strings():
 
 def test_sse_timestamp_format():
     t = calendar.timegm((2014, 7, 10, 5, 17, 44)) + 0.995958
-    assert jobfsm.sse_timestamp(t) == "2014-07-10 05:17:44.995958Z"
-    assert jobfsm.sse_timestamp(0.0) == "1970-01-01 00:00:00.000000Z"
+    assert render.sse_timestamp(t) == "2014-07-10 05:17:44.995958Z"
+    assert render.sse_timestamp(0.0) == "1970-01-01 00:00:00.000000Z"
 
 
 def test_event_timestamps_strictly_increase_at_one_instant():

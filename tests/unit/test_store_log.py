@@ -420,6 +420,7 @@ def test_only_snapshot_corrupt_replays_from_seq_one(tmp_path: Path) -> None:
         open_log(tmp_path)
     log, snap, recs = open_log(tmp_path, recover=True)
     assert snap is None and [s for s, _ in recs] == [1, 2, 3, 4]
+    assert log.report.recovered_from_corruption and log.report.snapshot_seq is None
     log.close()
 
 
@@ -598,14 +599,15 @@ def test_failed_rollback_blocks_appends_until_it_succeeds(
     log.close()
 
 
-def test_failed_snapshot_changes_nothing(tmp_path: Path) -> None:
-    flaky = FlakyWrite(errno.ENOSPC)
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_failed_snapshot_changes_nothing(tmp_path: Path, code: int) -> None:
+    flaky = FlakyWrite(code)
     log, _, _ = open_log(tmp_path, write=flaky)
     log.append([(1, b"one")])
     flaky.failing = True
     with pytest.raises(StorageError) as info:
         log.write_snapshot(1, b"state")
-    assert info.value.errno == errno.ENOSPC
+    assert info.value.errno == code
     assert snapshots(tmp_path) == [] and list((tmp_path / "log").glob("*.tmp")) == []
     flaky.failing = False
     log.append([(2, b"two")])
