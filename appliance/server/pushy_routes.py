@@ -25,6 +25,7 @@ from appliance.store.log import StorageError
 EVENT_STREAM = "text/event-stream"
 OCTETS = "application/octet-stream"
 PREFIX = "/organizations/<org>/pushy"
+SHUTDOWN_POLL_SECONDS = 0.5
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -348,16 +349,27 @@ def _stream_response(body: bytes | AsyncIterator[bytes]) -> Response:
 async def _with_keepalive(
     receive: trio.MemoryReceiveChannel, ctx: ServerContext
 ) -> AsyncIterator[Any]:
-    """Items from the channel; None after each ``keep_alive_time`` of silence; stops at shutdown."""
+    """Items from the channel; None after each ``keep_alive_time`` of silence.
+
+    Ends promptly when the server shuts down, so that streams close cleanly instead of being
+    cut at the graceful-shutdown deadline.
+    """
+    keep_alive = ctx.settings.keep_alive_time
+    quiet_until = trio.current_time() + keep_alive
     while not ctx.shutdown.is_set():
-        with trio.move_on_after(ctx.settings.keep_alive_time):
+        wait = min(SHUTDOWN_POLL_SECONDS, max(0.0, quiet_until - trio.current_time()))
+        with trio.move_on_after(wait) as scope:
             try:
                 item = await receive.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 return
-            yield item
+        if scope.cancelled_caught:
+            if trio.current_time() >= quiet_until:
+                quiet_until = trio.current_time() + keep_alive
+                yield None
             continue
-        yield None
+        quiet_until = trio.current_time() + keep_alive
+        yield item
 
 
 def _after_id(last_id: str | None, prefix: str, count: int) -> int:
