@@ -209,8 +209,23 @@ _HANDLERS = {
 }
 
 
-def to_records(state: State, *, now: float, retention: float) -> list[dict[str, Any]]:
-    """The state as a list of records that rebuild it; finished jobs past retention are dropped."""
+def prune_jobs(state: State, *, now: float, retention: float) -> list[str]:
+    """Forget finished jobs that ended more than ``retention`` seconds ago (0 keeps all)."""
+    if retention <= 0:
+        return []
+    horizon = now - retention
+    expired = [
+        job_id
+        for job_id, job in state.jobs.items()
+        if job.finished_at is not None and job.finished_at < horizon
+    ]
+    for job_id in expired:
+        del state.jobs[job_id]
+    return expired
+
+
+def to_records(state: State) -> list[dict[str, Any]]:
+    """The state as a list of records that rebuild it (a snapshot)."""
     out: list[dict[str, Any]] = []
     if state.server is not None:
         s = state.server
@@ -226,8 +241,6 @@ def to_records(state: State, *, now: float, retention: float) -> list[dict[str, 
         )
     out.extend(identity.export_records(state.identity))
     for job in state.jobs.values():
-        if retention > 0 and job.finished_at is not None and job.finished_at < now - retention:
-            continue
         out.append({"type": "job_restore", "job": dataclasses.asdict(job)})
     for (org, node), keys in state.node_keys.items():
         out.append(

@@ -51,7 +51,7 @@ async def authenticate(ctx: ServerContext, org: str | None) -> Authenticated:
     ids = ctx.state.identity
     if org is not None and org not in ids.orgs:
         fail(404, error_list(f"organization '{org}' does not exist."))
-    candidates = identity.lookup_keys(ids, org, req.user_id)
+    candidates = identity.lookup_keys(ids, org, req.user_id, now=time.time())  # no expired keys
     if not candidates:
         fail(
             401,

@@ -61,8 +61,6 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         result = call(ctx.state.identity, auth.principal, *args, **extra)
         if result.records:
             await durable(ctx, result.records)
-            for record in result.records:
-                ctx.store.apply(record)
         return json_response(result.body, result.status)
 
     url = base_url
@@ -90,13 +88,11 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         )
         if result.records:
             await durable(ctx, result.records)
-            for record in result.records:
-                ctx.store.apply(record)
         return json_response(result.body, result.status)
 
     @bp.route(ORG, methods=["GET"], strict_slashes=False)
     async def org_get(org: str) -> Response:
-        return await handle(None, "get_org", lambda s, p: identity.get_org(s, p, org))
+        return await handle(org, "get_org", lambda s, p: identity.get_org(s, p, org))
 
     # users -----------------------------------------------------------------------------------
     @bp.route("/users", methods=["GET"], strict_slashes=False)

@@ -151,10 +151,18 @@ class JobManager:
             server_name=self.server_name,
             voting_timeout=self.settings.voting_timeout,
         )
-        await self.store.durable([created, self._step_record(job, step, now)])
-        self.state.jobs[job_id] = job
+        org_events: list = []
+
+        def insert() -> None:  # runs on the committer right after the sync
+            self.state.jobs[job_id] = job
+            org_events.extend(self.state.note_job_events(job, 0))
+
+        await self.store.durable([created, self._step_record(job, step, now)], insert)
         self._spawn(job)
-        self._publish(job, 0)
+        for event in job.events:
+            self.hub.publish(("job", job.id), event)
+        for org_event in org_events:
+            self.hub.publish(("org", job.org), org_event)
         self._execute(job, step, now)
         return job
 

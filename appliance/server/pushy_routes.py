@@ -38,7 +38,7 @@ def base_url() -> str:
 
 
 async def durable(ctx: ServerContext, records: list[dict[str, Any]]) -> None:
-    """Write records and wait until synced; a storage failure is a 503, never a half-applied change."""
+    """Write records, wait until synced and applied; a storage failure is a 503 and changes nothing."""
     try:
         await ctx.store.durable(records)
     except StorageError as exc:
@@ -111,8 +111,6 @@ def blueprint(ctx: ServerContext) -> Blueprint:
             session = keys.session_key
         if records:
             await durable(ctx, records)
-            for record in records:
-                ctx.store.apply(record)
         server = ctx.state.server
         assert server is not None
         host = ctx.server_name

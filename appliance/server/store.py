@@ -2,14 +2,16 @@
 
 Two kinds of write: ``append`` for records the server already applied (job steps, node
 transitions; callers do not wait), and ``durable`` for REST writes that answer only after the
-batch is synced (jobs, identity). A snapshot is taken only at a quiescent point — no durable
-write in flight and everything assigned already synced — so that "state after seq S" is exact.
+batch is synced (jobs, identity), which the committer applies right after the write. Either
+way every assigned record is in the state before the committer can take a snapshot, so a
+snapshot at seq S is exactly "the state after S".
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,6 @@ class Store:
         self.state = corestate.State()
         self.committer: Committer | None = None
         self.report: OpenReport | None = None
-        self._durable_in_flight = 0
 
     # Start -----------------------------------------------------------------------------------
     def load(self, *, recover: bool = False) -> corestate.State:
@@ -76,31 +77,37 @@ class Store:
         assert self.committer is not None
         await self.committer.run(task_status=task_status)
 
-    def apply(self, record: dict[str, Any]) -> None:
-        corestate.apply(self.state, record)
-
     def append(self, record: dict[str, Any]) -> int:
         assert self.committer is not None
         return self.committer.append(record)
 
-    async def durable(self, records: list[dict[str, Any]]) -> int:
+    async def durable(
+        self, records: list[dict[str, Any]], on_synced: Callable[[], None] | None = None
+    ) -> int:
+        """Write records, wait until synced; then they are applied (or ``on_synced`` runs).
+
+        Applying happens on the committer task right after the write, before any snapshot, so
+        a snapshot never covers a record whose effect is missing from the state.
+        """
         assert self.committer is not None
-        self._durable_in_flight += 1
-        try:
-            return await self.committer.append_and_wait(records)
-        finally:
-            self._durable_in_flight -= 1
+
+        def apply_all() -> None:
+            for record in records:
+                corestate.apply(self.state, record)
+
+        return await self.committer.append_and_wait(records, on_synced or apply_all)
 
     async def wait_synced(self, seq: int) -> None:
         assert self.committer is not None
         if seq:
             await self.committer.wait_synced(seq)
 
-    def _snapshot(self, seq: int) -> bytes | None:
-        """Called by the committer when the segment is full; None puts it off (not quiescent)."""
-        if self._durable_in_flight:
-            return None
-        records = corestate.to_records(self.state, now=time.time(), retention=self.retention)
+    def _snapshot(self, seq: int) -> bytes:
+        """Called by the committer when the segment is full: the state after every record so far."""
+        expired = corestate.prune_jobs(self.state, now=time.time(), retention=self.retention)
+        if expired:
+            log.info("dropped %d finished jobs older than the retention period", len(expired))
+        records = corestate.to_records(self.state)
         payload = orjson.dumps(records)
         log.info("snapshot at seq %d: %d records, %d bytes", seq, len(records), len(payload))
         return payload

@@ -33,12 +33,13 @@ class CommitterClosed(RuntimeError):
 
 
 class _Entry:
-    __slots__ = ("seq", "record", "payload")
+    __slots__ = ("seq", "record", "payload", "on_synced")
 
     def __init__(self, seq: int, record: dict, payload: bytes) -> None:
         self.seq = seq
         self.record = record
         self.payload = payload
+        self.on_synced: Callable[[], None] | None = None
 
 
 class _Waiter:
@@ -116,11 +117,17 @@ class Committer:
         self._wakeup.set()
         return seq
 
-    async def append_and_wait(self, records: list[dict]) -> int:
+    async def append_and_wait(
+        self, records: list[dict], on_synced: Callable[[], None] | None = None
+    ) -> int:
         """Queue `records` (consecutive seqs, one batch) and wait until they are durable.
 
+        `on_synced` runs on the committer task right after the write succeeded, before any
+        snapshot is considered: the place to apply the records to in-memory state, so that a
+        snapshot never covers a seq whose effect is not in the state yet.
+
         Returns the last seq; raises `StorageError` if the write failed (none of them is then
-        in the log) or `CommitterClosed`.
+        in the log, and `on_synced` did not run) or `CommitterClosed`.
         """
         if self._closed:
             raise CommitterClosed("the event log committer is closed")
@@ -132,6 +139,7 @@ class Committer:
         for i, record in enumerate(records):
             record["seq"] = first + i
             entries.append(_Entry(first + i, record, self._encode(record)))
+        entries[-1].on_synced = on_synced
         self._queue.extend(entries)
         self._next_seq = first + len(entries)
         self._wakeup.set()
@@ -200,6 +208,12 @@ class Committer:
             return False
         self.batches += 1
         self._synced = last
+        for entry in batch:
+            if entry.on_synced is not None:
+                try:
+                    entry.on_synced()
+                except Exception:
+                    logger.exception("event log: applying synced record %d failed", entry.seq)
         still_waiting = []
         for waiter in self._waiters:
             if waiter.target <= last:

@@ -12,6 +12,7 @@ import json
 import random
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Iterator
 
 import httpx
@@ -624,6 +625,7 @@ def test_fuzz_bad_requests_never_get_a_5xx(srv, world):
     rng = random.Random(20240601)
     pivotal = srv.pivotal_key.read_bytes()
     signers = [(pivotal, "pivotal"), (_KEYS["bob"], "bob"), (world["keys"]["node1"], "node1")]
+    seen: Counter[int] = Counter()
     with httpx.Client(base_url=srv.url, timeout=30) as http:
         for i in range(240):  # bounded
             method, path = rng.choice(FUZZ_ROUTES)
@@ -640,5 +642,8 @@ def test_fuzz_bad_requests_never_get_a_5xx(srv, world):
                 body = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 400)))
             r = http.request(method, path, headers=h, content=body)
             _assert_sane(r, (i, method, path, h, body[:80]))
+            seen[r.status_code] += 1
+    print(sorted(seen.items()))
+    assert {400, 401, 404, 405} <= set(seen), seen  # the loop reached every layer
     # the server is still up and answering
     assert world["bob"].get(JOBS).status_code == 200

@@ -6,7 +6,7 @@ import base64
 import copy
 
 from appliance.core import identity, jobfsm
-from appliance.core.state import State, apply, to_records
+from appliance.core.state import State, apply, prune_jobs, to_records
 
 PEM = "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA\n-----END PUBLIC KEY-----\n"
 T0 = 1_700_000_000.0
@@ -95,13 +95,13 @@ def build() -> tuple[State, list[dict]]:
         records.append(created)
         job = state.jobs[job_id]
         inputs = [
-            lambda t: jobfsm.start(job, set(), t, server_name="s", voting_timeout=60),
-            lambda t: jobfsm.on_message(job, "n1", "ack_commit", {}, t),
-            lambda t: jobfsm.on_message(job, "n1", "ack_run", {}, t),
+            lambda t, job=job: jobfsm.start(job, set(), t, server_name="s", voting_timeout=60),
+            lambda t, job=job: jobfsm.on_message(job, "n1", "ack_commit", {}, t),
+            lambda t, job=job: jobfsm.on_message(job, "n1", "ack_run", {}, t),
         ]
         if finish:
             inputs.append(
-                lambda t: jobfsm.on_message(
+                lambda t, job=job: jobfsm.on_message(
                     job, "n1", "succeeded", {"stdout": "o", "stderr": ""}, t
                 )
             )
@@ -134,7 +134,8 @@ def test_replaying_the_records_rebuilds_the_live_state():
 def test_snapshot_records_rebuild_the_same_state():
     state, _ = build()
     restored = State()
-    for r in to_records(state, now=T0 + 200, retention=0):
+    assert prune_jobs(state, now=T0 + 200, retention=0) == []
+    for r in to_records(state):
         apply(restored, r)
     assert restored.jobs == state.jobs
     assert restored.identity == state.identity
@@ -147,10 +148,12 @@ def test_snapshot_records_rebuild_the_same_state():
 
 def test_snapshot_drops_finished_jobs_past_retention_only():
     state, _ = build()
+    assert prune_jobs(state, now=T0 + 10_000, retention=1_000) == ["a" * 32]
+    assert set(state.jobs) == {"b" * 32}  # the running job is kept however old
     restored = State()
-    for r in to_records(state, now=T0 + 10_000, retention=1_000):
+    for r in to_records(state):
         apply(restored, r)
-    assert set(restored.jobs) == {"b" * 32}  # the running job is kept however old
+    assert set(restored.jobs) == {"b" * 32}
 
 
 def test_rotated_session_key_keeps_the_previous_one_for_the_grace_period():

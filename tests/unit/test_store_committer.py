@@ -22,17 +22,21 @@ class Disk:
     def __init__(self) -> None:
         self.syncs = 0
         self.fail_code: int | None = None
+        self.fail_next: int | None = None
         self.hold = False
         self.entered = threading.Event()
         self.release = threading.Event()
 
     def write(self, fd: int, data) -> int:
+        fail_code = self.fail_code  # decided on entry, so a held write fails as planned
+        if self.fail_next is not None:
+            fail_code, self.fail_next = self.fail_next, None
         if self.hold:
             self.entered.set()
             if not self.release.wait(10):
                 raise TimeoutError("test gate never opened")
-        if self.fail_code is not None:
-            raise OSError(self.fail_code, os.strerror(self.fail_code))
+        if fail_code is not None:
+            raise OSError(fail_code, os.strerror(fail_code))
         return os.write(fd, data)
 
     def fdatasync(self, fd: int) -> None:
@@ -117,8 +121,9 @@ async def test_group_commit(tmp_path: Path) -> None:
             nursery.start_soon(writer, i)
         await trio.testing.wait_all_tasks_blocked()
         disk.release.set()
-        while len(results) < 100:
-            await trio.sleep(0.01)
+        with trio.fail_after(10):
+            while len(results) < 100:
+                await trio.sleep(0.01)
         committer.close()
     log.close()
     # 100 durable records, two fdatasyncs: the first alone, the 99 others together.
@@ -267,8 +272,9 @@ async def test_records_queued_behind_a_failed_batch_are_renumbered(tmp_path: Pat
         await trio.testing.wait_all_tasks_blocked()
         disk.fail_code = None
         disk.release.set()
-        while len(outcome) < 4:
-            await trio.sleep(0.01)
+        with trio.fail_after(10):
+            while len(outcome) < 4:
+                await trio.sleep(0.01)
         committer.close()
     log.close()
     assert isinstance(outcome["A"], StorageError) and outcome["A"].errno == errno.ENOSPC
@@ -295,8 +301,6 @@ async def test_cancelled_waiter_does_not_stop_the_write(tmp_path: Path) -> None:
         await nursery.start(committer.run)
         disk.hold = True
         with trio.CancelScope() as scope:
-            nursery.start_soon(disk.wait_entered)
-            await trio.testing.wait_all_tasks_blocked()
 
             async def cancel_when_entered() -> None:
                 await disk.wait_entered()
@@ -305,9 +309,9 @@ async def test_cancelled_waiter_does_not_stop_the_write(tmp_path: Path) -> None:
             nursery.start_soon(cancel_when_entered)
             await committer.append_and_wait([{"n": 1}])
         assert scope.cancelled_caught
+        assert committer._waiters == [] and committer.synced_seq == 0  # still in its write
         disk.release.set()
         await committer.append_and_wait([{"n": 2}])
-        assert committer._waiters == []
         committer.close()
     log.close()
     assert [r["n"] for _, r in replay(tmp_path)[1]] == [1, 2]
@@ -325,25 +329,26 @@ async def test_stopped_committer_fails_its_waiters(tmp_path: Path) -> None:
         except CommitterClosed as exc:
             outcome["queued"] = exc
 
+    committer_scope = trio.CancelScope()
+    committer_done = trio.Event()
+
+    async def run_committer() -> None:
+        with committer_scope:
+            await committer.run()
+        committer_done.set()
+
     async with trio.open_nursery() as nursery:
-        with trio.CancelScope() as committer_scope:
-            committer_nursery_done = trio.Event()
-
-            async def run_committer() -> None:
-                with committer_scope:
-                    await committer.run()
-                committer_nursery_done.set()
-
-            nursery.start_soon(run_committer)
-            await trio.testing.wait_all_tasks_blocked()
-            disk.hold = True
-            committer.append({"n": "in flight"})
-            await disk.wait_entered()
-            nursery.start_soon(waiter)
-            await trio.testing.wait_all_tasks_blocked()
-            committer_scope.cancel()
-            disk.release.set()
-            await committer_nursery_done.wait()
+        nursery.start_soon(run_committer)
+        await trio.testing.wait_all_tasks_blocked()
+        disk.hold = True
+        committer.append({"n": "in flight"})
+        await disk.wait_entered()
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        committer_scope.cancel()
+        disk.release.set()
+        with trio.fail_after(10):
+            await committer_done.wait()
     log.close()
     assert isinstance(outcome["queued"], CommitterClosed)
     assert committer.synced_seq == 1  # the write in its thread finished before the stop
@@ -390,7 +395,7 @@ async def test_failed_snapshot_is_retried_later(tmp_path: Path) -> None:
     def snapshot(seq: int) -> bytes:
         calls.append(seq)
         if len(calls) == 1:
-            disk.fail_code = errno.ENOSPC  # the snapshot write hits a full disk
+            disk.fail_next = errno.ENOSPC  # the snapshot write hits a full disk
         return orjson.dumps(state)
 
     committer = Committer(log, snapshot=snapshot)
@@ -398,13 +403,10 @@ async def test_failed_snapshot_is_retried_later(tmp_path: Path) -> None:
         await nursery.start(committer.run)
         for i in range(40):
             state.append(i)
-            try:
-                await committer.append_and_wait([{"i": i, "pad": "y" * 30}])
-            except StorageError:
-                pass
-            disk.fail_code = None
+            await committer.append_and_wait([{"i": i, "pad": "y" * 30}])
         committer.close()
     log.close()
-    assert committer.snapshots >= 1 and len(calls) > committer.snapshots
+    assert committer.snapshots >= 1 and len(calls) == committer.snapshots + 1
+    assert disk.fail_next is None  # the failure was really injected
     snap, got = replay(tmp_path)
     assert orjson.loads(snap) + [r["i"] for _, r in got] == list(range(40))

@@ -29,7 +29,9 @@ def payload(i: int, size: int = 40) -> bytes:
     return (f"record-{i}-".encode() * size)[: size + i % 7]
 
 
-def open_log(directory: Path, *, recover: bool = False, **kw) -> tuple[EventLog, bytes | None, list]:
+def open_log(
+    directory: Path, *, recover: bool = False, **kw
+) -> tuple[EventLog, bytes | None, list]:
     log = EventLog(directory, **kw)
     snap, it = log.open(recover=recover)
     return log, snap, list(it)
@@ -158,6 +160,24 @@ def test_crash_between_snapshot_and_new_segment(tmp_path: Path) -> None:
     assert snap == b"five" and recs == [] and log.last_seq == 5
     log.append([(6, b"six")])
     log.close()
+    log, snap, recs = open_log(tmp_path)
+    assert snap == b"five" and recs == [(6, b"six")]
+    log.close()
+
+
+def test_snapshot_ahead_of_a_cut_log_starts_a_fresh_segment(tmp_path: Path) -> None:
+    log, _, _ = open_log(tmp_path)
+    written = [payload(s) for s in range(1, 6)]
+    log.append([(s, written[s - 1]) for s in range(1, 6)])
+    log.write_snapshot(5, b"five")
+    log.close()
+    (tmp_path / "log" / f"{6:020d}.seg").unlink()
+    os.truncate(segments(tmp_path)[0], offsets(written)[3] + 2)  # records 4-5 lost, not state
+    log, snap, recs = open_log(tmp_path)
+    assert snap == b"five" and recs == [] and log.last_seq == 5
+    log.append([(6, b"six")])  # must not land after record 3 in segment 1
+    log.close()
+    assert [int(p.stem) for p in segments(tmp_path)] == [1, 6]
     log, snap, recs = open_log(tmp_path)
     assert snap == b"five" and recs == [(6, b"six")]
     log.close()
