@@ -186,7 +186,7 @@ class Reactor:
                         self._rehab_wakeup.set()
                 case corenodes.Up(key=key, incarnation=incarnation):
                     log.info("node %s/%s is online", *key)
-                    self.store.append(
+                    self.store.record(
                         {
                             "type": "node_up",
                             "org": key[0],
@@ -197,7 +197,7 @@ class Reactor:
                 case corenodes.Down(key=key, reason=reason):
                     log.info("node %s/%s is offline: %s", *key, reason)
                     self.sequences.pop(key, None)
-                    self.store.append({"type": "node_down", "org": key[0], "node": key[1]})
+                    self.store.record({"type": "node_down", "org": key[0], "node": key[1]})
                     self.jobs.node_down(key, now)
                 case corenodes.ToJob(key=key, job_id=job_id, type=kind, body=body):
                     self.jobs.node_message(job_id, key, kind, body, now)

@@ -78,8 +78,14 @@ class Store:
         await self.committer.run(task_status=task_status)
 
     def append(self, record: dict[str, Any]) -> int:
+        """Log a record whose effect the caller already made (e.g. a job FSM step)."""
         assert self.committer is not None
         return self.committer.append(record)
+
+    def record(self, record: dict[str, Any]) -> int:
+        """Apply a record to the state now and log it without waiting (e.g. a node going up)."""
+        corestate.apply(self.state, record)
+        return self.append(record)
 
     async def durable(
         self, records: list[dict[str, Any]], on_synced: Callable[[], None] | None = None
