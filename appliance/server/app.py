@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import orjson
-from quart import Response
+from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -24,6 +24,12 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app.register_blueprint(pushy_routes.blueprint(ctx))
     app.register_blueprint(identity_routes.blueprint(ctx))
 
+    @app.before_request
+    async def read_body_first() -> None:
+        """Read the whole body (at most MAX_REST_BODY) before routing: hypercorn stalls a
+        keep-alive connection when a reply (a 405, a 404) goes out before the body was read."""
+        await request.get_data(cache=True)
+
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
         if exc.response is not None:  # raised by our own ``fail``: already a JSON response
@@ -37,7 +43,11 @@ def create_app(ctx: ServerContext) -> QuartTrio:
             body = {"error": "method not allowed"}
         else:
             body = {"error": exc.description or exc.name}
-        return Response(orjson.dumps(body), status=status, content_type="application/json")
+        # an oversized body is never read: close rather than leave the connection stalled
+        headers = {"Connection": "close"} if status == 413 else {}
+        return Response(
+            orjson.dumps(body), status=status, content_type="application/json", headers=headers
+        )
 
     @app.errorhandler(Exception)
     async def internal_error(exc: Exception) -> Response:

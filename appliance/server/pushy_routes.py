@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -34,7 +35,11 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 def base_url() -> str:
     scheme = request.headers.get("X-Forwarded-Proto") or request.scheme
-    return f"{scheme}://{request.headers.get('Host', request.host)}"
+    host = request.headers.get("Host", request.host)
+    name, colon, port = host.rpartition(":")
+    if colon and name and port in ("80", "443"):  # §6.4: the port is left out when 80 or 443
+        host = name
+    return f"{scheme}://{host}"
 
 
 async def durable(ctx: ServerContext, records: list[dict[str, Any]]) -> None:
@@ -89,8 +94,11 @@ def blueprint(ctx: ServerContext) -> Blueprint:
                 fail(400, render.error_list("Missing ccpk"))
             if len(ccpk) != 40 or not _z85_ok(ccpk):
                 fail(401, render.error_list("Bad ccpk"))
-            if ctx.state.node_keys.get((org, node)) is None or (
-                ctx.state.node_keys[(org, node)].ccpk != ccpk
+            # only a client (the node) registers its CURVE key: a superuser's fetch must not
+            # replace the node's entry in the allow-list and cut the node off
+            if p.kind == "client" and (
+                ctx.state.node_keys.get((org, node)) is None
+                or ctx.state.node_keys[(org, node)].ccpk != ccpk
             ):
                 records.append({"type": "ccpk", "org": org, "node": node, "key": ccpk})
         keys = ctx.state.node_keys.get((org, node))
@@ -385,8 +393,8 @@ def _after_id(last_id: str | None, prefix: str, count: int) -> int:
 def _z85_ok(text: str) -> bool:
     try:
         return len(zmq.utils.z85.decode(text.encode("ascii"))) == 32
-    except (ValueError, UnicodeEncodeError, KeyError, IndexError, TypeError):
-        return False
+    except (ValueError, UnicodeEncodeError, KeyError, IndexError, TypeError, struct.error):
+        return False  # struct.error: a 5-char group above 2**32 - 1 (e.g. '#####')
 
 
 def _number(value: float) -> int | float:

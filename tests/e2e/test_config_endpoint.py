@@ -218,16 +218,16 @@ def test_users_never_get_a_session_key(srv, world):
     member = new_user(admin, "cfg_member")
     boss = new_user(admin, "cfg_admin")
     reader = new_user(admin, "cfg_reader")
-    assert admin.put(f"/organizations/{ORG}/groups/admins", {"users": ["cfg_admin"]}).status_code == (
-        200
-    )
+    assert admin.put(
+        f"/organizations/{ORG}/groups/admins", {"users": ["cfg_admin"]}
+    ).status_code == (200)
     for chef in (member, boss):
         r = chef.get(config_path("n_checks"))
         assert r.status_code == 403, (chef.user, r.text)
         assert r.json() == {"error": [f"User or client '{chef.user}' {FORBIDDEN}"]}
-    assert admin.post(f"/organizations/{ORG}/groups", {"groupname": "pushy_job_readers"}).status_code == (
-        201
-    )
+    assert admin.post(
+        f"/organizations/{ORG}/groups", {"groupname": "pushy_job_readers"}
+    ).status_code == (201)
     group = f"/organizations/{ORG}/groups/pushy_job_readers"
     assert admin.put(group, {"users": ["cfg_reader"], "clients": ["n_checks"]}).status_code == 200
     try:
@@ -355,4 +355,3 @@ def test_previous_key_is_dropped_without_a_grace(tmp_path, zctx):
             node.close()
     finally:
         server.kill()
-

@@ -139,9 +139,7 @@ def test_get_org_members_and_outsiders(srv, world):
 
 def test_create_user_with_generated_key(srv, world):
     admin = world["admin"]
-    r = admin.post(
-        "/users", {"username": "gen", "create_key": True, "email": "g@example.com"}
-    )
+    r = admin.post("/users", {"username": "gen", "create_key": True, "email": "g@example.com"})
     assert r.status_code == 201, r.text
     body = r.json()
     assert set(body) == {"uri", "chef_key"}

@@ -291,7 +291,15 @@ def test_success_runs_the_six_event_sequence(fleet):
         "status": "complete",
         "run_timeout": 3600,
     }
-    assert list(job) == ["nodes", "id", "command", "status", "run_timeout", "created_at", "updated_at"]
+    assert list(job) == [
+        "nodes",
+        "id",
+        "command",
+        "status",
+        "run_timeout",
+        "created_at",
+        "updated_at",
+    ]
     events = job_events(admin, org, job_id)
     assert shape(events) == SUCCESS
     assert [e[1] for e in events] == [f"job-{i}" for i in range(1, 7)]
@@ -366,8 +374,10 @@ def test_ignored_commit_times_out_the_vote_and_the_node_stays_online(fleet):
     assert state["status"] == "online"
     # ... and, once it answered, runs the next job.
     wait_for(
-        lambda: admin.get(f"/organizations/{org}/pushy/node_states/n1").json()["availability"]
-        == "available",
+        lambda: (
+            admin.get(f"/organizations/{org}/pushy/node_states/n1").json()["availability"]
+            == "available"
+        ),
         nodes=(n1,),
     )
     second = post_job(admin, org, ["n1"])
@@ -410,6 +420,22 @@ def test_client_restarted_after_ack_commit_crashes_its_node(fleet):
         ("job_complete", None, "complete"),
     ]
     n1.answer_abort()  # the new incarnation gets the usual first-contact abort
+
+
+def test_client_restarted_while_voting_votes_down(fleet):
+    org, admin, (n1,) = fleet.setup("n1")
+    job_id = post_job(admin, org, ["n1"])
+    n1.expect("commit")
+    n1.restart_client()  # before answering the commit
+    job = wait_job(admin, org, job_id, "quorum_failed", (n1,))
+    assert job["nodes"] == {"unavailable": ["n1"]}
+    assert shape(job_events(admin, org, job_id)) == [
+        ("start", None, None),
+        ("quorum_vote", "n1", "down"),
+        ("rehab", "n1", None),
+        ("job_complete", None, "quorum_failed"),
+    ]
+    n1.answer_abort()
 
 
 def test_node_that_stops_heartbeating_while_running_crashes(fleet):
@@ -518,8 +544,10 @@ def test_nack_commit_naming_no_job_sends_the_node_to_rehab(fleet):
     n1.send("nack_commit", job_id="a")
     n1.answer_abort()
     wait_for(
-        lambda: admin.get(f"/organizations/{org}/pushy/node_states/n1").json()["availability"]
-        == "available",
+        lambda: (
+            admin.get(f"/organizations/{org}/pushy/node_states/n1").json()["availability"]
+            == "available"
+        ),
         nodes=(n1,),
     )
     later = post_job(admin, org, ["n1"])
@@ -753,14 +781,19 @@ def test_abort_a_running_job(fleet, server):
         "run_timeout": 3600,
     }
     n1.answer_abort()  # over ZeroMQ
-    assert shape(job_events(admin, org, job_id)) == [*SUCCESS[:4], ("job_complete", None, "aborted")]
+    assert shape(job_events(admin, org, job_id)) == [
+        *SUCCESS[:4],
+        ("job_complete", None, "aborted"),
+    ]
     again = admin.post(f"{jobs_path(org, job_id)}/abort")
     assert again.status_code == 409
     assert isinstance(again.json()["error"], str)
     # The node is usable again.
     wait_for(
-        lambda: admin.get(f"/organizations/{org}/pushy/node_states/n1").json()["availability"]
-        == "available",
+        lambda: (
+            admin.get(f"/organizations/{org}/pushy/node_states/n1").json()["availability"]
+            == "available"
+        ),
         nodes=(n1,),
     )
     later = post_job(admin, org, ["n1"])

@@ -498,9 +498,9 @@ def test_authentication_precedes_org_lookup_and_missing_resources(srv, world):
     h = sign(_KEYS["bob"], "bob", "GET", bogus, timestamp=time.time() - 3600)
     assert raw(srv, "GET", bogus, h).status_code == 401
     unknown_job = f"{JOBS}/{'0' * 32}"
-    assert raw(srv, "GET", unknown_job, sign(STRANGER_KEY, "x", "GET", unknown_job)).status_code == (
-        401
-    )
+    assert raw(
+        srv, "GET", unknown_job, sign(STRANGER_KEY, "x", "GET", unknown_job)
+    ).status_code == (401)
     assert world["mallory"].get(unknown_job).status_code == 403
     assert world["bob"].get(unknown_job).status_code == 404
     r = world["bob"].get(bogus)
@@ -611,7 +611,17 @@ GARBAGE_HEADERS = [
     {"X-Forwarded-Proto": "gopher://"},
     {"Host": "[::1"},
 ]
-GARBAGE_SUFFIXES = ["", "/", "//", "/%00", "/%ff%fe", "/..", "/x" * 40, "?ccpk=%zz&version=", "?include_file=1"]
+GARBAGE_SUFFIXES = [
+    "",
+    "/",
+    "//",
+    "/%00",
+    "/%ff%fe",
+    "/..",
+    "/x" * 40,
+    "?ccpk=%zz&version=",
+    "?include_file=1",
+]
 
 
 def _assert_sane(r: httpx.Response, what: object) -> None:

@@ -9,6 +9,7 @@ torn tail of the log is cut at start.
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import re
 import signal
@@ -138,8 +139,10 @@ def test_node_back_without_its_job_is_crashed_and_aborted(fleet, server):
     ]
     n1.answer_abort(seconds=10)
     wait_for(
-        lambda: admin.get(f"/organizations/{org}/pushy/node_states/n1").json()["availability"]
-        == "available",
+        lambda: (
+            admin.get(f"/organizations/{org}/pushy/node_states/n1").json()["availability"]
+            == "available"
+        ),
         nodes=(n1,),
     )
     later = post_job(admin, org, ["n1"])
@@ -157,7 +160,7 @@ def test_voting_timer_is_rearmed_from_the_logged_time(fleet, server):
     # Down past the voting deadline: a re-armed timer fires at once after the restart, a
     # fresh one would wait a whole voting_timeout more.
     down_for = voting_timeout + 0.5 - (time.monotonic() - posted)
-    restart(server, down_for=down_for, nodes=(n1,))
+    restart(server, kill=True, down_for=down_for, nodes=(n1,))
     job = wait_job(admin, org, job_id, "quorum_failed", (n1,), seconds=voting_timeout - 1.5)
     assert job["nodes"] == {"unavailable": ["n1"]}
     events = admin.sse(f"/organizations/{org}/pushy/job_status_feed/{job_id}")
@@ -166,6 +169,13 @@ def test_voting_timer_is_rearmed_from_the_logged_time(fleet, server):
         ("quorum_vote", "n1", "voting_timeout"),
         ("job_complete", None, "quorum_failed"),
     ]
+    started, voted = (_epoch(e[2]["timestamp"]) for e in events[:2])
+    assert voted - started >= voting_timeout  # the timer kept its deadline, not an earlier one
+
+
+def _epoch(sse_timestamp: str) -> float:
+    parsed = datetime.datetime.strptime(sse_timestamp, "%Y-%m-%d %H:%M:%S.%fZ")
+    return parsed.replace(tzinfo=datetime.UTC).timestamp()
 
 
 def _org_feed_replay(
@@ -224,7 +234,12 @@ JOB_BODIES = [
     {"command": "plain", "nodes": ["off1"]},
     {"command": "two nodes", "nodes": ["off1", "off2"], "quorum": 1, "run_timeout": 60},
     {"command": "as user", "nodes": ["off2"], "user": "deploy", "dir": "/srv"},
-    {"command": "with env", "nodes": ["off1"], "env": {"A": "1", "B": "x y"}, "capture_output": True},
+    {
+        "command": "with env",
+        "nodes": ["off1"],
+        "env": {"A": "1", "B": "x y"},
+        "capture_output": True,
+    },
     {"command": "with file", "nodes": ["off3"], "file": "raw:#!/bin/sh\necho hi\n"},
 ]
 
