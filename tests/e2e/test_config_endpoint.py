@@ -218,16 +218,14 @@ def test_users_never_get_a_session_key(srv, world):
     member = new_user(admin, "cfg_member")
     boss = new_user(admin, "cfg_admin")
     reader = new_user(admin, "cfg_reader")
-    assert admin.put(
-        f"/organizations/{ORG}/groups/admins", {"users": ["cfg_admin"]}
-    ).status_code == (200)
+    r = admin.put(f"/organizations/{ORG}/groups/admins", {"users": ["cfg_admin"]})
+    assert r.status_code == 200
     for chef in (member, boss):
         r = chef.get(config_path("n_checks"))
         assert r.status_code == 403, (chef.user, r.text)
         assert r.json() == {"error": [f"User or client '{chef.user}' {FORBIDDEN}"]}
-    assert admin.post(
-        f"/organizations/{ORG}/groups", {"groupname": "pushy_job_readers"}
-    ).status_code == (201)
+    r = admin.post(f"/organizations/{ORG}/groups", {"groupname": "pushy_job_readers"})
+    assert r.status_code == 201
     group = f"/organizations/{ORG}/groups/pushy_job_readers"
     assert admin.put(group, {"users": ["cfg_reader"], "clients": ["n_checks"]}).status_code == 200
     try:
