@@ -360,5 +360,16 @@ class WireNode:
             if msg is not None:
                 self.job_id, self.job_state = None, "idle"
                 self.send("aborted", job_id=None)
+                self.wait_available(deadline - time.monotonic())
                 return
         raise AssertionError(f"{self.name} got no abort within {timeout} s")
+
+    def wait_available(self, timeout: float = 10.0) -> None:
+        """Poll the REST API until the server has processed our ``aborted``: available."""
+        deadline = time.monotonic() + max(timeout, 1.0)
+        path = f"/organizations/{self.org}/pushy/node_states/{self.name}"
+        while time.monotonic() < deadline:
+            if self.chef.get(path).json().get("availability") == "available":
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"{self.name} did not become available within {timeout} s")
