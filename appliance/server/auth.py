@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import NoReturn
 
+import orjson
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from quart import Response, abort, request
 
@@ -28,14 +29,8 @@ class Authenticated:
 
 
 def fail(status: int, body: object, headers: dict[str, str] | None = None) -> NoReturn:
-    response = Response(_json(body), status=status, content_type=JSON, headers=headers or {})
+    response = Response(orjson.dumps(body), status=status, content_type=JSON, headers=headers or {})
     abort(response)
-
-
-def _json(body: object) -> bytes:
-    import orjson
-
-    return orjson.dumps(body)
 
 
 async def authenticate(ctx: ServerContext, org: str | None) -> Authenticated:
