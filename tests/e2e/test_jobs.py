@@ -403,23 +403,40 @@ def test_run_timeout_times_out_the_job_and_the_node(fleet):
     n1.answer_abort()
 
 
-def test_client_restarted_after_ack_commit_crashes_its_node(fleet):
+def _kill(node: Node, how: str) -> None:
+    if how == "new_incarnation":
+        node.restart_client()  # the next heartbeat carries a new incarnation
+    else:
+        node.beating = False  # the liveness scanner takes it down
+
+
+@pytest.mark.parametrize("how", ["new_incarnation", "silence"])
+@pytest.mark.parametrize("phase", ["after_ack_commit", "running"])
+def test_node_killed_mid_job_crashes_in_a_complete_job(fleet, how, phase):
     org, admin, (n1,) = fleet.setup("n1")
     job_id = post_job(admin, org, ["n1"])
     n1.expect("commit")
     n1.working(job_id, "committed")
     n1.send("ack_commit", job_id=job_id)
     n1.expect("run")
-    n1.restart_client()  # the next heartbeat carries a new incarnation
-    job = wait_job(admin, org, job_id, "complete", (n1,))
+    if phase == "running":
+        n1.working(job_id, "running")
+        n1.send("ack_run", job_id=job_id)
+        wait_for(lambda: get_job(admin, org, job_id)["nodes"] == {"running": ["n1"]}, nodes=(n1,))
+    _kill(n1, how)
+    job = wait_job(admin, org, job_id, "complete", (n1,), seconds=15)
     assert job["nodes"] == {"crashed": ["n1"]}
     assert shape(job_events(admin, org, job_id)) == [
-        *SUCCESS[:3],
+        *SUCCESS[: 4 if phase == "running" else 3],
         ("rehab", "n1", None),
         ("run_complete", "n1", "crashed"),
         ("job_complete", None, "complete"),
     ]
-    n1.answer_abort()  # the new incarnation gets the usual first-contact abort
+    if how == "silence":
+        state = admin.get(f"/organizations/{org}/pushy/node_states/n1").json()
+        assert state == {"node_name": "n1", "status": "offline", "availability": "unavailable"}
+        n1.beating = True
+    n1.answer_abort()  # back (or new): the usual first-contact abort
 
 
 def test_client_restarted_while_voting_votes_down(fleet):
@@ -436,23 +453,6 @@ def test_client_restarted_while_voting_votes_down(fleet):
         ("job_complete", None, "quorum_failed"),
     ]
     n1.answer_abort()
-
-
-def test_node_that_stops_heartbeating_while_running_crashes(fleet):
-    org, admin, (n1,) = fleet.setup("n1")
-    job_id = post_job(admin, org, ["n1"])
-    commit_and_run(n1, job_id)
-    n1.beating = False
-    job = wait_job(admin, org, job_id, "complete", seconds=15)
-    assert job["nodes"] == {"crashed": ["n1"]}
-    assert shape(job_events(admin, org, job_id)) == [
-        *SUCCESS[:4],
-        ("rehab", "n1", None),
-        ("run_complete", "n1", "crashed"),
-        ("job_complete", None, "complete"),
-    ]
-    state = admin.get(f"/organizations/{org}/pushy/node_states/n1").json()
-    assert state == {"node_name": "n1", "status": "offline", "availability": "unavailable"}
 
 
 def test_quorum_two_with_one_nack_fails_and_aborts_the_ready_node(fleet):
