@@ -94,7 +94,8 @@ class JobView:
     """What the node table needs to know about jobs, supplied by the shell."""
 
     is_live: Callable[[str], bool]  # the job exists and has not finished its linger window
-    assignment: Callable[[NodeKey], tuple[str, str] | None]  # (job_id, ready|running) or None
+    # the live job where the node is new, ready or running: (job_id, status), or None
+    assignment: Callable[[NodeKey], tuple[str, str] | None]
 
 
 @dataclass
@@ -213,12 +214,15 @@ class NodeTable:
         reported = _reported_assignment(body)
         incarnation = body.get("incarnation_id")
         same_client = incarnation == node.incarnation
-        if same_client and reported == expected:
+        implied = _reconcile(expected, reported) if same_client else None
+        if implied is not None:
             node.ghost = False
             node.state = "idle"
             node.health = None
             self._readdress(node, address)
             effects.append(Send(node.key, "ack"))
+            if expected is not None:
+                effects.extend(ToJob(node.key, expected[0], kind, {}) for kind in implied)
             return node
         if expected is not None:
             effects.append(LostJob(node.key, expected[0]))
@@ -264,6 +268,29 @@ class NodeTable:
         if node.address is not None and self.addresses.get(node.address) == node.key:
             del self.addresses[node.address]
         effects.append(Down(node.key, reason))
+
+
+def _reconcile(
+    expected: tuple[str, str] | None, reported: tuple[str, str] | None
+) -> list[str] | None:
+    """Can a node that reports ``reported`` resume where the server has it (``expected``)?
+
+    Returns the job messages its report implies (replies whose record the server lost when it
+    was killed: the node voted or started but the change never reached the log), or None when
+    the two cannot be reconciled and the node must be reset.
+    """
+    if reported == expected:
+        return []
+    if expected is None:
+        return None
+    job_id, status = expected
+    if status == "new" and reported is None:
+        return []  # the commit may still be on its way, or was lost: the voting timer decides
+    if status == "new" and reported == (job_id, "ready"):
+        return ["ack_commit"]
+    if status == "ready" and reported == (job_id, "running"):
+        return ["ack_run"]
+    return None
 
 
 def _reported_assignment(body: dict[str, Any]) -> tuple[str, str] | None:

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from appliance.server.store import Store
 
 log = logging.getLogger("pushy.jobs")
-ASSIGNED = ("ready", "running")
 ACTIVE = ("new", "ready", "running")
 
 
@@ -54,7 +53,7 @@ class JobManager:
         for job_id in self.node_jobs.get(key, ()):
             job = self.state.jobs[job_id]
             status = job.nodes.get(key[1])
-            if job.org == key[0] and status in ASSIGNED and not jobfsm.job_finished(job):
+            if job.org == key[0] and status in ACTIVE and not jobfsm.job_finished(job):
                 return (job_id, status)
         return None
 

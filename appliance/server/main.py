@@ -126,7 +126,9 @@ async def serve(settings: Settings, store: Store, server_key, *, ready_file: Pat
             await services.start(jobs.run)
             config = Config()
             config.bind = [_bind_address(p.api_listen_address, p.api_port)]
-            config.graceful_timeout = 5
+            # in-flight requests are short and SSE streams end themselves at shutdown; hypercorn
+            # also waits this long for idle keep-alive connections, so keep it small
+            config.graceful_timeout = 2
             config.accesslog = None
             config.errorlog = logging.getLogger("pushy.hypercorn")
             app = create_app(ctx)

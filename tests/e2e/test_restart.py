@@ -120,6 +120,22 @@ def test_running_job_resumes_after_a_restart(fleet, server, kill):
     assert wait_job(admin, org, later, "complete", (n1,))["nodes"] == {"succeeded": ["n1"]}
 
 
+def test_kill_9_right_after_ack_run_still_resumes_the_job(fleet, server):
+    """Job steps are logged without waiting; if the kill lost the ack_run, the node's report of
+    a running job makes up for it (an implied ack_run), so the job is not crashed."""
+    org, admin, (n1,) = fleet.setup("n1")
+    job_id = post_job(admin, org, ["n1"], "sleep 30")
+    commit_and_run(n1, job_id)
+    n1.inbox.clear()
+    restart(server, kill=True, down_for=0.3, nodes=(n1,))
+    assert n1.expect("ack", seconds=10)["type"] == "ack"
+    wait_for(lambda: get_job(admin, org, job_id)["nodes"] == {"running": ["n1"]}, nodes=(n1,))
+    n1.send("succeeded", job_id=job_id, stdout="", stderr="")
+    n1.idle()
+    assert wait_job(admin, org, job_id, "complete", (n1,))["nodes"] == {"succeeded": ["n1"]}
+    assert n1.take("abort") == []
+
+
 def test_node_back_without_its_job_is_crashed_and_aborted(fleet, server):
     org, admin, (n1,) = fleet.setup("n1")
     job_id = post_job(admin, org, ["n1"], "sleep 30")

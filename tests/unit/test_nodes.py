@@ -346,6 +346,35 @@ def test_ghost_committed_matches_ready(table, jobs):
     assert table.on_message(KEY, ADDR, body, T0 + 1, jobs.view) == [Send(KEY, "ack")]
 
 
+@pytest.mark.parametrize(
+    ("expected", "job_state", "implied"),
+    [
+        ("ready", "running", ["ack_run"]),  # the server was killed before logging the ack_run
+        ("new", "committed", ["ack_commit"]),  # ... before logging the ack_commit
+        ("new", "idle", []),  # the commit is still on its way or was lost: the vote decides
+    ],
+)
+def test_ghost_one_step_ahead_resumes_and_the_lost_reply_reaches_the_job(
+    table, jobs, expected, job_state, implied
+):
+    table.restore(KEY, INC, T0)
+    jobs.live.add(JOB)
+    jobs.assigned[KEY] = (JOB, expected)
+    body = msg("heartbeat", job_id=None if job_state == "idle" else JOB, job_state=job_state)
+    effects = table.on_message(KEY, ADDR, body, T0 + 1, jobs.view)
+    assert effects == [Send(KEY, "ack"), *(ToJob(KEY, JOB, kind, {}) for kind in implied)]
+    assert table.online(KEY) is not None
+
+
+def test_ghost_two_steps_ahead_is_reset(table, jobs):
+    table.restore(KEY, INC, T0)
+    jobs.live.add(JOB)
+    jobs.assigned[KEY] = (JOB, "new")
+    body = msg("heartbeat", job_id=JOB, job_state="running")
+    effects = table.on_message(KEY, ADDR, body, T0 + 1, jobs.view)
+    assert kinds(effects) == [LostJob(KEY, JOB), ("Down", KEY), Up(KEY, INC), Send(KEY, "abort")]
+
+
 def test_ghost_that_lost_its_job_is_reset(table, jobs):
     table.restore(KEY, INC, T0)
     jobs.live.add(JOB)
