@@ -28,18 +28,24 @@ __all__ = ["Committer", "CommitterClosed"]
 logger = logging.getLogger(__name__)
 
 
+RETRY_FIRST_SECONDS = 0.05
+RETRY_MAX_SECONDS = 2.0
+CLOSE_ATTEMPTS = 3
+
+
 class CommitterClosed(RuntimeError):
     """The committer no longer accepts records, or stopped before they were written."""
 
 
 class _Entry:
-    __slots__ = ("seq", "record", "payload", "on_synced")
+    __slots__ = ("seq", "record", "payload", "on_synced", "waited")
 
-    def __init__(self, seq: int, record: dict, payload: bytes) -> None:
+    def __init__(self, seq: int, record: dict, payload: bytes, waited: bool = False) -> None:
         self.seq = seq
         self.record = record
         self.payload = payload
         self.on_synced: Callable[[], None] | None = None
+        self.waited = waited  # from append_and_wait: dropped (and its writer told) on failure
 
 
 class _Waiter:
@@ -138,7 +144,7 @@ class Committer:
         entries = []
         for i, record in enumerate(records):
             record["seq"] = first + i
-            entries.append(_Entry(first + i, record, self._encode(record)))
+            entries.append(_Entry(first + i, record, self._encode(record), waited=True))
         entries[-1].on_synced = on_synced
         self._queue.extend(entries)
         self._next_seq = first + len(entries)
@@ -180,14 +186,27 @@ class Committer:
         self._running = True
         task_status.started()
         try:
+            failures_in_a_row = 0
             while True:
                 while not self._queue and not self._closed:
                     self._wakeup = trio.Event()
                     await self._wakeup.wait()
                 if not self._queue:
                     return
-                if await self._write_batch() and not self._closed:
-                    await self._maybe_snapshot()
+                if await self._write_batch():
+                    failures_in_a_row = 0
+                    if not self._closed:
+                        await self._maybe_snapshot()
+                    continue
+                failures_in_a_row += 1
+                if self._closed and failures_in_a_row >= CLOSE_ATTEMPTS:
+                    logger.error(
+                        "event log: giving up at shutdown, %d records not written", len(self._queue)
+                    )
+                    return
+                # Records nobody waits for stay queued: retry, backing off, until the disk
+                # takes them again (new REST writes meanwhile fail fast with StorageError).
+                await trio.sleep(min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2**failures_in_a_row))
         finally:
             self._closed = True
             self._finished = True
@@ -199,12 +218,12 @@ class Committer:
 
     async def _write_batch(self) -> bool:
         batch, self._queue = self._queue, []
-        first, last = batch[0].seq, batch[-1].seq
+        last = batch[-1].seq
         items = [(entry.seq, entry.payload) for entry in batch]
         try:
             await trio.to_thread.run_sync(self._log.append, items)
         except StorageError as exc:
-            self._fail(first, last, exc)
+            self._fail(batch, exc)
             return False
         self.batches += 1
         self._synced = last
@@ -223,30 +242,39 @@ class Committer:
         self._waiters = still_waiting
         return True
 
-    def _fail(self, first: int, last: int, exc: StorageError) -> None:
-        """Drop records first..last, tell their waiters, renumber what queued behind them."""
+    def _fail(self, batch: list[_Entry], exc: StorageError) -> None:
+        """A write failed: drop the records someone waits for (they get the error), keep the
+        others queued for a retry, and renumber everything queued so seqs stay contiguous."""
         self.failures += 1
-        dropped = last - first + 1
+        first = batch[0].seq
+        dropped = {entry.seq for entry in batch if entry.waited}
+        queue = [entry for entry in batch if not entry.waited] + self._queue
+        renumbered: dict[int, int] = {}
+        for new_seq, entry in enumerate(queue, start=first):
+            renumbered[entry.seq] = new_seq
+            if entry.seq != new_seq:
+                entry.seq = new_seq
+                entry.record["seq"] = new_seq
+                entry.payload = self._encode(entry.record)
+        self._queue = queue
+        self._next_seq = first + len(queue)
         logger.error(
-            "event log: write of seq %d..%d failed, %d records dropped: %s",
+            "event log: write of seq %d..%d failed (%s): %d records refused to their writers, "
+            "%d kept for a retry",
             first,
-            last,
-            dropped,
+            batch[-1].seq,
             exc,
+            len(dropped),
+            len(batch) - len(dropped),
         )
-        for entry in self._queue:
-            entry.seq -= dropped
-            entry.record["seq"] = entry.seq
-            entry.payload = self._encode(entry.record)
-        self._next_seq -= dropped
         still_waiting = []
         for waiter in self._waiters:
-            if waiter.target <= last:
+            if waiter.target in renumbered:
+                waiter.target = renumbered[waiter.target]
+                still_waiting.append(waiter)
+            else:
                 waiter.error = _copy_error(exc)
                 waiter.event.set()
-            else:
-                waiter.target -= dropped
-                still_waiting.append(waiter)
         self._waiters = still_waiting
 
     async def _maybe_snapshot(self) -> None:

@@ -284,6 +284,43 @@ async def test_records_queued_behind_a_failed_batch_are_renumbered(tmp_path: Pat
     assert got == [(1, {"n": "B", "seq": 1}), (2, {"n": "C", "seq": 2})]
 
 
+async def test_unwaited_records_survive_a_full_disk_and_are_written_when_space_returns(
+    tmp_path: Path,
+) -> None:
+    """Job steps and node transitions are already in memory: a full disk must not drop them
+    from the log. They are retried (in order) while REST writes fail fast with StorageError."""
+    disk = Disk()
+    log = open_log(tmp_path, disk)
+    committer = Committer(log)
+    outcome: dict[str, object] = {}
+
+    async def waits_for(seq: int) -> None:
+        await committer.wait_synced(seq)
+        outcome["step"] = "synced"
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+        disk.fail_code = errno.ENOSPC
+        assert committer.append({"n": "step1"}) == 1
+        nursery.start_soon(waits_for, 1)
+        with pytest.raises(StorageError):
+            await committer.append_and_wait([{"n": "rest"}])
+        assert committer.append({"n": "step2"}) == 2  # step1 kept seq 1, "rest" was refused
+        with trio.fail_after(5):
+            while committer.failures < 3:  # it keeps retrying while the disk is full
+                await trio.sleep(0.01)
+        assert committer.synced_seq == 0 and "step" not in outcome
+        disk.fail_code = None
+        with trio.fail_after(10):
+            await committer.wait_synced(2)
+        await trio.testing.wait_all_tasks_blocked()
+        assert outcome["step"] == "synced"
+        committer.close()
+    log.close()
+    _, got = replay(tmp_path)
+    assert got == [(1, {"n": "step1", "seq": 1}), (2, {"n": "step2", "seq": 2})]
+
+
 async def test_wait_synced_rejects_unassigned_seq(tmp_path: Path) -> None:
     log = open_log(tmp_path)
     committer = Committer(log)
