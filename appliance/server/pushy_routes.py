@@ -27,6 +27,7 @@ EVENT_STREAM = "text/event-stream"
 OCTETS = "application/octet-stream"
 PREFIX = "/organizations/<org>/pushy"
 SHUTDOWN_POLL_SECONDS = 0.5
+ABORT_SYNC_WAIT_SECONDS = 5.0
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -197,12 +198,10 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         if jobfsm.job_finished(job):
             fail(409, render.error_body(f"job '{job_id}' has already finished ({job.status})"))
         seq = ctx.jobs.abort(job)
-        try:
+        # The abort is in effect (nodes told, state changed); answer once it is on disk, or after
+        # a bound when the disk is full (the committer keeps retrying the write).
+        with trio.move_on_after(ABORT_SYNC_WAIT_SECONDS):
             await ctx.store.wait_synced(seq)
-        except StorageError as exc:
-            fail(
-                503, render.error_body(f"the server cannot write its state: {exc.strerror or exc}")
-            )
         return json_response(render.job_detail(job))
 
     @bp.route(
