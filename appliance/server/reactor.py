@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pushy.reactor")
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+DROP_LOG_WINDOW_SECONDS = 60.0
+DROP_LOG_LINES_PER_WINDOW = 20
 
 
 def zmq_endpoint(listen: str, port: int) -> str:
@@ -56,6 +58,7 @@ class Reactor:
         self.router: TrioSocket | None = None
         self.pub: TrioSocket | None = None
         self.dropped: Counter[str] = Counter()
+        self._drop_log: dict[str, tuple[float, int, int]] = {}  # reason -> (since, logged, hidden)
         self.sequences: dict[corenodes.NodeKey, int] = {}
         self.heartbeat_sequence = 0
         self.bound: dict[str, int] = {}
@@ -172,8 +175,26 @@ class Reactor:
         self.execute(effects, now)
 
     def _drop(self, reason: str, detail: str) -> None:
+        """Count every dropped message; log the first few per reason per window (a flood of
+        garbage must not turn into a flood of log lines)."""
         self.dropped[reason] += 1
-        log.info("dropped a node message (%s): %s", reason, detail)
+        now = time.monotonic()
+        window_start, logged, suppressed = self._drop_log.get(reason, (now, 0, 0))
+        if now - window_start >= DROP_LOG_WINDOW_SECONDS:
+            if suppressed:
+                log.warning(
+                    "dropped %d more node messages (%s) in the last %.0f s without logging them",
+                    suppressed,
+                    reason,
+                    now - window_start,
+                )
+            window_start, logged, suppressed = now, 0, 0
+        if logged < DROP_LOG_LINES_PER_WINDOW:
+            log.info("dropped a node message (%s): %s", reason, detail)
+            logged += 1
+        else:
+            suppressed += 1
+        self._drop_log[reason] = (window_start, logged, suppressed)
 
     def execute(self, effects: list, now: float) -> None:
         """Carry out node-table effects; job effects come back through the job manager."""
