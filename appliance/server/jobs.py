@@ -67,6 +67,8 @@ class JobManager:
                     self._spawn(job)
                 elif job.finished_at and now - job.finished_at < self.settings.wait_complete_time:
                     self._spawn(job)
+                else:
+                    job.events.clear()  # past its linger window: the feed answers with a summary
             task_status.started()
             await trio.sleep_forever()
 
@@ -101,6 +103,9 @@ class JobManager:
                 self.step(job, jobfsm.crash(job, now), now)
         finally:
             self.live.pop(job.id, None)
+            # Past the linger window the job feed only gives a summary: keep memory bounded by
+            # the live jobs, not by history (a job's event list is rebuilt only if it resumes).
+            job.events.clear()
             for name in job.nodes:
                 jobs = self.node_jobs.get((job.org, name))
                 if jobs is not None:
