@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import zmq
 
 from appliance.core import wire
 from appliance.core.keys import decrypt_session_key, load_private_pem
+from appliance.localserver import LocalServer
 from appliance.rawrequest import signed_request
 
 WHITELIST = {"hello": "echo hello from $CHEF_PUSH_NODE_NAME; uname -sr"}
@@ -149,43 +149,19 @@ class Agent(threading.Thread):
 
 def run_demo(args: argparse.Namespace) -> int:
     state_root = Path(tempfile.mkdtemp(prefix="pushy-demo-"))
-    config = state_root / "server.toml"
-    config.write_text(
-        'api_listen_address = "127.0.0.1"\nzeromq_listen_address = "tcp://127.0.0.1"\n'
-        'server_name = "127.0.0.1"\napi_port = 0\ncommand_port = 0\nserver_heartbeat_port = 0\n'
-        f'state_dir = "{state_root / "state"}"\n'
-    )
-    ready = state_root / "ready.json"
-    log_path = state_root / "server.log"
-    print(f"starting pushy server (state in {state_root / 'state'}, log in {log_path})")
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "appliance",
-                "server",
-                "--config",
-                str(config),
-                "--ready-file",
-                str(ready),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    server = LocalServer(state_root / "state")
+    print(f"starting pushy server (state in {server.state_dir}, log in {server.log_path})")
     ctx = zmq.Context()
     agents: list[Agent] = []
     try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            if server.poll() is not None or time.monotonic() > deadline:
-                print(log_path.read_text(), file=sys.stderr)
-                return 1
-            time.sleep(0.1)
-        ports = json.loads(ready.read_text())
-        url = f"http://127.0.0.1:{ports['api_port']}"
-        pivotal = (state_root / "state" / "pivotal.pem").read_text()
-        print(f"server ready at {url}; superuser key {state_root / 'state' / 'pivotal.pem'}")
+        try:
+            server.start()
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        url = server.url
+        pivotal = server.pivotal_key.read_text()
+        print(f"server ready at {url}; superuser key {server.pivotal_key}")
         status, _ = signed_request(
             url, "POST", "/organizations", {"name": "demo", "full_name": "Demo"}, "pivotal", pivotal
         )
@@ -251,11 +227,10 @@ def run_demo(args: argparse.Namespace) -> int:
         for agent in agents:
             agent.join(5)
         ctx.destroy(linger=0)
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
+        if server.proc is not None and server.proc.poll() is None:
             try:
-                server.wait(20)
+                server.stop(20)
             except subprocess.TimeoutExpired:
-                server.kill()
+                pass  # stop() killed it
         if not args.keep:
             shutil.rmtree(state_root, ignore_errors=True)

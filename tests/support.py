@@ -1,118 +1,116 @@
 """Real parts for end-to-end tests: the server process, a Chef-signing HTTP client, a node.
 
 ``Server`` runs ``python -m appliance server`` on 127.0.0.1 with free ports and a temporary
-state directory; ``Chef`` signs requests like knife; ``WireNode`` speaks the node protocol
-(config fetch, CURVE DEALER + SUB, HMAC-signed two-frame messages) the way the original client
-does, at the protocol level, so tests can drive every message by hand.
+state directory (``server_fixture`` makes a pytest fixture of one); ``Chef`` signs requests like
+knife; ``new_user``/``set_group`` set up identities; ``wait_for`` is the bounded polling loop;
+``WireNode`` speaks the node protocol (config fetch, CURVE DEALER + SUB, HMAC-signed two-frame
+messages) the way the original client does, at the protocol level, so tests can drive every
+message by hand. The job-level helpers (``Node``, ``Fleet``, ``Feed``, ...) are in
+tests/e2e/helpers.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import zmq
 
 from appliance.core import chefauth, wire
 from appliance.core.keys import decrypt_session_key, load_private_pem, load_public_pem
 from appliance.core.rsaraw import rsa_sha1_verify
+from appliance.localserver import LocalServer
 
 REPO = Path(__file__).resolve().parent.parent
 STARTUP_SECONDS = 60
 
 
-class Server:
+class Server(LocalServer):
+    """The server under test: debug logging, a 200 ms heartbeat unless told otherwise."""
+
     def __init__(self, state_dir: Path, **settings: Any) -> None:
-        self.state_dir = state_dir
-        self.settings = {
-            "api_listen_address": "127.0.0.1",
-            "zeromq_listen_address": "tcp://127.0.0.1",
-            "server_name": "127.0.0.1",
-            "api_port": 0,
-            "command_port": 0,
-            "server_heartbeat_port": 0,
-            "state_dir": str(state_dir),
-            "heartbeat_interval": 200,
-            "log_level": "debug",
-            **settings,
-        }
-        self.proc: subprocess.Popen | None = None
-        self.ports: dict[str, Any] = {}
-        self.log_path = state_dir.parent / f"{state_dir.name}-server.log"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['api_port']}"
-
-    @property
-    def pivotal_key(self) -> Path:
-        return self.state_dir / "pivotal.pem"
+        super().__init__(
+            state_dir,
+            cwd=REPO,
+            startup_seconds=STARTUP_SECONDS,
+            **{"heartbeat_interval": 200, "log_level": "debug", **settings},
+        )
 
     def start(self, *extra: str) -> Server:
-        config = self.state_dir.parent / f"{self.state_dir.name}.toml"
-        config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in self.settings.items()))
-        ready = self.state_dir.parent / f"{self.state_dir.name}.ready"
-        if ready.exists():
-            ready.unlink()
-        log = open(self.log_path, "ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "appliance",
-                "server",
-                "--config",
-                str(config),
-                "--ready-file",
-                str(ready),
-                *extra,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env=env,
-        )
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while not ready.exists():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"server not ready in {STARTUP_SECONDS} s:\n{self.log()}")
-            time.sleep(0.05)
-        self.ports = json.loads(ready.read_text())
+        super().start(*extra)
         return self
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-20000:]
-
-    def stop(self, timeout: float = 20) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+    def __enter__(self) -> Server:
+        return self.start()
 
     def status(self) -> dict[str, Any]:
         return httpx.get(f"{self.url}/pushy/_status", timeout=10).json()
+
+
+def server_fixture(name: str, *, scope: str = "module", **settings: Any) -> Any:
+    """A pytest fixture: one ``Server(**settings)`` per ``scope``, killed at its end."""
+
+    @pytest.fixture(scope=scope)
+    def fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+        with Server(tmp_path_factory.mktemp(name) / "state", **settings) as srv:
+            yield srv
+
+    return fixture
+
+
+def wait_for(
+    predicate: Callable[[], Any],
+    seconds: float = 10.0,
+    nodes: Iterable[Any] = (),
+    *,
+    step: float = 0.02,
+    what: str = "condition",
+) -> Any:
+    """Poll ``predicate`` until it is truthy (returned); ``node.tick()`` each of ``nodes``
+    meanwhile (so they keep heartbeating)."""
+    deadline = time.monotonic() + seconds
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        for node in nodes:
+            node.tick()
+        time.sleep(step)
+    raise AssertionError(f"{what}: not met within {seconds} s (last value {last!r})")
+
+
+def sign(
+    key: Any,
+    user: str,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    *,
+    version: str = "1.3",
+    timestamp: float | None = None,
+) -> dict[str, str]:
+    """Chef signing headers for ``path`` (query left out), as knife sends them.
+
+    ``key`` is a private key or its PEM text."""
+    if isinstance(key, str | bytes):
+        key = load_private_pem(key)
+    return chefauth.sign_request(
+        key=key,
+        user_id=user,
+        method=method,
+        path=urllib.parse.urlsplit(path).path,
+        body=body,
+        timestamp=chefauth.format_timestamp(time.time() if timestamp is None else timestamp),
+        version=version,
+    )
 
 
 class Chef:
@@ -123,6 +121,7 @@ class Chef:
     ) -> None:
         self.base_url = base_url
         self.user = user
+        self.key_pem = key_pem
         self.key = load_private_pem(key_pem)
         self.version = version
         self.http = httpx.Client(base_url=base_url, timeout=30)
@@ -130,14 +129,8 @@ class Chef:
     def headers(
         self, method: str, path: str, body: bytes, *, timestamp: float | None = None
     ) -> dict[str, str]:
-        return chefauth.sign_request(
-            key=self.key,
-            user_id=self.user,
-            method=method,
-            path=urllib.parse.urlsplit(path).path,
-            body=body,
-            timestamp=chefauth.format_timestamp(time.time() if timestamp is None else timestamp),
-            version=self.version,
+        return sign(
+            self.key, self.user, method, path, body, version=self.version, timestamp=timestamp
         )
 
     def request(
@@ -230,6 +223,34 @@ def setup_org(
         assert r.status_code == 201, r.text
         keys[name] = r.json()["chef_key"]["private_key"]
     return admin, keys
+
+
+def error_of(r: httpx.Response) -> object:
+    """The ``error`` of a JSON error body."""
+    assert r.headers["content-type"].startswith("application/json"), (r.status_code, r.text)
+    return r.json()["error"]
+
+
+def new_user(admin: Chef, name: str, org: str | None = None) -> Chef:
+    """A new user with a server-made key (a member of ``org`` if given); its client."""
+    r = admin.post("/users", {"username": name, "create_key": True})
+    assert r.status_code == 201, r.text
+    chef = Chef(admin.base_url, name, r.json()["chef_key"]["private_key"])
+    if org is not None:
+        r = admin.post(f"/organizations/{org}/users", {"username": name})
+        assert r.status_code == 201, r.text
+    return chef
+
+
+def set_group(admin: Chef, org: str, group: str, *, users=(), clients=(), groups=()) -> None:
+    """Create the group if needed and set exactly these members."""
+    r = admin.get(f"/organizations/{org}/groups/{group}")
+    if r.status_code == 404:
+        r = admin.post(f"/organizations/{org}/groups", {"groupname": group})
+        assert r.status_code == 201, r.text
+    body = {"users": list(users), "clients": list(clients), "groups": list(groups)}
+    r = admin.put(f"/organizations/{org}/groups/{group}", body)
+    assert r.status_code == 200, r.text
 
 
 class WireNode:
@@ -373,3 +394,12 @@ class WireNode:
                 return
             time.sleep(0.02)
         raise AssertionError(f"{self.name} did not become available within {timeout} s")
+
+
+def connect_bounded(node: WireNode, ms: int = 5000) -> WireNode:
+    """Connect with send/receive timeouts, so that a lost connection fails a test, not hangs it."""
+    node.connect()
+    for sock in (node.dealer, node.sub):
+        sock.sndtimeo = ms
+        sock.rcvtimeo = ms
+    return node

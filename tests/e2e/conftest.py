@@ -1,4 +1,8 @@
-"""Fixtures for end-to-end tests: a real server process per test (or module)."""
+"""Fixtures for end-to-end tests: a real server process per test (or module).
+
+A module overrides ``server`` with its own settings (``server = server_fixture(...)``); the
+``org``, ``node1`` and ``fleet`` fixtures then use that server.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,14 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
+from tests.e2e.helpers import Fleet
 from tests.support import Server, WireNode, setup_org
 
 
 @pytest.fixture
 def server(tmp_path) -> Iterator[Server]:
-    srv = Server(tmp_path / "state")
-    srv.start()
-    try:
+    with Server(tmp_path / "state") as srv:
         yield srv
-    finally:
-        srv.kill()
 
 
 @pytest.fixture
@@ -40,3 +41,13 @@ def node1(server, org, zctx) -> Iterator[WireNode]:
     node.join()
     yield node
     node.close()
+
+
+@pytest.fixture
+def fleet(server, zctx) -> Iterator[Fleet]:
+    """Organizations and joined ``Node``s for one test, closed at its end."""
+    f = Fleet(server, zctx)
+    try:
+        yield f
+    finally:
+        f.close()

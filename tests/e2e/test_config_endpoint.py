@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -19,7 +18,7 @@ import zmq.utils.z85
 
 from appliance.core import wire
 from appliance.core.keys import decrypt_session_key, load_private_pem, load_public_pem
-from tests.support import Chef, Server, WireNode, setup_org
+from tests.support import Chef, Server, WireNode, error_of, new_user, server_fixture, setup_org
 
 ORG = "cfgorg"
 NODES = ("n_shape", "n_alias", "n_rotate", "n_super", "n_grace", "n_random", "n_checks")
@@ -47,20 +46,6 @@ def config_path(node: str, ccpk: str | None = None, *, org: str = ORG, alias: st
     return f"{path}?ccpk={urllib.parse.quote_plus(ccpk)}&version=2.0" if ccpk else path
 
 
-def error_of(r: httpx.Response) -> object:
-    assert r.headers["content-type"].startswith("application/json"), (r.status_code, r.text)
-    return r.json()["error"]
-
-
-def new_user(admin: Chef, name: str, org: str | None = ORG) -> Chef:
-    r = admin.post("/users", {"username": name, "create_key": True})
-    assert r.status_code == 201, r.text
-    chef = Chef(admin.base_url, name, r.json()["chef_key"]["private_key"])
-    if org is not None:
-        assert admin.post(f"/organizations/{org}/users", {"username": name}).status_code == 201
-    return chef
-
-
 def heartbeat_until_abort(node: WireNode, session_key: bytes, tries: int = 6) -> dict | None:
     """Heartbeats HMAC-signed with ``session_key``; the server's first ``abort``, or None."""
     for _ in range(tries):  # bounded
@@ -71,28 +56,14 @@ def heartbeat_until_abort(node: WireNode, session_key: bytes, tries: int = 6) ->
     return None
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory) -> Iterator[Server]:
-    # 1000 ms makes ``interval`` a whole number, so the test can see that it is still a float
-    server = Server(tmp_path_factory.mktemp("config") / "state", heartbeat_interval=1000)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
+# 1000 ms makes ``interval`` a whole number, so the test can see that it is still a float
+srv = server_fixture("config", heartbeat_interval=1000)
 
 
 @pytest.fixture(scope="module")
 def world(srv):
     admin, keys = setup_org(srv, ORG, NODES)
     return {"admin": admin, "keys": keys, **{n: Chef(srv.url, n, keys[n]) for n in NODES}}
-
-
-@pytest.fixture
-def zctx() -> Iterator[zmq.Context]:
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
 
 
 # --------------------------------------------------------------------------- shape
@@ -215,9 +186,9 @@ def test_client_name_must_match_node(srv, world):
 def test_users_never_get_a_session_key(srv, world):
     """Even an admin or a pushy_job_readers member: the key would let them impersonate the node."""
     admin = world["admin"]
-    member = new_user(admin, "cfg_member")
-    boss = new_user(admin, "cfg_admin")
-    reader = new_user(admin, "cfg_reader")
+    member = new_user(admin, "cfg_member", ORG)
+    boss = new_user(admin, "cfg_admin", ORG)
+    reader = new_user(admin, "cfg_reader", ORG)
     r = admin.put(f"/organizations/{ORG}/groups/admins", {"users": ["cfg_admin"]})
     assert r.status_code == 200
     for chef in (member, boss):
@@ -243,7 +214,7 @@ def test_users_never_get_a_session_key(srv, world):
 
 def test_outsiders_and_bad_credentials(srv, world):
     admin = world["admin"]
-    outsider = new_user(admin, "cfg_outsider", org=None)
+    outsider = new_user(admin, "cfg_outsider")
     r = outsider.get(config_path("n_checks"))
     assert r.status_code == 403
     assert r.json() == {"error": [f"'cfg_outsider' is not associated with organization '{ORG}'"]}
@@ -337,9 +308,7 @@ def test_a_random_key_is_dropped(srv, world, zctx):
 
 
 def test_previous_key_is_dropped_without_a_grace(tmp_path, zctx):
-    server = Server(tmp_path / "state", session_key_grace=0)
-    server.start()
-    try:
+    with Server(tmp_path / "state", session_key_grace=0) as server:
         _, keys = setup_org(server, "graceless", ("gnode",))
         node = WireNode(server, "graceless", "gnode", keys["gnode"], ctx=zctx)
         assert node.fetch_config().status_code == 200
@@ -351,5 +320,3 @@ def test_previous_key_is_dropped_without_a_grace(tmp_path, zctx):
             assert heartbeat_until_abort(node, node.session_key) is not None, server.log()
         finally:
             node.close()
-    finally:
-        server.kill()

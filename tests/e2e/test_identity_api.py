@@ -7,47 +7,23 @@ several keys (rotation without downtime), groups with nesting and cycle refusal,
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from appliance.core.keys import load_private_pem, load_public_pem, public_pem
-from tests.support import Chef, Server, setup_org
+from tests.support import Chef, error_of, new_user, server_fixture, setup_org
 
 ORG = "idorg"
 PUSHY_JOBS = f"/organizations/{ORG}/pushy/jobs"
-
-
-def error_of(r: httpx.Response) -> object:
-    assert r.headers["content-type"].startswith("application/json"), (r.status_code, r.text)
-    return r.json()["error"]
-
-
-def new_user(admin: Chef, name: str, org: str | None = None) -> Chef:
-    r = admin.post("/users", {"username": name, "create_key": True})
-    assert r.status_code == 201, r.text
-    chef = Chef(admin.base_url, name, r.json()["chef_key"]["private_key"])
-    if org is not None:
-        r = admin.post(f"/organizations/{org}/users", {"username": name})
-        assert r.status_code == 201, r.text
-    return chef
 
 
 def same_public_key(pem_a: str, pem_b: str) -> bool:
     return load_public_pem(pem_a).public_numbers() == load_public_pem(pem_b).public_numbers()
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory) -> Iterator[Server]:
-    server = Server(tmp_path_factory.mktemp("identity") / "state")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
+srv = server_fixture("identity")
 
 
 @pytest.fixture(scope="module")

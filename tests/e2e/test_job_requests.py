@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import json
 import re
-import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from appliance.core import chefauth
-from appliance.core.keys import load_private_pem
-from tests.support import Chef, Server, setup_org
+from tests.support import Chef, new_user, server_fixture, setup_org, sign
 
 ORG = "joborg"
 OTHER = "joborg2"
@@ -48,39 +44,17 @@ def without(key: str) -> dict:
     return body
 
 
-def signed(server: Server, user: str, key_pem, method: str, path: str, body: bytes = b""):
-    return chefauth.sign_request(
-        key=load_private_pem(key_pem),
-        user_id=user,
-        method=method,
-        path=path.split("?")[0],
-        body=body,
-        timestamp=chefauth.format_timestamp(time.time()),
-    )
-
-
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory) -> Iterator[Server]:
-    server = Server(tmp_path_factory.mktemp("jobs") / "state")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
+srv = server_fixture("jobs")
 
 
 @pytest.fixture(scope="module")
 def world(srv):
     admin, keys = setup_org(srv, ORG, ("DONKEY", "reader_node"))
     other_admin, _ = setup_org(srv, OTHER, ("HORSE",))
-    r = admin.post("/users", {"username": "jobwriter", "create_key": True})
-    assert r.status_code == 201, r.text
-    writer = Chef(srv.url, "jobwriter", r.json()["chef_key"]["private_key"])
-    assert admin.post(f"/organizations/{ORG}/users", {"username": "jobwriter"}).status_code == 201
+    writer = new_user(admin, "jobwriter", ORG)
     r = admin.put(f"/organizations/{ORG}/groups/admins", {"users": ["jobwriter"]})
     assert r.status_code == 200, r.text
-    r = admin.post("/users", {"username": "jobstranger", "create_key": True})
-    stranger = Chef(srv.url, "jobstranger", r.json()["chef_key"]["private_key"])
+    stranger = new_user(admin, "jobstranger")
     return {
         "admin": admin,
         "writer": writer,
@@ -293,7 +267,7 @@ def test_content_type(srv, world):
     r = writer.post(JOBS, raw=body, headers={"Content-Type": "application/json; charset=utf-8"})
     assert r.status_code == 201, r.text
     # without a Content-Type the body is still read as JSON
-    h = signed(srv, "pivotal", srv.pivotal_key.read_bytes(), "POST", JOBS, body)
+    h = sign(srv.pivotal_key.read_bytes(), "pivotal", "POST", JOBS, body)
     r = httpx.post(srv.url + JOBS, content=body, headers=h, timeout=30)
     assert r.status_code == 201, r.text
     r = writer.post(JOBS, ok_body(), headers={"Accept": "text/html"})

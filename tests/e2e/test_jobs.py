@@ -4,269 +4,45 @@ WireNodes play the node client by hand, message by message. One server serves th
 runs under a non-UTC TZ, so the timestamps checked here must be true UTC); every test has its
 own organization and node names.
 
-The helpers at the top (``Node``, ``Fleet``, ``wait_for``, the job helpers) are shared with
+The helpers (``Node``, ``Fleet``, the job helpers) are in tests/e2e/helpers.py, shared with
 test_sse.py and test_restart.py.
 """
 
 from __future__ import annotations
 
 import email.utils
-import itertools
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import httpx
 import pytest
-import zmq
 
-from tests.support import Chef, Server, WireNode, setup_org
+from tests.e2e.helpers import (
+    SUCCESS,
+    Node,
+    assert_runs_a_new_job,
+    bare,
+    commit_and_run,
+    get_job,
+    job_events,
+    jobs_path,
+    pause,
+    post_job,
+    run_to_success,
+    shape,
+    wait_available,
+    wait_job,
+)
+from tests.support import Chef, server_fixture, wait_for
 
-BEAT = 0.1  # seconds between a node's heartbeats while a test waits (server interval: 200 ms)
-_org_numbers = itertools.count(1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers
-
-
-class Node(WireNode):
-    """A WireNode that heartbeats while the test waits and keeps every message it receives."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.inbox: list[dict[str, Any]] = []
-        self.last_beat = 0.0
-        self.beating = True
-
-    def send_frames(self, frames: list[bytes]) -> None:
-        """Never block: while the server is away the DEALER's queue may be full."""
-        assert self.dealer is not None
-        try:
-            self.dealer.send_multipart(frames, flags=zmq.NOBLOCK)
-        except zmq.Again:
-            pass
-
-    def tick(self) -> None:
-        """Heartbeat when due, then move everything received into the inbox."""
-        if self.beating and time.monotonic() - self.last_beat >= BEAT:
-            self.last_beat = time.monotonic()
-            self.send("heartbeat")
-        for _ in range(1000):
-            msg = self.recv(0.003)
-            if msg is None:
-                break
-            self.inbox.append(msg)
-
-    def take(self, *types: str) -> list[dict[str, Any]]:
-        """Remove and return the inbox messages of the given types."""
-        found = [m for m in self.inbox if m["type"] in types]
-        self.inbox = [m for m in self.inbox if m["type"] not in types]
-        return found
-
-    def expect(self, *types: str, seconds: float = 5.0, others: tuple[Node, ...] = ()) -> dict:
-        """The first message of one of ``types`` (others stay in the inbox), heartbeating all."""
-        deadline = time.monotonic() + seconds
-        while True:
-            for i, msg in enumerate(self.inbox):
-                if msg["type"] in types:
-                    return self.inbox.pop(i)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name}: no {types} in {seconds} s; inbox {self.inbox}")
-            for node in (self, *others):
-                node.tick()
-
-    def answer_abort(self, *, seconds: float = 5.0, others: tuple[Node, ...] = ()) -> dict:
-        """Wait for an ``abort``, drop the job and answer ``aborted`` like the client does."""
-        msg = self.expect("abort", seconds=seconds, others=others)
-        self.idle()
-        self.send("aborted", job_id=None)
-        return msg
-
-    def working(self, job_id: str, state: str) -> None:
-        self.job_id, self.job_state = job_id, state
-
-    def idle(self) -> None:
-        self.job_id, self.job_state = None, "idle"
-
-    def restart_client(self) -> None:
-        """The client process restarted: a new incarnation on the same connection."""
-        self.incarnation = str(uuid.uuid4())
-        self.idle()
-
-
-def wait_for(
-    predicate: Callable[[], Any], seconds: float = 10.0, nodes: tuple[Node, ...] = ()
-) -> Any:
-    """Poll ``predicate`` until it is truthy (returned), heartbeating ``nodes`` meanwhile."""
-    deadline = time.monotonic() + seconds
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        for node in nodes:
-            node.tick()
-        time.sleep(0.02)
-    raise AssertionError(f"condition not met in {seconds} s (last value {last!r})")
-
-
-def pause(seconds: float, nodes: tuple[Node, ...]) -> None:
-    """Let time pass while the nodes keep heartbeating."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        for node in nodes:
-            node.tick()
-        time.sleep(0.02)
-
-
-class Fleet:
-    """Organizations and joined nodes for one test; closes its nodes at the end."""
-
-    def __init__(self, server: Server, ctx: zmq.Context) -> None:
-        self.server = server
-        self.ctx = ctx
-        self.nodes: list[Node] = []
-
-    def org(self, names: tuple[str, ...] = (), prefix: str = "org") -> tuple[str, Chef, dict]:
-        org = f"{prefix}{next(_org_numbers)}"
-        admin, keys = setup_org(self.server, org, names)
-        return org, admin, keys
-
-    def node(self, org: str, name: str, key: str, *, join: bool = True) -> Node:
-        node = Node(self.server, org, name, key, ctx=self.ctx)
-        self.nodes.append(node)
-        node.connect()
-        if join:
-            join_node(node)
-        return node
-
-    def setup(self, *names: str, prefix: str = "org") -> tuple[str, Chef, list[Node]]:
-        """An org with the named nodes, all joined and available."""
-        org, admin, keys = self.org(names, prefix)
-        nodes = [self.node(org, n, keys[n], join=False) for n in names]
-        for node in nodes:
-            join_node(node, others=tuple(n for n in nodes if n is not node))
-        return org, admin, nodes
-
-    def close(self) -> None:
-        for node in self.nodes:
-            node.close()
-
-
-def join_node(node: Node, others: tuple[Node, ...] = ()) -> None:
-    """First contact: heartbeat until the opening abort, answer it, wait until available."""
-    node.answer_abort(seconds=10, others=others)
-    admin = node.chef
-    path = f"/organizations/{node.org}/pushy/node_states/{node.name}"
-    wait_for(
-        lambda: admin.get(path).json().get("availability") == "available",
-        nodes=(node, *others),
-    )
-
-
-def jobs_path(org: str, job_id: str = "") -> str:
-    return f"/organizations/{org}/pushy/jobs" + (f"/{job_id}" if job_id else "")
-
-
-def post_job(admin: Chef, org: str, nodes: list[str], command: str = "chef-client", **opts) -> str:
-    r = admin.post(jobs_path(org), {"command": command, "nodes": nodes, **opts})
-    assert r.status_code == 201, r.text
-    job_id = r.json()["uri"].rsplit("/", 1)[1]
-    assert len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)
-    return job_id
-
-
-def get_job(admin: Chef, org: str, job_id: str, query: str = "") -> dict[str, Any]:
-    r = admin.get(jobs_path(org, job_id) + query)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def wait_job(
-    admin: Chef, org: str, job_id: str, status: str, nodes: tuple[Node, ...] = (), seconds=10
-) -> dict[str, Any]:
-    def done() -> dict | None:
-        job = get_job(admin, org, job_id)
-        return job if job["status"] == status else None
-
-    return wait_for(done, seconds, nodes)
-
-
-def bare(job: dict[str, Any]) -> dict[str, Any]:
-    """§10.2: the job JSON compared without id, created_at and updated_at."""
-    return {k: v for k, v in job.items() if k not in ("id", "created_at", "updated_at")}
-
-
-def job_events(admin: Chef, org: str, job_id: str) -> list[tuple[str, str, dict]]:
-    return admin.sse(f"/organizations/{org}/pushy/job_status_feed/{job_id}", seconds=20)
-
-
-def shape(events: list[tuple[str, str, dict]]) -> list[tuple]:
-    """(name, node, status) per event, None where the event has no such field."""
-    return [(name, data.get("node"), data.get("status")) for name, _, data in events]
-
-
-def commit_and_run(node: Node, job_id: str, others: tuple[Node, ...] = ()) -> dict:
-    """ack the commit and the run; returns the commit."""
-    commit = node.expect("commit", others=others)
-    assert commit["job_id"] == job_id
-    node.working(job_id, "committed")
-    node.send("ack_commit", job_id=job_id)
-    run = node.expect("run", others=others)
-    assert run["job_id"] == job_id
-    node.working(job_id, "running")
-    node.send("ack_run", job_id=job_id)
-    return commit
-
-
-def run_to_success(node: Node, job_id: str, **output: str) -> dict:
-    commit = commit_and_run(node, job_id)
-    node.send("succeeded", job_id=job_id, **output)
-    node.idle()
-    return commit
-
-
-SUCCESS = [
-    ("start", None, None),
-    ("quorum_vote", "n1", "success"),
-    ("quorum_succeeded", None, None),
-    ("run_start", "n1", None),
-    ("run_complete", "n1", "success"),
-    ("job_complete", None, "complete"),
-]
-
-
-# ---------------------------------------------------------------------------------------------
-# Fixtures
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
-    srv = Server(
-        tmp_path_factory.mktemp("jobs") / "state",
-        voting_timeout=1.5,
-        wait_complete_time=3,
-        keep_alive_time=1,
-        heartbeat_interval=200,
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TZ", "America/New_York")  # the API must still say true UTC
-        srv.start()
-    try:
-        yield srv
-    finally:
-        srv.kill()
-
-
-@pytest.fixture
-def fleet(server, zctx) -> Iterator[Fleet]:
-    f = Fleet(server, zctx)
-    try:
-        yield f
-    finally:
-        f.close()
+# The API must still say true UTC when the server runs under another TZ.
+server = server_fixture(
+    "jobs",
+    env={"TZ": "America/New_York"},
+    voting_timeout=1.5,
+    wait_complete_time=3,
+    keep_alive_time=1,
+    heartbeat_interval=200,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,13 +149,7 @@ def test_ignored_commit_times_out_the_vote_and_the_node_stays_online(fleet):
     state = admin.get(f"/organizations/{org}/pushy/node_states/n1").json()
     assert state["status"] == "online"
     # ... and, once it answered, runs the next job.
-    wait_for(
-        lambda: (
-            admin.get(f"/organizations/{org}/pushy/node_states/n1").json()["availability"]
-            == "available"
-        ),
-        nodes=(n1,),
-    )
+    wait_available(admin, org, n1)
     second = post_job(admin, org, ["n1"])
     run_to_success(n1, second)
     wait_job(admin, org, second, "complete", (n1,))
@@ -534,25 +304,15 @@ def test_nack_commit_during_a_run_crashes_the_node_and_a_later_job_works(fleet):
         ("job_complete", None, "complete"),
     ]
     n1.answer_abort()
-    later = post_job(admin, org, ["n1"])
-    run_to_success(n1, later)
-    assert wait_job(admin, org, later, "complete", (n1,))["nodes"] == {"succeeded": ["n1"]}
+    assert_runs_a_new_job(admin, org, n1)
 
 
 def test_nack_commit_naming_no_job_sends_the_node_to_rehab(fleet):
     org, admin, (n1,) = fleet.setup("n1")
     n1.send("nack_commit", job_id="a")
     n1.answer_abort()
-    wait_for(
-        lambda: (
-            admin.get(f"/organizations/{org}/pushy/node_states/n1").json()["availability"]
-            == "available"
-        ),
-        nodes=(n1,),
-    )
-    later = post_job(admin, org, ["n1"])
-    run_to_success(n1, later)
-    assert wait_job(admin, org, later, "complete", (n1,))["nodes"] == {"succeeded": ["n1"]}
+    wait_available(admin, org, n1)
+    assert_runs_a_new_job(admin, org, n1)
 
 
 def test_message_from_a_node_outside_the_job_is_ignored(fleet):
@@ -789,16 +549,8 @@ def test_abort_a_running_job(fleet, server):
     assert again.status_code == 409
     assert isinstance(again.json()["error"], str)
     # The node is usable again.
-    wait_for(
-        lambda: (
-            admin.get(f"/organizations/{org}/pushy/node_states/n1").json()["availability"]
-            == "available"
-        ),
-        nodes=(n1,),
-    )
-    later = post_job(admin, org, ["n1"])
-    run_to_success(n1, later)
-    assert wait_job(admin, org, later, "complete", (n1,))["nodes"] == {"succeeded": ["n1"]}
+    wait_available(admin, org, n1)
+    assert_runs_a_new_job(admin, org, n1)
 
 
 def test_abort_while_voting_aborts_new_and_ready_nodes(fleet):

@@ -20,9 +20,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import zmq
 
-from tests.support import Chef, Server, WireNode, setup_org
+from tests.support import (
+    Chef,
+    Server,
+    WireNode,
+    connect_bounded,
+    server_fixture,
+    setup_org,
+    wait_for,
+)
 
 ORG = "nsorg"
 # A long heartbeat interval keeps nodes that the tests drive by hand alive for ~15 s.
@@ -35,16 +42,6 @@ RFC1123_RE = re.compile(
 
 
 # Helpers -------------------------------------------------------------------------------------
-def wait_for(predicate, seconds: float = 10.0, step: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"{what}: not met within {seconds} s")
-
-
 def receive(node: WireNode, timeout: float = 5.0) -> dict[str, Any] | None:
     """The next server → node message, checked byte by byte; None if none came in time."""
     assert node.dealer is not None
@@ -99,22 +96,8 @@ def listed(admin: Chef, name: str) -> str | None:
     return found[0]["availability"] if found else None
 
 
-def connect(node: WireNode) -> WireNode:
-    node.connect()
-    for sock in (node.dealer, node.sub):
-        sock.sndtimeo = 5000
-    return node
-
-
 # Fixtures ------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ns_server(tmp_path_factory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("node-state") / "state", **SETTINGS)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.kill()
+ns_server = server_fixture("node-state", **SETTINGS)
 
 
 @pytest.fixture(scope="module")
@@ -124,20 +107,13 @@ def admin(ns_server) -> Chef:
 
 
 @pytest.fixture
-def zctx() -> Iterator[zmq.Context]:
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
-@pytest.fixture
 def node(ns_server, admin, zctx) -> Iterator[WireNode]:
     """A fresh node (its own client) connected over CURVE, not yet known to the node table."""
     name = f"ns-{uuid.uuid4().hex[:10]}"
     r = admin.post(f"/organizations/{ORG}/clients", {"name": name, "create_key": True})
     assert r.status_code == 201, r.text
     n = WireNode(ns_server, ORG, name, r.json()["chef_key"]["private_key"], ctx=zctx)
-    connect(n)
+    connect_bounded(n)
     yield n
     n.close()
     admin.delete(f"/organizations/{ORG}/clients/{name}")
@@ -219,7 +195,7 @@ def test_aborted_with_unknown_job_id_gets_no_abort(ns_server, admin, node):
 def test_new_identity_same_incarnation_gets_ack(ns_server, admin, node):
     join(node)
     wait_available(admin, node)
-    connect(node)  # a new DEALER: a new router identity, same client incarnation
+    connect_bounded(node)  # a new DEALER: a new router identity, same client incarnation
     node.send("heartbeat")
     ack = receive_type(node, "ack")
     assert list(ack) == ["sequence", "timestamp", "type"]
@@ -290,7 +266,7 @@ def test_server_messages_carry_a_per_node_sequence(ns_server, admin, node):
     node.send("aborted", job_id=None)
     wait_available(admin, node)
     seen += drain(node)
-    connect(node)
+    connect_bounded(node)
     node.send("heartbeat")
     seen.append(receive_type(node, "ack"))
     r = admin.post(
@@ -308,11 +284,9 @@ def test_server_messages_carry_a_per_node_sequence(ns_server, admin, node):
 
 # Liveness: a server with a 100 ms heartbeat interval ------------------------------------------
 def test_silent_node_goes_offline(tmp_path, zctx):
-    srv = Server(tmp_path / "state", heartbeat_interval=100, rehab_timer=300)
-    srv.start()
-    try:
+    with Server(tmp_path / "state", heartbeat_interval=100, rehab_timer=300) as srv:
         admin, keys = setup_org(srv, ORG, ("quiet",))
-        n = connect(WireNode(srv, ORG, "quiet", keys["quiet"], ctx=zctx))
+        n = connect_bounded(WireNode(srv, ORG, "quiet", keys["quiet"], ctx=zctx))
         assert srv.status()["node_fsm_count"] == 0
         join(n)
         for _ in range(5):  # beat at the configured rate for a while
@@ -332,5 +306,3 @@ def test_silent_node_goes_offline(tmp_path, zctx):
         n.send("heartbeat")
         assert receive_type(n, "abort")["sequence"] == 1
         assert srv.status()["node_fsm_count"] == 1
-    finally:
-        srv.kill()

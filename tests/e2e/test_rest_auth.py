@@ -12,9 +12,7 @@ import hashlib
 import json
 import random
 import time
-import urllib.parse
 from collections import Counter
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -23,7 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from appliance.core import chefauth
 from appliance.core.keys import load_private_pem, private_pem
-from tests.support import Chef, Server, setup_org
+from tests import support
+from tests.support import Chef, Server, error_of, server_fixture, set_group, setup_org, sign
 
 ORG = "authorg"
 JOBS = f"/organizations/{ORG}/pushy/jobs"
@@ -43,53 +42,14 @@ def raw(server: Server, method: str, path: str, headers=None, body: bytes = b"")
     return httpx.request(method, server.url + path, headers=headers or {}, content=body, timeout=30)
 
 
-def sign(
-    key_pem: str | bytes,
-    user: str,
-    method: str,
-    path: str,
-    body: bytes = b"",
-    *,
-    version: str = "1.3",
-    timestamp: float | None = None,
-) -> dict[str, str]:
-    return chefauth.sign_request(
-        key=load_private_pem(key_pem),
-        user_id=user,
-        method=method,
-        path=urllib.parse.urlsplit(path).path,
-        body=body,
-        timestamp=chefauth.format_timestamp(time.time() if timestamp is None else timestamp),
-        version=version,
-    )
-
-
-def error_of(r: httpx.Response) -> object:
-    assert r.headers["content-type"].startswith("application/json"), (r.status_code, r.text)
-    return r.json()["error"]
-
-
 _KEYS: dict[str, str] = {}
 
 
 def new_user(admin: Chef, name: str, org: str | None = None) -> Chef:
-    r = admin.post("/users", {"username": name, "create_key": True})
-    assert r.status_code == 201, r.text
-    _KEYS[name] = r.json()["chef_key"]["private_key"]
-    if org is not None:
-        r = admin.post(f"/organizations/{org}/users", {"username": name})
-        assert r.status_code == 201, r.text
-    return Chef(admin.base_url, name, _KEYS[name])
-
-
-def set_group(admin: Chef, org: str, group: str, *, users=(), clients=(), groups=()) -> None:
-    r = admin.get(f"/organizations/{org}/groups/{group}")
-    if r.status_code == 404:
-        r = admin.post(f"/organizations/{org}/groups", {"groupname": group})
-        assert r.status_code == 201, r.text
-    body = {"users": list(users), "clients": list(clients), "groups": list(groups)}
-    r = admin.put(f"/organizations/{org}/groups/{group}", body)
-    assert r.status_code == 200, r.text
+    """``support.new_user``, keeping the private key in ``_KEYS``."""
+    chef = support.new_user(admin, name, org)
+    _KEYS[name] = chef.key_pem
+    return chef
 
 
 def job_body(node: str = "nowhere") -> dict:
@@ -99,14 +59,7 @@ def job_body(node: str = "nowhere") -> dict:
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory) -> Iterator[Server]:
-    server = Server(tmp_path_factory.mktemp("auth") / "state")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
+srv = server_fixture("auth")
 
 
 @pytest.fixture(scope="module")

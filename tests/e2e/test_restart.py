@@ -14,26 +14,25 @@ import itertools
 import re
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_jobs import (
+from tests.e2e.helpers import (
     SUCCESS,
-    Fleet,
+    Feed,
+    assert_runs_a_new_job,
     commit_and_run,
+    feed_path,
     get_job,
     jobs_path,
     pause,
     post_job,
-    run_to_success,
     shape,
-    wait_for,
+    wait_available,
     wait_job,
 )
-from tests.e2e.test_sse import Feed, feed_path
-from tests.support import Chef, Server
+from tests.support import Chef, Server, server_fixture, wait_for
 
 _barriers = itertools.count(1)
 
@@ -61,23 +60,9 @@ def barrier(admin: Chef, org: str) -> None:
     assert r.status_code == 201, r.text
 
 
-@pytest.fixture
-def server(tmp_path) -> Iterator[Server]:
-    srv = Server(tmp_path / "state", voting_timeout=4, wait_complete_time=5, keep_alive_time=1)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.kill()
-
-
-@pytest.fixture
-def fleet(server, zctx) -> Iterator[Fleet]:
-    f = Fleet(server, zctx)
-    try:
-        yield f
-    finally:
-        f.close()
+server = server_fixture(
+    "restart", scope="function", voting_timeout=4, wait_complete_time=5, keep_alive_time=1
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,9 +100,7 @@ def test_running_job_resumes_after_a_restart(fleet, server, kill):
         "status": "online",
         "availability": "available",
     }
-    later = post_job(admin, org, ["n1"])
-    run_to_success(n1, later)
-    assert wait_job(admin, org, later, "complete", (n1,))["nodes"] == {"succeeded": ["n1"]}
+    assert_runs_a_new_job(admin, org, n1)
 
 
 def test_kill_9_right_after_ack_run_still_resumes_the_job(fleet, server):
@@ -154,16 +137,8 @@ def test_node_back_without_its_job_is_crashed_and_aborted(fleet, server):
         ("job_complete", None, "complete"),
     ]
     n1.answer_abort(seconds=10)
-    wait_for(
-        lambda: (
-            admin.get(f"/organizations/{org}/pushy/node_states/n1").json()["availability"]
-            == "available"
-        ),
-        nodes=(n1,),
-    )
-    later = post_job(admin, org, ["n1"])
-    run_to_success(n1, later)
-    assert wait_job(admin, org, later, "complete", (n1,))["nodes"] == {"succeeded": ["n1"]}
+    wait_available(admin, org, n1)
+    assert_runs_a_new_job(admin, org, n1)
 
 
 def test_voting_timer_is_rearmed_from_the_logged_time(fleet, server):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tests.support import Chef, Server, setup_org
+from tests.support import Chef, Server, setup_org, wait_for
 
 
 def post_jobs(admin, count: int) -> list[str]:
@@ -19,18 +19,15 @@ def post_jobs(admin, count: int) -> list[str]:
 
 
 def wait_finished(admin, job_id: str) -> dict:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    def finished() -> dict | None:
         job = admin.get(f"/organizations/snapco/pushy/jobs/{job_id}").json()
-        if job["status"] == "quorum_failed":
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish")
+        return job if job["status"] == "quorum_failed" else None
+
+    return wait_for(finished, 10, what=f"job {job_id} finished")
 
 
 def test_snapshots_keep_all_state_across_restart(tmp_path):
-    server = Server(tmp_path / "state", log_segment_max_bytes=4096).start()
-    try:
+    with Server(tmp_path / "state", log_segment_max_bytes=4096) as server:
         admin, _ = setup_org(server, "snapco", ())
         ids = post_jobs(admin, 40)
         wait_finished(admin, ids[-1])
@@ -43,16 +40,13 @@ def test_snapshots_keep_all_state_across_restart(tmp_path):
         for job_id, job in before.items():
             assert admin.get(f"/organizations/snapco/pushy/jobs/{job_id}").json() == job
         assert "snapshot" in server.log()
-    finally:
-        server.kill()
 
 
 def test_finished_jobs_past_retention_are_dropped_at_snapshot_time(tmp_path):
     # 0.00002 days = 1.7 s
-    server = Server(
+    with Server(
         tmp_path / "state", log_segment_max_bytes=4096, job_retention_days=0.00002
-    ).start()
-    try:
+    ) as server:
         admin, _ = setup_org(server, "snapco", ())
         old = post_jobs(admin, 3)
         wait_finished(admin, old[-1])
@@ -69,5 +63,3 @@ def test_finished_jobs_past_retention_are_dropped_at_snapshot_time(tmp_path):
         listed = {j["id"] for j in admin.get("/organizations/snapco/pushy/jobs").json()}
         assert listed.isdisjoint(old)
         assert set(new[-5:]) <= listed
-    finally:
-        server.kill()

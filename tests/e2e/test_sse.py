@@ -8,26 +8,21 @@ the events with the harness's strict parser (an event counts only at its blank l
 from __future__ import annotations
 
 import re
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import httpx
-import pytest
-
-from tests.e2e.test_jobs import (
+from tests.e2e.helpers import (
     SUCCESS,
-    Fleet,
+    Feed,
     commit_and_run,
+    feed_path,
     get_job,
     pause,
     post_job,
     shape,
-    wait_for,
     wait_job,
 )
-from tests.support import Chef, Server, parse_sse
+from tests.support import Chef, server_fixture, wait_for
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}Z$")
 DATA_KEYS = {
@@ -41,84 +36,6 @@ DATA_KEYS = {
 }
 WAIT_COMPLETE = 2.0
 ORG_FEED_EXPIRATION = 3.0
-
-
-class Feed(threading.Thread):
-    """One SSE request read in the background; keeps the raw lines."""
-
-    def __init__(
-        self,
-        server: Server,
-        path: str,
-        *,
-        last_event_id: str | None = None,
-        seconds: float = 20.0,
-    ) -> None:
-        super().__init__(daemon=True)
-        self.chef = Chef(server.url, "pivotal", server.pivotal_key.read_bytes())
-        self.path = path
-        self.last_event_id = last_event_id
-        self.seconds = seconds
-        self.lines: list[str] = []
-        self.response: httpx.Response | None = None
-        self.ended_by_server = False
-        self.error: BaseException | None = None
-        self.opened = threading.Event()
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        headers = {"Accept": "text/event-stream", **self.chef.headers("GET", self.path, b"")}
-        if self.last_event_id is not None:
-            headers["Last-Event-ID"] = self.last_event_id
-        deadline = time.monotonic() + self.seconds
-        try:
-            with self.chef.http.stream(
-                "GET", self.path, headers=headers, timeout=self.seconds
-            ) as r:
-                self.response = r
-                self.opened.set()
-                if r.status_code != 200:
-                    r.read()
-                    return
-                for line in r.iter_lines():
-                    self.lines.append(line)
-                    if self.halt.is_set() or time.monotonic() > deadline:
-                        return
-                self.ended_by_server = True
-        except BaseException as exc:  # reported by finish()
-            self.error = exc
-        finally:
-            self.opened.set()
-
-    @property
-    def events(self) -> list[tuple[str, str, dict]]:
-        return list(parse_sse(iter(list(self.lines))))
-
-    def begin(self) -> Feed:
-        self.start()
-        assert self.opened.wait(10), f"{self.path}: no response headers"
-        assert self.response is not None, self.error
-        assert self.response.status_code == 200, self.response.text
-        return self
-
-    def finish(self, seconds: float = 15.0) -> list[tuple[str, str, dict]]:
-        """Wait for the server to end the stream; its events."""
-        self.join(seconds)
-        assert not self.is_alive(), f"{self.path}: the stream did not end; lines {self.lines}"
-        assert self.error is None, self.error
-        return self.events
-
-    def stop(self, seconds: float = 5.0, nodes: tuple = ()) -> list[tuple[str, str, dict]]:
-        """Hang up (the next keepalive or event wakes the reader); the events so far."""
-        self.halt.set()
-        wait_for(lambda: not self.is_alive(), seconds, nodes)
-        assert self.error is None, self.error
-        return self.events
-
-
-def feed_path(org: str, job_id: str | None = None, plural: bool = False) -> str:
-    name = "jobs_status_feed" if plural else "job_status_feed"
-    return f"/organizations/{org}/pushy/{name}" + (f"/{job_id}" if job_id else "")
 
 
 def check_format(events: list[tuple[str, str, dict]], ids: str = "job") -> None:
@@ -145,34 +62,14 @@ def event_blocks(lines: list[str]) -> list[list[str]]:
     return blocks
 
 
-# ---------------------------------------------------------------------------------------------
-# Fixtures
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
-    srv = Server(
-        tmp_path_factory.mktemp("sse") / "state",
-        voting_timeout=1.5,
-        wait_complete_time=WAIT_COMPLETE,
-        keep_alive_time=1,
-        org_feed_expiration=ORG_FEED_EXPIRATION,
-        heartbeat_interval=200,
-    )
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.kill()
-
-
-@pytest.fixture
-def fleet(server, zctx) -> Iterator[Fleet]:
-    f = Fleet(server, zctx)
-    try:
-        yield f
-    finally:
-        f.close()
+server = server_fixture(
+    "sse",
+    voting_timeout=1.5,
+    wait_complete_time=WAIT_COMPLETE,
+    keep_alive_time=1,
+    org_feed_expiration=ORG_FEED_EXPIRATION,
+    heartbeat_interval=200,
+)
 
 
 # ---------------------------------------------------------------------------------------------

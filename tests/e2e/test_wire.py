@@ -25,7 +25,15 @@ import zmq.utils.monitor
 
 from appliance.core import wire
 from appliance.core.keys import load_public_pem
-from tests.support import Chef, Server, WireNode, setup_org
+from tests.support import (
+    Chef,
+    Server,
+    WireNode,
+    connect_bounded,
+    server_fixture,
+    setup_org,
+    wait_for,
+)
 
 INTERVAL_MS = 200
 HEADER_RE = re.compile(r"^Version:2\.0;SigningMethod:rsa2048_sha1;Signature:([A-Za-z0-9+/]+=*)$")
@@ -42,16 +50,6 @@ HANDSHAKE_EVENTS = {
 
 
 # Helpers -------------------------------------------------------------------------------------
-def wait_for(predicate, seconds: float = 10.0, step: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"{what}: not met within {seconds} s")
-
-
 def drop_count(server: Server, reason: str) -> int:
     text = server.log_path.read_text(errors="replace")
     return text.count(f"dropped a node message ({reason})")
@@ -107,13 +105,15 @@ def handshake(
         monitor.close(linger=0)
 
 
-def connect(node: WireNode) -> WireNode:
-    """Connect, with send/receive timeouts so that a lost connection fails a test, not hangs it."""
-    node.connect()
-    for sock in (node.dealer, node.sub):
-        sock.sndtimeo = 5000
-        sock.rcvtimeo = 5000
-    return node
+def assert_handshake(
+    ctx: zmq.Context, node: WireNode, expected: str, keys: tuple[bytes, bytes] | None = None
+) -> None:
+    """Handshake with ``keys`` (default the node's own) and hang up: the outcome must be
+    ``expected``."""
+    public, secret = keys or (node.curve_public, node.curve_secret)
+    outcome, sock = handshake(ctx, node, public, secret)
+    sock.close(linger=0)
+    assert outcome == expected, outcome
 
 
 def abort_seq_1(node: WireNode, server: Server) -> None:
@@ -125,27 +125,13 @@ def abort_seq_1(node: WireNode, server: Server) -> None:
 
 
 # Heartbeat and CURVE server ------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def hb_server(tmp_path_factory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("wire-hb") / "state", heartbeat_interval=INTERVAL_MS)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.kill()
+hb_server = server_fixture("wire-hb", heartbeat_interval=INTERVAL_MS)
 
 
 @pytest.fixture(scope="module")
 def hb_org(hb_server):
     names = ("hb1", "cv1", "cv2", "cv3", "cv4")
     return setup_org(hb_server, "wireorg", names)
-
-
-@pytest.fixture
-def zctx() -> Iterator[zmq.Context]:
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
 
 
 def test_server_heartbeat_is_signed_ordered_and_periodic(hb_server, hb_org, zctx):
@@ -211,10 +197,8 @@ def test_curve_key_never_sent_as_ccpk_gets_no_traffic(hb_server, hb_org, zctx):
     sock.close(linger=0)
 
     # The key that was sent as ccpk in the authenticated fetch handshakes: heartbeat → abort.
-    outcome, sock = handshake(zctx, node, node.curve_public, node.curve_secret)
-    assert outcome == "ok", outcome
-    sock.close(linger=0)
-    connect(node)
+    assert_handshake(zctx, node, "ok")
+    connect_bounded(node)
     abort_seq_1(node, hb_server)
     node.close()
 
@@ -224,19 +208,15 @@ def test_newer_fetch_replaces_the_allowed_curve_key(hb_server, hb_org, zctx):
     node = WireNode(hb_server, "wireorg", "cv2", keys["cv2"], ctx=zctx)
     assert node.fetch_config().status_code == 200
     old_public, old_secret = node.curve_public, node.curve_secret
-    outcome, sock = handshake(zctx, node, old_public, old_secret)
-    assert outcome == "ok", outcome
-    sock.close(linger=0)
+    assert_handshake(zctx, node, "ok", (old_public, old_secret))
 
     node.curve_public, node.curve_secret = zmq.curve_keypair()
     assert node.fetch_config().status_code == 200
     outcome, sock = handshake(zctx, node, old_public, old_secret)
     assert outcome == "denied", f"the replaced key still handshakes on a new connection: {outcome}"
     sock.close(linger=0)
-    outcome, sock = handshake(zctx, node, node.curve_public, node.curve_secret)
-    assert outcome == "ok", outcome
-    sock.close(linger=0)
-    connect(node)
+    assert_handshake(zctx, node, "ok")
+    connect_bounded(node)
     abort_seq_1(node, hb_server)
     node.close()
 
@@ -245,22 +225,16 @@ def test_deleting_the_client_removes_its_curve_key(hb_server, hb_org, zctx):
     admin, keys = hb_org
     node = WireNode(hb_server, "wireorg", "cv3", keys["cv3"], ctx=zctx)
     assert node.fetch_config().status_code == 200
-    outcome, sock = handshake(zctx, node, node.curve_public, node.curve_secret)
-    assert outcome == "ok", outcome
-    sock.close(linger=0)
+    assert_handshake(zctx, node, "ok")
     r = admin.delete("/organizations/wireorg/clients/cv3")
     assert r.status_code == 200, r.text
-    outcome, sock = handshake(zctx, node, node.curve_public, node.curve_secret)
-    assert outcome == "denied", outcome
-    sock.close(linger=0)
+    assert_handshake(zctx, node, "denied")
 
 
 def test_fetched_curve_key_is_kept_durably_across_a_restart(tmp_path, zctx):
     """DESIGN: the allow-list is each node's latest authenticated ccpk, with no 60 s expiry and
     kept in the log; a key fetched before a restart still handshakes after it."""
-    srv = Server(tmp_path / "state", heartbeat_interval=INTERVAL_MS)
-    srv.start()
-    try:
+    with Server(tmp_path / "state", heartbeat_interval=INTERVAL_MS) as srv:
         _, keys = setup_org(srv, "durable", ("d1",))
         node = WireNode(srv, "durable", "d1", keys["d1"], ctx=zctx)
         assert node.fetch_config().status_code == 200
@@ -273,22 +247,13 @@ def test_fetched_curve_key_is_kept_durably_across_a_restart(tmp_path, zctx):
         outcome, sock = handshake(zctx, node, node.curve_public, node.curve_secret)
         assert outcome == "ok", f"{outcome}\n{srv.log()}"
         sock.close(linger=0)
-        connect(node)  # no new config fetch: the old ccpk and session key
+        connect_bounded(node)  # no new config fetch: the old ccpk and session key
         abort_seq_1(node, srv)
         node.close()
-    finally:
-        srv.kill()
 
 
 # Validation pipeline -------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def val_server(tmp_path_factory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("wire-val") / "state", heartbeat_interval=INTERVAL_MS)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.kill()
+val_server = server_fixture("wire-val", heartbeat_interval=INTERVAL_MS)
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +271,7 @@ def fresh(val_server, val_org, zctx) -> Iterator[WireNode]:
     r = val_org.post("/organizations/valorg/clients", {"name": name, "create_key": True})
     assert r.status_code == 201, r.text
     node = WireNode(val_server, "valorg", name, r.json()["chef_key"]["private_key"], ctx=zctx)
-    connect(node)
+    connect_bounded(node)
     yield node
     node.close()
     val_org.delete(f"/organizations/valorg/clients/{name}")  # node_fsm_count back to 0
