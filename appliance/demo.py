@@ -100,20 +100,18 @@ class Agent(threading.Thread):
 
     def send(self, kind: str, *, job_state: str | None = None, **extra: Any) -> None:
         self.sequence += 1
-        body: dict[str, Any] = {
-            "node": self.name,
-            "client": self.name,
-            "protocol_version": "2.0",
-            "org": self.org,
-            "type": kind,
-            "sequence": self.sequence,
-            "timestamp": wire.http_date(time.time()),
-            "incarnation_id": self.incarnation,
-        }
-        if job_state is not None:
-            body["job_state"] = job_state
-        body["job_id"] = extra.pop("job_id", self.job[0] if self.job else None)
-        body.update(extra)
+        body = wire.node_message(
+            node=self.name,
+            client=self.name,
+            org=self.org,
+            type=kind,
+            sequence=self.sequence,
+            t=time.time(),
+            incarnation=self.incarnation,
+            job_id=extra.pop("job_id", self.job[0] if self.job else None),
+            job_state=job_state,
+            **extra,
+        )
         self.dealer.send_multipart(wire.hmac_frames(self.key, body), zmq.NOBLOCK)
 
     def handle(self, msg: dict[str, Any]) -> None:

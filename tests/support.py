@@ -315,20 +315,20 @@ class WireNode:
         self.dealer = self.sub = None
 
     def body(self, kind: str, **extra: Any) -> dict[str, Any]:
+        """A message as the reference client writes it; ``extra`` may add or override fields."""
         self.sequence += 1
-        body = {
-            "node": self.name,
-            "client": "testhost",
-            "protocol_version": "2.0",
-            "org": self.org,
-            "type": kind,
-            "sequence": self.sequence,
-            "timestamp": wire.http_date(time.time()),
-            "incarnation_id": self.incarnation,
-        }
-        if kind == "heartbeat":
-            body["job_state"] = self.job_state
-        body["job_id"] = self.job_id if kind == "heartbeat" else extra.pop("job_id", self.job_id)
+        job_id = self.job_id if kind == "heartbeat" else extra.pop("job_id", self.job_id)
+        body = wire.node_message(
+            node=self.name,
+            client="testhost",
+            org=self.org,
+            type=kind,
+            sequence=self.sequence,
+            t=time.time(),
+            incarnation=self.incarnation,
+            job_id=job_id,
+            job_state=self.job_state if kind == "heartbeat" else None,
+        )
         body.update(extra)
         return body
 

@@ -204,6 +204,42 @@ def job_id_of(body: dict[str, Any]) -> str | None:
     return value
 
 
+def node_message(
+    *,
+    node: str,
+    client: str | None,
+    org: str,
+    type: str,
+    sequence: int,
+    t: float,
+    incarnation: str,
+    job_id: str | None,
+    job_state: str | None = None,
+    stdout: str | None = None,
+    stderr: str | None = None,
+) -> dict[str, Any]:
+    """A node → server message with the reference client's key order (client-knife.md §A.2):
+    ``job_state`` only on heartbeats, ``stdout``/``stderr`` only when output was captured."""
+    body: dict[str, Any] = {
+        "node": node,
+        "client": client,
+        "protocol_version": PROTOCOL_VERSION,
+        "org": org,
+        "type": type,
+        "sequence": sequence,
+        "timestamp": http_date(t),
+        "incarnation_id": incarnation,
+    }
+    if job_state is not None:
+        body["job_state"] = job_state
+    body["job_id"] = job_id
+    if stdout is not None:
+        body["stdout"] = stdout
+    if stderr is not None:
+        body["stderr"] = stderr
+    return body
+
+
 def server_heartbeat(sequence: int, t: float, server: str, incarnation: str) -> dict[str, Any]:
     return {
         "sequence": sequence,

@@ -36,19 +36,17 @@ VECTOR_ABORTED = (
 
 
 def client_body(kind: str, sequence: int, **tail) -> dict:
-    """A client message with the reference client's key order (client-knife.md §A.2)."""
-    body = {
-        "node": "node1",
-        "client": "host1",
-        "protocol_version": "2.0",
-        "org": "myorg",
-        "type": kind,
-        "sequence": sequence,
-        "timestamp": wire.http_date(T),
-        "incarnation_id": INCARNATION,
-    }
-    body.update(tail)
-    return body
+    """A client message built by the shared builder (reference client key order, §A.2)."""
+    return wire.node_message(
+        node="node1",
+        client="host1",
+        org="myorg",
+        type=kind,
+        sequence=sequence,
+        t=T,
+        incarnation=INCARNATION,
+        **tail,
+    )
 
 
 @pytest.fixture(scope="module")
