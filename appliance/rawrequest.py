@@ -27,7 +27,11 @@ def run_raw(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     body = b""
     if args.input is not None:
-        body = args.input.read_bytes()
+        try:
+            body = args.input.read_bytes()
+        except OSError as exc:
+            print(f"pushy raw: cannot read {args.input}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
     elif args.data is not None:
         body = args.data.encode("utf-8")
     if body:
