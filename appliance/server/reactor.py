@@ -20,7 +20,7 @@ from appliance.core import nodes as corenodes
 from appliance.core import wire
 from appliance.core.settings import Settings
 from appliance.core.state import State
-from appliance.server.zmqio import TrioSocket
+from appliance.zmqio import TrioSocket
 
 if TYPE_CHECKING:
     from appliance.server.jobs import JobManager
