@@ -74,16 +74,31 @@ def _parser() -> argparse.ArgumentParser:
         help="private key file (env PUSHY_KEY; default /var/lib/pushy/pivotal.pem)",
     )
     raw.add_argument("--accept", default="application/json", help="Accept header")
+    from appliance.client.cli import add_arguments as add_client_arguments
     from appliance.demo import add_parser as add_demo
 
+    client = sub.add_parser(
+        "client",
+        help="run the node client (a drop-in for the original push-jobs client)",
+        description="Connect this node to the push jobs server and run whitelisted jobs.",
+    )
+    add_client_arguments(client)
     add_demo(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and Path(sys.argv[0]).name == "pushy-client":
+        from appliance.client.cli import client_main
+
+        return client_main()
     args = _parser().parse_args(argv)
     if args.command == "server":
         return _server(args)
+    if args.command == "client":
+        from appliance.client.cli import run_client
+
+        return run_client(args)
     if args.command == "demo":
         from appliance.demo import run_demo
 

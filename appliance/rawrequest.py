@@ -79,6 +79,7 @@ def signed_request(
     key_pem: str,
     *,
     accept: str = "application/json",
+    timeout: float = 30.0,
 ) -> tuple[int, Any]:
     """One signed request; returns (status, parsed JSON or text). Raises OSError if unreachable."""
     raw = b"" if body is None else json.dumps(body).encode("utf-8")
@@ -95,7 +96,7 @@ def signed_request(
         headers["Content-Type"] = "application/json"
     request = urllib.request.Request(url + path, data=raw or None, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             status, data, ctype = (
                 response.status,
                 response.read(),

@@ -1,0 +1,1 @@
+"""The node client: a drop-in for the original push-jobs client."""

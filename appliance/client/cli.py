@@ -1,0 +1,114 @@
+"""``pushy client`` (also started as ``pushy-client``): the original client's command line.
+
+Exit statuses: 0 for -v/-h and a clean shutdown; 1 when the server offers no encryption and
+``allow_unencrypted`` is off (as the original); 2 for a bad command line or configuration file;
+255 when the session key cannot be decrypted with the client key (as the original).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import trio
+
+from appliance import __version__
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_SESSION_KEY = 0, 1, 2, 255
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The original's flags (client-knife.md §A.5), same spellings."""
+    parser.add_argument(
+        "-c", "--config", help="configuration file (push-jobs-client.rb, client.rb or .toml)"
+    )
+    parser.add_argument("-l", "--log_level", help="debug, info, warn, error, fatal")
+    parser.add_argument("-L", "--logfile", help="log to this file instead of standard output")
+    parser.add_argument("-N", "--node-name", dest="node_name", help="the node name")
+    parser.add_argument(
+        "-S", "--server", dest="chef_server_url", help="Chef server URL (…/organizations/ORG)"
+    )
+    parser.add_argument("-k", "--client_key", help="the client key file")
+    parser.add_argument("-d", "--file_dir", help="directory for job files (default /tmp/chef-push)")
+    parser.add_argument(
+        "-M", "--max-body-size", dest="max_body_size", help="largest message sent, in bytes"
+    )
+    parser.add_argument(
+        "--allow_unencrypted",
+        action="store_true",
+        default=None,
+        help="allow an unencrypted connection to a server that offers no CURVE key (1.x servers)",
+    )
+    parser.add_argument("-v", "--version", action="version", version=f"Push Client: {__version__}")
+
+
+def client_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pushy-client",
+        description="The push jobs node client: connects to the server and runs whitelisted jobs.",
+    )
+    add_arguments(parser)
+    return run_client(parser.parse_args(argv))
+
+
+def run_client(args: argparse.Namespace) -> int:
+    from appliance.client.agent import Agent, FatalConfigError
+    from appliance.client.config import ConfigError, find_config, load_config
+
+    flags = {
+        key: getattr(args, key)
+        for key in (
+            "log_level",
+            "node_name",
+            "chef_server_url",
+            "client_key",
+            "file_dir",
+            "max_body_size",
+            "allow_unencrypted",
+        )
+    }
+    flags["log_location"] = args.logfile
+    path = find_config(args.config)
+    try:
+        config = load_config(path, flags)
+        config.org  # noqa: B018 - validates chef_server_url early, with a clear message
+    except ConfigError as exc:
+        print(f"pushy-client: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"pushy-client: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    for name, value in config.environment:  # the cookbook's environment_variables lines
+        os.environ[name] = value
+    _setup_logging(config.log_level, config.log_location)
+    if path is None:
+        logging.getLogger("pushy.client").warning(
+            "No config file found or specified on command line. Using command line options instead."
+        )
+    try:
+        agent = Agent(config, flags=flags)
+    except OSError as exc:
+        print(
+            f"pushy-client: cannot read the client key {config.client_key}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        trio.run(agent.run)
+    except FatalConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_status
+    return EXIT_OK
+
+
+def _setup_logging(level: str, location: str | None) -> None:
+    levels = {"warn": "WARNING", "fatal": "CRITICAL"}
+    name = levels.get(level.lower(), level.upper())
+    handler: logging.Handler
+    handler = logging.FileHandler(location) if location else logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, name, logging.INFO))
