@@ -690,6 +690,12 @@ def _describe(tok: _Tok) -> str:
     return repr(tok.value)
 
 
+class _RubyHash(dict[Any, Any]):
+    """A parsed hash literal that remembers each key's line, for errors in long whitelists."""
+
+    key_lines: dict[Any, int]
+
+
 class _Parser:
     def __init__(self, toks: list[_Tok], path: str) -> None:
         self.toks = toks
@@ -913,7 +919,8 @@ class _Parser:
         if depth > _MAX_DEPTH:
             raise self.error("values are nested too deeply")
         self.expect("{")
-        result: dict[Any, Any] = {}
+        result = _RubyHash()
+        result.key_lines = {}
         while not self.at("punct", "}"):
             self.pair(depth, result, None)
             if self.at("punct", ","):
@@ -924,15 +931,16 @@ class _Parser:
         return result
 
     def bare_hash(self, depth: int, first_key: Any) -> dict[Any, Any]:
-        result: dict[Any, Any] = {}
+        result = _RubyHash()
+        result.key_lines = {}
         self.pair(depth + 1, result, first_key)
         while self.at("punct", ","):
             self.take()
             self.pair(depth + 1, result, None)
         return result
 
-    def pair(self, depth: int, result: dict[Any, Any], key: Any) -> None:
-        key_tok = self.peek()
+    def pair(self, depth: int, result: _RubyHash, key: Any) -> None:
+        key_tok = self.toks[self.pos - 1] if key is not None else self.peek()
         if key is None and key_tok.kind == "label":
             self.take()
             key = Symbol(key_tok.value)
@@ -943,6 +951,7 @@ class _Parser:
         if not isinstance(key, (str, Symbol, RubyRegex, int, float, bool)) and key is not None:
             raise self.error("unsupported hash key (use a string, symbol or regex)", key_tok)
         result[key] = self.value(depth)
+        result.key_lines[key] = key_tok.line
 
 
 def _unknown_message(name: str) -> str:
@@ -1178,7 +1187,12 @@ def ruby_regex(regex: RubyRegex) -> re.Pattern[str]:
 
 
 class _Invalid(Exception):
-    """A value of the wrong shape; the caller adds the file, line and setting name."""
+    """A value of the wrong shape; the caller adds the file, the setting name and (unless
+    ``line`` says where inside a multi-line value) the setting's line."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
 
 
 def _show(value: Any) -> str:
@@ -1275,7 +1289,14 @@ def _attributes(value: Any) -> Mapping[str, Any]:
 def _whitelist(value: Any) -> tuple[WhitelistEntry, ...]:
     if not isinstance(value, dict):
         raise _Invalid(f"must be a hash of job name => command (got {_show(value)})")
-    return tuple(_whitelist_entry(key, item) for key, item in value.items())
+    key_lines = getattr(value, "key_lines", {})
+    entries = []
+    for key, item in value.items():
+        try:
+            entries.append(_whitelist_entry(key, item))
+        except _Invalid as exc:
+            raise _Invalid(str(exc), key_lines.get(key)) from None
+    return tuple(entries)
 
 
 def _whitelist_entry(key: Any, value: Any) -> WhitelistEntry:
@@ -1371,7 +1392,7 @@ def _build(
         try:
             values[key] = _CHECKS[key](value)
         except _Invalid as exc:
-            raise ConfigError(source, lines.get(key), f"{key} {exc}") from None
+            raise ConfigError(source, exc.line or lines.get(key), f"{key} {exc}") from None
     for key, value in flags.items():
         if value is None:
             continue
@@ -1390,7 +1411,8 @@ def parse_config(
     text: str, path: str | None = None, flags: Mapping[str, Any] | None = None
 ) -> ClientConfig:
     """Settings from config text (TOML when ``path`` ends in ``.toml``, else the Ruby
-    subset), then the explicit ``flags`` (None values are "not given") on top."""
+    subset), then the explicit ``flags`` (None values are "not given") on top. ``path``
+    None means "no config file": defaults and flags only."""
     flags = flags or {}
     if path is None:
         return _build({}, {}, None, flags)

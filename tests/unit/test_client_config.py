@@ -329,6 +329,8 @@ def test_every_ignored_key_is_accepted():
         ("node_name 'a' ; \n x", 2, "unknown setting 'x'"),
         ("whitelist({[1] => 'a'})", 1, "unsupported hash key"),
         ("node_name :a == :b", 1, "comparisons"),
+        ("node_name['a']", 1, "method calls"),
+        ("node_name 'a' do\nend", 1, "after the value"),
     ],
 )
 def test_syntax_errors_name_file_and_line(text, line, words):
@@ -371,6 +373,14 @@ def test_value_errors_name_file_and_line(text, line, words):
     err = error_of(text)
     assert err.line == line, str(err)
     assert words in err.message, str(err)
+
+
+def test_error_inside_a_long_whitelist_names_the_entry_line():
+    text = "whitelist {\n  'a' => 'x',\n  # note\n  'b' => {:lock => true},\n}\n"
+    err = error_of(text)
+    assert err.line == 4 and "entry 'b' has no :command_line" in err.message
+    err = error_of("whitelist 'a' => 'x',\n  /(/ => 'y'")
+    assert err.line == 2 and "invalid regex" in err.message
 
 
 def test_nesting_too_deep_is_an_error():
