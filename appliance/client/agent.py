@@ -23,7 +23,7 @@ import trio
 import zmq
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from appliance.client import jobfile, jobstate, runner, whitelist
+from appliance.client import facts, jobfile, jobstate, runner, whitelist
 from appliance.client.config import ClientConfig, ConfigError, load_config
 from appliance.core import wire
 from appliance.core.jobspec import decode_job_file
@@ -114,10 +114,14 @@ class Agent:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._signals)
+                published = False
                 while not self.stopping.is_set():
                     conn = await self._fetch_config_until_it_works()
                     if conn is None:
                         break
+                    if not published:
+                        published = True
+                        nursery.start_soon(self._publish_node_record)
                     await self._serve(conn)
                 nursery.cancel_scope.cancel()
         finally:
@@ -198,6 +202,51 @@ class Agent:
             interval=float(hb["interval"]),
             legacy=legacy,
         )
+
+    async def _publish_node_record(self) -> None:
+        """PUT (or create) this node's record so the server can search nodes."""
+        base = self.config.chef_server_url.rstrip("/")
+        prefix = urllib.parse.urlsplit(base).path
+        origin = base[: len(base) - len(prefix)] if prefix else base
+        record = facts.node_record(
+            self.node,
+            facts.automatic_attributes(base),
+            attributes=dict(self.config.node_attributes),
+            tags=self.config.tags,
+            roles=self.config.roles,
+        )
+
+        def publish() -> int:
+            status, _ = signed_request(
+                origin,
+                "PUT",
+                f"{prefix}/nodes/{self.node}",
+                record,
+                self.node,
+                self.key_pem,
+                timeout=CONFIG_TIMEOUT_SECONDS,
+            )
+            if status == 404:
+                status, _ = signed_request(
+                    origin,
+                    "POST",
+                    f"{prefix}/nodes",
+                    record,
+                    self.node,
+                    self.key_pem,
+                    timeout=CONFIG_TIMEOUT_SECONDS,
+                )
+            return status
+
+        try:
+            status = await trio.to_thread.run_sync(publish)
+        except OSError as exc:
+            log.info("[%s] node record not published: %s", self.node, exc)
+            return
+        if status in (200, 201):
+            log.info("[%s] published the node record for search", self.node)
+        else:
+            log.info("[%s] the server did not take the node record (HTTP %d)", self.node, status)
 
     # One connection --------------------------------------------------------------------------
     async def _serve(self, conn: Connection) -> None:

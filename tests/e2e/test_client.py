@@ -151,3 +151,17 @@ def _free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def test_client_publishes_its_node_record_for_search(fleet):
+    server, admin, clients = fleet
+    node = wait_for(
+        lambda: (r := admin.get("/organizations/cli/nodes/c1")).status_code == 200 and r.json(),
+        30,
+        what="c1's node record",
+    )
+    automatic = node["automatic"]
+    assert node["name"] == "c1" and node["chef_environment"] == "_default"
+    assert automatic["os"] == "linux" and automatic["hostname"] and automatic["fqdn"]
+    assert automatic["ipaddress"] == "127.0.0.1"
+    assert {"platform", "platform_version", "kernel"} <= set(automatic)
