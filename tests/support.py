@@ -12,6 +12,7 @@ tests/e2e/helpers.py.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -448,14 +449,21 @@ class ClientProcess:
         )
         self.proc: subprocess.Popen | None = None
 
-    def start(self, *flags: str) -> ClientProcess:
+    def start(
+        self, *flags: str, env: dict[str, str] | None = None, program: list[str] | None = None
+    ) -> ClientProcess:
+        """Start it; ``env`` adds to the daemon's environment, ``program`` replaces
+        ``python -m appliance client`` (e.g. the ``pushy-client`` console script)."""
         log = open(self.log_path, "ab")
+        command = program or [sys.executable, "-m", "appliance", "client"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "client", "-c", str(self.config_path), *flags],
+            [*command, "-c", str(self.config_path), *flags],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
+        log.close()
         return self
 
     def log(self) -> str:

@@ -378,6 +378,11 @@ _UNSUPPORTED_CHARS = {
 }
 
 
+def _continues(tok: _Tok) -> bool:
+    """Whether a line ending in ``tok`` goes on (as in Ruby, after ``,`` ``=>`` ``=`` ``.``)."""
+    return tok.kind == "nl" or (tok.kind == "punct" and tok.value in (",", "=>", "=", "."))
+
+
 def _is_ident_start(ch: str) -> bool:
     return ch == "_" or (ch.isascii() and ch.isalpha())
 
@@ -406,7 +411,7 @@ class _Lexer:
             start_line = self.line
             self.start = self.i
             if c == "\n":
-                if not self.stack and self.toks and self.toks[-1].kind != "nl":
+                if not self.stack and self.toks and not _continues(self.toks[-1]):
                     self.emit("nl", None, self.line)
                 self.line += 1
                 self.i += 1

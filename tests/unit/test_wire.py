@@ -12,26 +12,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from appliance.core import wire
 from appliance.core.rsaraw import hash_string, rsa_sha1_verify
-
-KEY = b"01234567890123456789012345678901"
-T = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
-INCARNATION = "b4c1a7a6-1111-4222-8333-444455556666"
-
-VECTOR_HEARTBEAT = (
-    b'{"node":"node1","client":"host1","protocol_version":"2.0","org":"myorg","type":"heartbeat",'
-    b'"sequence":1,"timestamp":"Wed, 21 Oct 2015 07:28:00 GMT",'
-    b'"incarnation_id":"b4c1a7a6-1111-4222-8333-444455556666","job_state":"idle","job_id":null}'
-)
-VECTOR_SUCCEEDED = (
-    b'{"node":"node1","client":"host1","protocol_version":"2.0","org":"myorg","type":"succeeded",'
-    b'"sequence":2,"timestamp":"Wed, 21 Oct 2015 07:28:00 GMT",'
-    b'"incarnation_id":"b4c1a7a6-1111-4222-8333-444455556666","job_id":"abc123",'
-    b'"stdout":"out\\n","stderr":""}'
-)
-VECTOR_ABORTED = (
-    b'{"node":"node1","client":"host1","protocol_version":"2.0","org":"myorg","type":"aborted",'
-    b'"sequence":3,"timestamp":"Wed, 21 Oct 2015 07:28:00 GMT",'
-    b'"incarnation_id":"b4c1a7a6-1111-4222-8333-444455556666","job_id":null}'
+from tests.unit.vectors import (
+    INCARNATION,
+    KEY,
+    VECTOR_ABORTED,
+    VECTOR_HEARTBEAT,
+    VECTOR_SUCCEEDED,
+    T,
 )
 
 

@@ -31,3 +31,25 @@ YlkUQYXhy9JixmUUKtH+NXkKX7Lyc8XYw5ETr7JBT3ifs+G7HruDjVG78EJVojbd
 8uLA+DdQm5mg4vd1GTiSK65q/3EeoBlUaVor3HhLFki+i9qpT8CBsg==
 -----END RSA PRIVATE KEY-----
 """
+
+# client-knife.md §A.2: the reference client's messages for fixed inputs (byte-exact)
+KEY = b"01234567890123456789012345678901"
+T = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+INCARNATION = "b4c1a7a6-1111-4222-8333-444455556666"
+
+VECTOR_HEARTBEAT = (
+    b'{"node":"node1","client":"host1","protocol_version":"2.0","org":"myorg","type":"heartbeat",'
+    b'"sequence":1,"timestamp":"Wed, 21 Oct 2015 07:28:00 GMT",'
+    b'"incarnation_id":"b4c1a7a6-1111-4222-8333-444455556666","job_state":"idle","job_id":null}'
+)
+VECTOR_SUCCEEDED = (
+    b'{"node":"node1","client":"host1","protocol_version":"2.0","org":"myorg","type":"succeeded",'
+    b'"sequence":2,"timestamp":"Wed, 21 Oct 2015 07:28:00 GMT",'
+    b'"incarnation_id":"b4c1a7a6-1111-4222-8333-444455556666","job_id":"abc123",'
+    b'"stdout":"out\\n","stderr":""}'
+)
+VECTOR_ABORTED = (
+    b'{"node":"node1","client":"host1","protocol_version":"2.0","org":"myorg","type":"aborted",'
+    b'"sequence":3,"timestamp":"Wed, 21 Oct 2015 07:28:00 GMT",'
+    b'"incarnation_id":"b4c1a7a6-1111-4222-8333-444455556666","job_id":null}'
+)
