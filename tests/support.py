@@ -482,3 +482,120 @@ class ClientProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+# ---------------------------------------------------------------------------------------------
+# Real clients of one org (tests/e2e/test_client_*.py)
+
+
+class ClientFleet:
+    """An org on ``server`` and the real ``pushy client`` processes of its nodes."""
+
+    def __init__(self, server: Server, org: str, directory: Path) -> None:
+        self.server = server
+        self.org = org
+        self.directory = directory
+        self.admin, _ = setup_org(server, org, ())
+        self.clients: dict[str, ClientProcess] = {}
+
+    def add(
+        self,
+        name: str,
+        *,
+        whitelist: str = '{"chef-client"=>"chef-client"}',
+        extra: str = "",
+        env: dict[str, str] | None = None,
+        flags: tuple[str, ...] = (),
+        program: list[str] | None = None,
+        start: bool = True,
+    ) -> ClientProcess:
+        """Register node ``name`` (a server-made key) and start its client."""
+        r = self.admin.post(
+            f"/organizations/{self.org}/clients", {"name": name, "create_key": True}
+        )
+        assert r.status_code == 201, r.text
+        key = r.json()["chef_key"]["private_key"]
+        client = ClientProcess(
+            self.server, self.org, name, key, self.directory, whitelist=whitelist, extra=extra
+        )
+        self.clients[name] = client
+        if start:
+            client.start(*flags, env=env, program=program)
+        return client
+
+    def states(self) -> dict[str, tuple[str, str]]:
+        """node name → (status, availability), as the server reports them."""
+        r = self.admin.get(f"/organizations/{self.org}/pushy/node_states")
+        assert r.status_code == 200, r.text
+        return {s["node_name"]: (s["status"], s["availability"]) for s in r.json()}
+
+    def wait_available(self, *names: str, seconds: float = 30) -> None:
+        def ready() -> bool:
+            for name in names:
+                client = self.clients.get(name)
+                if client is not None and client.proc is not None:
+                    assert client.proc.poll() is None, f"{name} exited:\n{client.log()}"
+            states = self.states()
+            return all(states.get(n) == ("online", "available") for n in names)
+
+        wait_for(ready, seconds, what=f"{names} available")
+
+    def post(self, command: str, nodes: list[str], **opts: Any) -> str:
+        body = {"command": command, "nodes": nodes, **opts}
+        r = self.admin.post(f"/organizations/{self.org}/pushy/jobs", body)
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        r = self.admin.get(f"/organizations/{self.org}/pushy/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_job(self, job_id: str, seconds: float = 30) -> dict[str, Any]:
+        """The job once it has ended (any status but new/voting/running)."""
+
+        def ended() -> dict[str, Any] | None:
+            job = self.job(job_id)
+            return job if job["status"] not in ("new", "voting", "running") else None
+
+        return wait_for(ended, seconds, what=f"job {job_id} ended")
+
+    def wait_nodes(self, job_id: str, nodes: dict[str, list[str]], seconds: float = 30) -> None:
+        wait_for(lambda: self.job(job_id)["nodes"] == nodes, seconds, what=f"nodes {nodes}")
+
+    def run(self, command: str, nodes: list[str], seconds: float = 30, **opts: Any) -> dict:
+        """Post a job and wait for its end."""
+        return self.wait_job(self.post(command, nodes, **opts), seconds)
+
+    def output(self, job_id: str, node: str, channel: str = "stdout") -> httpx.Response:
+        return self.admin.get(
+            f"/organizations/{self.org}/pushy/jobs/{job_id}/output/{node}/{channel}",
+            headers={"Accept": "application/octet-stream"},
+        )
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.kill()
+
+
+def process_group_alive(pgid: int) -> bool:
+    """Whether a process (not a zombie) of group ``pgid`` still runs (Linux /proc)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()  # state, ppid, pgrp, ...
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
+def kill_process_group(pgid: int) -> None:
+    """Clean-up of a job a test left behind (e.g. after kill -9 of its client)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

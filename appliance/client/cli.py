@@ -82,7 +82,12 @@ def run_client(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     for name, value in config.environment:  # the cookbook's environment_variables lines
         os.environ[name] = value
-    _setup_logging(config.log_level, config.log_location)
+    os.environ.update(config.proxies.as_env())  # Chef exports its proxy settings likewise
+    _setup_logging(config.log_level, config.log_location, show_time=config.show_time)
+    if config.ignored:
+        logging.getLogger("pushy.client").info(
+            "settings with no effect on the push client: %s", ", ".join(config.ignored)
+        )
     if path is None:
         logging.getLogger("pushy.client").warning(
             "No config file found or specified on command line. Using command line options instead."
@@ -103,12 +108,13 @@ def run_client(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _setup_logging(level: str, location: str | None) -> None:
+def _setup_logging(level: str, location: str | None, *, show_time: bool = True) -> None:
     levels = {"warn": "WARNING", "fatal": "CRITICAL"}
     name = levels.get(level.lower(), level.upper())
     handler: logging.Handler
     handler = logging.FileHandler(location) if location else logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s: %(message)s"))
+    stamp = "[%(asctime)s] " if show_time else ""
+    handler.setFormatter(logging.Formatter(stamp + "%(levelname)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, name, logging.INFO))

@@ -19,8 +19,10 @@ small line-oriented parser accepts exactly the subset that the push-jobs cookboo
 - ``Mixlib::Log::Formatter.show_time = true|false``.
 
 Decisions:
-- ``name = VALUE`` with a lower-case name is rejected: in Ruby it assigns a local variable
-  and silently sets nothing.
+- ``name = 'VALUE'`` with a lower-case name and a quoted string is an environment line too
+  (the cookbook writes ``http_proxy='…'`` for such environment variables; in Ruby it assigned
+  a local variable and did nothing); any other ``name = VALUE``, or one naming a push client
+  setting (``node_name = 'x'``, surely meant as ``node_name 'x'``), is rejected.
 - ``nil`` as a setting's value means "use the default" (the original's ``|| default``).
 - Setting names must be push-jobs settings or common Chef::Config settings (`IGNORED_KEYS`,
   accepted without effect and listed in ``ClientConfig.ignored``); any other name is an
@@ -305,6 +307,19 @@ _NOT_RUBY_NAMES = {
     "roles": "node roles are accepted only in the TOML form",
 }
 _KNOWN = _SETTINGS | IGNORED_KEYS | set(_NOT_RUBY_NAMES)
+# Settings of the push client itself: ``node_name = 'x'`` is surely a typo for ``node_name 'x'``.
+_PUSH_SETTINGS = frozenset(
+    {
+        "chef_server_url",
+        "node_name",
+        "client_key",
+        "whitelist",
+        "file_dir",
+        "allow_unencrypted",
+        "allowed_overwritable_env_vars",
+        "max_body_size",
+    }
+)
 
 _KEYWORDS = frozenset(
     """
@@ -770,6 +785,18 @@ class _Parser:
                 tok,
             )
         nxt = self.peek()
+        after = self.toks[self.pos + 1] if self.pos + 1 < len(self.toks) else nxt
+        if (
+            nxt.kind == "punct"
+            and nxt.value == "="
+            and after.kind == "str"
+            and name not in _PUSH_SETTINGS
+        ):
+            # The cookbook writes one NAME='VALUE' line per environment variable, whatever the
+            # case of the name (http_proxy='…' is common): export it like the upper-case form.
+            self.take()
+            self.environment_line(name, tok)
+            return
         if nxt.kind == "punct" and nxt.value == "=":
             raise self.error(
                 f"'{name} = ...' is a Ruby local variable assignment and sets nothing; write "

@@ -626,3 +626,11 @@ def test_huge_tokens(size, char):
     _only_config_errors(text, "h.rb")
     _only_config_errors(text + char + "\n", "h.rb")
     _only_config_errors("max_body_size " + "9" * size, "h.rb")
+
+
+def test_lower_case_environment_lines_from_the_cookbook_are_exported():
+    raw = parse_ruby_config("http_proxy='http://proxy:3128'\nno_proxy = 'localhost'\n", "c.rb")
+    assert raw["environment_variables"] == {
+        "http_proxy": "http://proxy:3128",
+        "no_proxy": "localhost",
+    }
