@@ -122,7 +122,12 @@ class Agent:
                     if not published:
                         published = True
                         nursery.start_soon(self._publish_node_record)
-                    await self._serve(conn)
+                    try:
+                        await self._serve(conn)
+                    except zmq.ZMQError as exc:  # e.g. an address in the config zmq refuses
+                        log.error("[%s] cannot open the connection: %s", self.node, exc)
+                        with trio.move_on_after(BACKOFF_MAX_SECONDS / 4):
+                            await self.stopping.wait()
                 nursery.cancel_scope.cancel()
         finally:
             if self.conn is not None:
