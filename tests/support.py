@@ -523,11 +523,17 @@ class ClientFleet:
             client.start(*flags, env=env, program=program)
         return client
 
-    def states(self) -> dict[str, tuple[str, str]]:
-        """node name → (status, availability), as the server reports them."""
+    def states(self) -> dict[str, str]:
+        """node name → availability, as the server lists them."""
         r = self.admin.get(f"/organizations/{self.org}/pushy/node_states")
         assert r.status_code == 200, r.text
-        return {s["node_name"]: (s["status"], s["availability"]) for s in r.json()}
+        return {s["node_name"]: s["availability"] for s in r.json()}
+
+    def state(self, name: str) -> tuple[str, str]:
+        """(status, availability) of one node."""
+        r = self.admin.get(f"/organizations/{self.org}/pushy/node_states/{name}")
+        assert r.status_code == 200, r.text
+        return r.json()["status"], r.json()["availability"]
 
     def wait_available(self, *names: str, seconds: float = 30) -> None:
         def ready() -> bool:
@@ -536,7 +542,7 @@ class ClientFleet:
                 if client is not None and client.proc is not None:
                     assert client.proc.poll() is None, f"{name} exited:\n{client.log()}"
             states = self.states()
-            return all(states.get(n) == ("online", "available") for n in names)
+            return all(states.get(n) == "available" for n in names)
 
         wait_for(ready, seconds, what=f"{names} available")
 

@@ -64,6 +64,7 @@ class Connection:
     sub: TrioSocket | None = None
     sequence: int = 0
     got_command_message: trio.Event = field(default_factory=trio.Event)
+    channel_up: bool = False  # a valid message arrived on the command channel
 
     def close(self) -> None:
         for sock in (self.dealer, self.sub):
@@ -92,6 +93,11 @@ class Agent:
         self.jobs = jobstate.JobState(max_body_size=config.max_body_size)
         self.conn: Connection | None = None
         self.lock: runner.Lock | None = None
+        # A job's result not known to have left: not queued (the send queue was full: None),
+        # or queued on a connection that the server has not spoken on since, so a reconfigure
+        # may have dropped it with the socket. Sent again on the next connection, so that a
+        # server that was away (and resumed the job) learns how the job ended.
+        self.unsent: tuple[jobstate.Reply, Connection | None] | None = None
         self.kill_events: dict[str, trio.Event] = {}
         self.stopping = trio.Event()
         self.reconfigure_due: float | None = None  # monotonic deadline of the next reconfigure
@@ -344,6 +350,8 @@ class Agent:
                 sent += 1
                 if sent <= 3:
                     log.info("[%s] Sending heartbeat %d (logging first 3)", self.node, sent)
+                if self.unsent is not None and self.unsent[1] is not conn:
+                    self._send_result(conn, self.unsent[0])
                 job_state, job_id = self.jobs.heartbeat_fields()
                 self.send(conn, "heartbeat", job_id, job_state=job_state)
             await trio.sleep(conn.interval)
@@ -389,15 +397,18 @@ class Agent:
             body = self._check(conn, frames)
             if body is None:
                 continue
+            if not conn.channel_up:
+                conn.channel_up = True
+                log.info("[%s] Command channel up (first message: %s)", self.node, body.get("type"))
+            if self.unsent is not None and self.unsent[1] is conn:
+                self.unsent = None  # the server talks to us: what we queued went out before
             kind = body.get("type")
+            # the job state machine logs "Received commit/run/abort" itself
             if kind == "commit":
-                log.info("[%s] Received commit %s", self.node, body.get("job_id"))
                 self._execute(self.jobs.on_commit(body, **self._commit_checks()))
             elif kind == "run":
-                log.info("[%s] Received run %s", self.node, body.get("job_id"))
                 self._execute(self.jobs.on_run(body))
             elif kind == "abort":
-                log.info("[%s] Received abort", self.node)
                 self._execute(self.jobs.on_abort(body))
             elif kind != "ack":
                 log.warning("[%s] Missing type in ZMQ message: %r", self.node, kind)
@@ -445,6 +456,13 @@ class Agent:
         )
         return False
 
+    def _send_result(self, conn: Connection | None, reply: jobstate.Reply) -> None:
+        """Send a job's result; ``unsent`` keeps it until the server speaks on ``conn``."""
+        if self.unsent is not None:
+            log.info("[%s] Sending the result of job %s again", self.node, reply.job_id)
+        queued = self.send(conn, reply.type, reply.job_id, **reply.extra)
+        self.unsent = (reply, conn if queued else None)
+
     # Jobs ------------------------------------------------------------------------------------
     def _commit_checks(self) -> dict[str, Any]:
         return {
@@ -470,6 +488,8 @@ class Agent:
         assert self._nursery is not None
         for action in actions:
             match action:
+                case jobstate.Reply(type="succeeded" | "failed"):
+                    self._send_result(self.conn, action)
                 case jobstate.Reply(type=kind, job_id=job_id, extra=extra):
                     self.send(self.conn, kind, job_id, **extra)
                 case jobstate.StartProcess(job=job):

@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any
 
 import trio
 
@@ -102,10 +103,25 @@ def run_client(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         trio.run(agent.run)
-    except FatalConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return exc.exit_status
+    except BaseException as exc:  # trio's nurseries wrap it in an ExceptionGroup
+        fatal = _find(exc, FatalConfigError)
+        if fatal is None:
+            raise
+        print(str(fatal), file=sys.stderr)
+        return fatal.exit_status
     return EXIT_OK
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> Any:
+    """``exc`` itself or the first ``kind`` inside (nested) exception groups, else None."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None
 
 
 def _setup_logging(level: str, location: str | None, *, show_time: bool = True) -> None:
