@@ -72,6 +72,7 @@ class Liveness:
     decay_window: int
     threshold: float
     rehab_interval: float
+    restart_grace: float = 60.0  # how long a node that was up may take to return after a restart
 
 
 @dataclass(slots=True)
@@ -83,6 +84,7 @@ class Node:
     health: liveness.Health | None = None
     rehab_due: float | None = None
     ghost: bool = False  # restored from the log after a restart; not online until it speaks
+    ghost_until: float | None = None  # a ghost that has not spoken by then is down
 
     @property
     def available(self) -> bool:
@@ -114,13 +116,13 @@ class NodeTable:
 
     # Restart ---------------------------------------------------------------------------------
     def restore(self, key: NodeKey, incarnation: str | None, now: float) -> None:
-        """A node that was up when the server stopped: it must speak again within the liveness window."""
+        """A node that was up when the server stopped: it must speak again within the grace.
+
+        The grace is longer than the liveness window: a client that noticed the server was gone
+        may be backing off between config fetches when the server comes back.
+        """
         self.nodes[key] = Node(
-            key,
-            incarnation,
-            state="idle",
-            ghost=True,
-            health=liveness.create(now, self.params.threshold),
+            key, incarnation, state="idle", ghost=True, ghost_until=now + self.params.restart_grace
         )
 
     # Inputs ----------------------------------------------------------------------------------
@@ -166,7 +168,9 @@ class NodeTable:
         effects: list = []
         p = self.params
         for node in list(self.nodes.values()):
-            if node.health is not None and liveness.is_dead(
+            if node.ghost and node.ghost_until is not None and now >= node.ghost_until:
+                self._stop(node, "did not come back after the server restart", effects)
+            elif node.health is not None and liveness.is_dead(
                 node.health, now, p.interval, p.decay_window, p.threshold
             ):
                 self._stop(node, "missed heartbeats", effects)

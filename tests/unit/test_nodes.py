@@ -404,10 +404,12 @@ def test_ghost_with_a_new_incarnation_is_reset(table, jobs):
     ]
 
 
-def test_a_ghost_that_never_speaks_is_stopped_by_the_scanner(table, jobs):
+def test_a_ghost_that_never_speaks_is_stopped_by_the_scanner_after_the_grace(table, jobs):
     table.restore(KEY, INC, T0)
-    assert table.scan(T0 + 39.9) == []
-    assert kinds(table.scan(T0 + 40.0)) == [("Down", KEY)]
+    grace = PARAMS.restart_grace
+    assert grace > 4 * PARAMS.interval  # longer than the liveness window: clients back off
+    assert table.scan(T0 + grace - 0.1) == []
+    assert kinds(table.scan(T0 + grace)) == [("Down", KEY)]
     assert table.nodes == {}
 
 
