@@ -278,7 +278,8 @@ IGNORED_KEYS = frozenset(
     """.split()
 )
 
-_SETTINGS = frozenset(
+# Settings of the push client itself: ``node_name = 'x'`` is surely a typo for ``node_name 'x'``.
+_PUSH_SETTINGS = frozenset(
     {
         "chef_server_url",
         "node_name",
@@ -288,6 +289,11 @@ _SETTINGS = frozenset(
         "allow_unencrypted",
         "allowed_overwritable_env_vars",
         "max_body_size",
+    }
+)
+_SETTINGS = frozenset(
+    {
+        *_PUSH_SETTINGS,
         "log_level",
         "log_location",
         "lockfile",
@@ -307,19 +313,6 @@ _NOT_RUBY_NAMES = {
     "roles": "node roles are accepted only in the TOML form",
 }
 _KNOWN = _SETTINGS | IGNORED_KEYS | set(_NOT_RUBY_NAMES)
-# Settings of the push client itself: ``node_name = 'x'`` is surely a typo for ``node_name 'x'``.
-_PUSH_SETTINGS = frozenset(
-    {
-        "chef_server_url",
-        "node_name",
-        "client_key",
-        "whitelist",
-        "file_dir",
-        "allow_unencrypted",
-        "allowed_overwritable_env_vars",
-        "max_body_size",
-    }
-)
 
 _KEYWORDS = frozenset(
     """
