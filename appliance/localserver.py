@@ -27,7 +27,35 @@ LOCAL_SETTINGS: dict[str, Any] = {
 }
 
 
-class LocalServer:
+class ManagedProcess:
+    """A child process with its log file: the shared stop/kill/log of servers and clients."""
+
+    proc: subprocess.Popen | None = None
+    log_path: Path
+
+    def log(self) -> str:
+        """The tail of the process's log (stdout and stderr)."""
+        if not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-20000:]
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM and wait for the exit status; killed (and re-raised) after ``timeout``."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class LocalServer(ManagedProcess):
     """One server process: free ports by default, settings overridable by keyword.
 
     ``env`` adds to the environment of the process (e.g. ``TZ``); as a context manager it is
@@ -92,27 +120,6 @@ class LocalServer:
             time.sleep(0.05)
         self.ports = json.loads(self.ready_path.read_text())
         return self
-
-    def log(self) -> str:
-        """The tail of the server's log (stdout and stderr)."""
-        if not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(errors="replace")[-20000:]
-
-    def stop(self, timeout: float = 20) -> int:
-        """SIGTERM and wait for the exit status; killed (and re-raised) after ``timeout``."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
     def __enter__(self) -> LocalServer:
         return self.start()

@@ -30,7 +30,7 @@ import zmq
 from appliance.core import chefauth, wire
 from appliance.core.keys import decrypt_session_key, load_private_pem, load_public_pem
 from appliance.core.rsaraw import rsa_sha1_verify
-from appliance.localserver import LocalServer
+from appliance.localserver import LocalServer, ManagedProcess
 
 REPO = Path(__file__).resolve().parent.parent
 STARTUP_SECONDS = 60
@@ -409,7 +409,7 @@ def connect_bounded(node: WireNode, ms: int = 5000) -> WireNode:
     return node
 
 
-class ClientProcess:
+class ClientProcess(ManagedProcess):
     """A real ``pushy client`` process started from a config file in the original's format."""
 
     def __init__(
@@ -465,23 +465,6 @@ class ClientProcess:
         )
         log.close()
         return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-20000:]
-
-    def stop(self, timeout: float = 20) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 # ---------------------------------------------------------------------------------------------
