@@ -1,4 +1,4 @@
-"""The ``pushy`` command: one program, subcommands per role (server now; client, job, … later).
+"""The ``pushy`` command: one program, subcommands per role (server, client, operator CLI).
 
 Exit statuses scripts can rely on: 0 success, 1 runtime failure (e.g. a corrupt log), 2 a bad
 command line or configuration.
@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_client_arguments(client)
     add_demo(sub)
+    from appliance.knife.cli import add_parsers as add_operator_commands
+
+    add_operator_commands(sub)
     return parser
 
 
@@ -103,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         from appliance.demo import run_demo
 
         return run_demo(args)
+    if getattr(args, "operator", False):
+        from appliance.knife.cli import dispatch
+
+        return dispatch(args)
     if args.command == "raw":
         from appliance.rawrequest import run_raw
 

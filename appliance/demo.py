@@ -20,7 +20,7 @@ from pathlib import Path
 
 from appliance.client.bootstrap import client_config_text
 from appliance.localserver import LocalServer
-from appliance.rawrequest import signed_request
+from appliance.signedhttp import signed_request
 
 WHITELIST = {"hello": "echo hello from $CHEF_PUSH_NODE_NAME; uname -sr"}
 

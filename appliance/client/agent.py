@@ -28,7 +28,7 @@ from appliance.client.config import ClientConfig, ConfigError, load_config
 from appliance.core import wire
 from appliance.core.jobspec import decode_job_file
 from appliance.core.keys import decrypt_session_key, load_private_pem, load_public_pem
-from appliance.rawrequest import signed_request
+from appliance.signedhttp import signed_request
 from appliance.zmqio import TrioSocket
 
 log = logging.getLogger("pushy.client")
