@@ -56,6 +56,7 @@ class Credentials:
     user: str
     key_path: Path
     source: str = "defaults"  # where they came from, named in error messages
+    key_pem: str | None = None  # an inline key (``client_key`` PEM in ~/.chef/credentials)
 
 
 class Api:
@@ -69,7 +70,8 @@ class Api:
         if self._key is None:
             path = self.creds.key_path
             try:
-                self._key = load_private_pem(path.read_bytes())
+                pem = self.creds.key_pem
+                self._key = load_private_pem(path.read_bytes() if pem is None else pem)
             except OSError as exc:
                 raise CliError(
                     f"cannot read the key {path} ({self.creds.source}): {exc.strerror}"

@@ -9,7 +9,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from appliance.server import identity_routes, pushy_routes
+from appliance.server import identity_routes, pushy_routes, search_routes, ws_routes
 from appliance.server.context import ServerContext
 
 MAX_REST_BODY = 1_000_000
@@ -23,6 +23,8 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app.register_blueprint(pushy_routes.status_blueprint(ctx))
     app.register_blueprint(pushy_routes.blueprint(ctx))
     app.register_blueprint(identity_routes.blueprint(ctx))
+    app.register_blueprint(search_routes.blueprint(ctx))
+    app.register_blueprint(ws_routes.blueprint(ctx))
 
     @app.before_request
     async def read_body_first() -> None:

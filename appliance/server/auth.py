@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -35,14 +35,20 @@ def fail(status: int, body: object, headers: dict[str, str] | None = None) -> No
 
 async def authenticate(ctx: ServerContext, org: str | None) -> Authenticated:
     body = await request.get_data(cache=True)
+    return verify(ctx, org, request.headers, request.method, request.path, body)
+
+
+def verify(
+    ctx: ServerContext, org: str | None, headers: Any, method: str, path: str, body: bytes
+) -> Authenticated:
+    """The checks of `authenticate` on given request parts (a websocket handshake has no
+    ``request``); a failure aborts with the JSON error response."""
     try:
-        req = chefauth.parse_auth_headers(
-            request.headers, request.method, request.path, body, now=time.time()
-        )
+        req = chefauth.parse_auth_headers(headers, method, path, body, now=time.time())
         chefauth.check_time(req, time.time())
     except chefauth.AuthError as exc:
-        headers = {"WWW-Authenticate": chefauth.WWW_AUTHENTICATE} if exc.status == 401 else None
-        fail(exc.status, error_list(exc.message), headers)
+        challenge = {"WWW-Authenticate": chefauth.WWW_AUTHENTICATE} if exc.status == 401 else None
+        fail(exc.status, error_list(exc.message), challenge)
     ids = ctx.state.identity
     if org is not None and org not in ids.orgs:
         fail(404, error_list(f"organization '{org}' does not exist."))

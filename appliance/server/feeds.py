@@ -7,6 +7,7 @@ with ``Last-Event-ID`` (the job feed replays from the job's event list).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,17 @@ class Hub:
         send, receive = trio.open_memory_channel(SUBSCRIBER_BUFFER)
         sub = Subscriber(send, receive)
         self.topics[topic].add(sub)
+        return sub
+
+    def subscribe_many(self, topics: Iterable[Any], buffer: int = SUBSCRIBER_BUFFER) -> Subscriber:
+        """One subscriber on several topics: one channel, so items keep their publish order.
+
+        Dropped from every topic once its buffer is full (the closed channel makes the other
+        topics' next publish drop it too); ``unsubscribe`` it from each topic when done."""
+        send, receive = trio.open_memory_channel(buffer)
+        sub = Subscriber(send, receive)
+        for topic in topics:
+            self.topics[topic].add(sub)
         return sub
 
     def unsubscribe(self, topic: Any, sub: Subscriber) -> None:

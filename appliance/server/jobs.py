@@ -165,6 +165,7 @@ class JobManager:
         self._spawn(job)
         for event in job.events:
             self.hub.publish(("job", job.id), event)
+            self.hub.publish(("jobs", job.org), (job.id, event))  # the websocket stream
         for org_event in org_events:
             self.hub.publish(("org", job.org), org_event)
         self._execute(job, step, now)
@@ -217,6 +218,7 @@ class JobManager:
     def _publish(self, job: jobfsm.Job, first_new: int) -> None:
         for event in job.events[first_new:]:
             self.hub.publish(("job", job.id), event)
+            self.hub.publish(("jobs", job.org), (job.id, event))  # the websocket stream
         for org_event in self.state.note_job_events(job, first_new):
             self.hub.publish(("org", job.org), org_event)
 

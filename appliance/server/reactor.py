@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from appliance.core import nodes as corenodes
 from appliance.core import wire
+from appliance.core.render import sse_timestamp
 from appliance.core.settings import Settings
 from appliance.core.state import State
 from appliance.zmqio import TrioSocket
@@ -63,6 +64,8 @@ class Reactor:
         self.heartbeat_sequence = 0
         self.bound: dict[str, int] = {}
         self._rehab_wakeup = trio.Event()
+        # what the websocket stream last said of each online node: 1 unavailable, 2 available
+        self.announced: dict[corenodes.NodeKey, int] = {}
 
     # Lifecycle -------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
@@ -173,6 +176,7 @@ class Reactor:
         assert self.jobs is not None
         effects = self.table.on_message(key, address, body, now, self.jobs.view)
         self.execute(effects, now)
+        self.announce(key, now)
 
     def _drop(self, reason: str, detail: str) -> None:
         """Count every dropped message; log the first few per reason per window (a flood of
@@ -220,6 +224,7 @@ class Reactor:
                     self.sequences.pop(key, None)
                     self.store.record({"type": "node_down", "org": key[0], "node": key[1]})
                     self.jobs.node_down(key, now)
+                    self.announce(key, now)
                 case corenodes.ToJob(key=key, job_id=job_id, type=kind, body=body):
                     self.jobs.node_message(job_id, key, kind, body, now)
                 case corenodes.LostJob(key=key, job_id=job_id):
@@ -241,6 +246,31 @@ class Reactor:
 
     def rehab(self, key: corenodes.NodeKey, now: float) -> None:
         self.execute(self.table.do_rehab(key, now), now)
+        self.announce(key, now)
+
+    def announce(self, key: corenodes.NodeKey, now: float) -> None:
+        """Publish the node's availability on ("nodes", org) if it changed since last said.
+
+        Called after every message (the hot path): nothing is allocated when nothing changed."""
+        node = self.table.nodes.get(key)
+        code = 0 if node is None or node.ghost else 2 if node.state == "idle" else 1
+        if self.announced.get(key, 0) == code:
+            return
+        if code:
+            self.announced[key] = code
+        else:
+            del self.announced[key]
+        assert self.jobs is not None
+        self.jobs.hub.publish(
+            ("nodes", key[0]),
+            {
+                "type": "node",
+                "node": key[1],
+                "availability": "available" if code == 2 else "unavailable",
+                "status": "online" if code else "offline",
+                "timestamp": sse_timestamp(now),
+            },
+        )
 
     # Timers ----------------------------------------------------------------------------------
     async def _rehab_loop(self) -> None:
