@@ -18,12 +18,72 @@ from appliance import __version__
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
+# (label, import name, distribution name) of the libraries a binary bundles
+_LIBRARIES = (
+    ("trio", "trio", "trio"),
+    ("pyzmq", "zmq", "pyzmq"),
+    ("cryptography", "cryptography", "cryptography"),
+    ("hypercorn", "hypercorn", "hypercorn"),
+    ("quart", "quart", "quart"),
+    ("quart-trio", "quart_trio", "quart-trio"),
+    ("trio-websocket", "trio_websocket", "trio-websocket"),
+    ("orjson", "orjson", "orjson"),
+)
+
+
+def version_text() -> str:
+    """What ``pushy --version`` prints: one line per component, for bug reports."""
+    import importlib
+    import importlib.metadata
+    import platform
+
+    lines = [f"pushy {__version__}", f"Python {platform.python_version()}"]
+    for label, module_name, dist in _LIBRARIES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            lines.append(f"{label} not installed")
+            continue
+        version = getattr(module, "__version__", None)
+        if not isinstance(version, str):
+            try:
+                version = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                version = "unknown"
+        extra = ""
+        if module_name == "zmq":
+            extra = f" (libzmq {module.zmq_version()})"
+        elif module_name == "cryptography":
+            from cryptography.hazmat.backends.openssl import backend
+
+            extra = f" ({backend.openssl_version_text()})"
+        lines.append(f"{label} {version}{extra}")
+    if getattr(sys, "frozen", False):
+        lines.append(f"frozen: yes (PyInstaller binary {sys.executable})")
+    else:
+        lines.append(f"frozen: no (Python {sys.executable})")
+    return "\n".join(lines)
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        print(version_text())
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pushy",
         description="Push whitelisted commands to a fleet of nodes (Chef Push Jobs 2.1 compatible).",
     )
-    parser.add_argument("--version", action="version", version=f"pushy {__version__}")
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="print the version, the bundled libraries' versions and whether this is a binary",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     server = sub.add_parser(
         "server",
@@ -131,14 +191,12 @@ def _server(args: argparse.Namespace) -> int:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             print(f"pushy server: {args.config} is not valid TOML: {exc}", file=sys.stderr)
             return EXIT_USAGE
+    overrides = {
+        "state_dir": os.path.abspath(args.state_dir) if args.state_dir else None,
+        "log_level": args.log_level,
+    }
     try:
-        settings, warnings = load_settings(
-            data,
-            {
-                "state_dir": os.path.abspath(args.state_dir) if args.state_dir else None,
-                "log_level": args.log_level,
-            },
-        )
+        settings, warnings = load_settings(data, overrides)
     except SettingsError as exc:
         where = f"{args.config}: " if args.config else ""
         print(f"pushy server: {where}{exc.message}", file=sys.stderr)
@@ -151,7 +209,13 @@ def _server(args: argparse.Namespace) -> int:
     from appliance.store.log import LogCorruption
 
     try:
-        return run_server(settings, recover=args.recover, ready_file=args.ready_file)
+        return run_server(
+            settings,
+            recover=args.recover,
+            ready_file=args.ready_file,
+            config=args.config,  # re-read on SIGHUP (systemctl reload)
+            overrides=overrides,
+        )
     except LogCorruption as exc:
         log.error("the event log is corrupt: %s", exc)
         log.error("start with --recover to keep the records before the damage")
@@ -161,6 +225,31 @@ def _server(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_OK
+    except BaseExceptionGroup as group:
+        bind_error = _bind_error(group)
+        if bind_error is None:
+            raise
+        log.error("cannot start: %s (another server on this port?)", bind_error)
+        return EXIT_FAILURE
+
+
+def _bind_error(group: BaseExceptionGroup) -> str | None:
+    """A socket that could not be bound, wherever it surfaced in the server's nursery (the
+    ZeroMQ reactor raises ZMQError, hypercorn OSError): one line instead of a traceback."""
+    import zmq
+
+    match, _ = group.split((OSError, zmq.ZMQError))
+    if match is None:
+        return None
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [match]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    return "; ".join(str(leaf) for leaf in leaves)
 
 
 def _setup_logging(level: str) -> None:

@@ -23,6 +23,7 @@ import trio
 import zmq
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
+from appliance import sdnotify
 from appliance.client import facts, jobfile, jobstate, runner, whitelist
 from appliance.client.config import ClientConfig, ConfigError, load_config
 from appliance.core import wire
@@ -120,6 +121,9 @@ class Agent:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._signals)
+                nursery.start_soon(sdnotify.watchdog_task)
+                # ready means "running": a node that boots before its server must not fail
+                sdnotify.ready(f"connecting to {self._server_host()} as {self.node}")
                 published = False
                 while not self.stopping.is_set():
                     conn = await self._fetch_config_until_it_works()
@@ -143,6 +147,7 @@ class Agent:
                 self.lock.release()
 
     def stop(self) -> None:
+        sdnotify.stopping("shutting down")
         self.stopping.set()
         for event in self.kill_events.values():
             event.set()
@@ -167,6 +172,8 @@ class Agent:
                 raise
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.error("[%s] Could not download push jobs config: %s", self.node, exc)
+                why = "server unreachable" if isinstance(exc, OSError) else "no config"
+                sdnotify.status(f"{why}, retrying in {delay:.0f} s: {str(exc)[:200]}")
             wait = delay * (1 - random.random() * 0.1)
             with trio.move_on_after(wait):
                 await self.stopping.wait()
@@ -344,6 +351,7 @@ class Agent:
                         self.offline_counter,
                     )
                     self.request_reconfigure("server offline")
+                    sdnotify.status(f"server {self._server_host()} offline, reconnecting")
                 else:
                     self.offline_counter += 1
             if self.online:
@@ -400,6 +408,7 @@ class Agent:
             if not conn.channel_up:
                 conn.channel_up = True
                 log.info("[%s] Command channel up (first message: %s)", self.node, body.get("type"))
+                sdnotify.status(f"connected to {self._server_host()} as {self.node}")
             if self.unsent is not None and self.unsent[1] is conn:
                 self.unsent = None  # the server talks to us: what we queued went out before
             kind = body.get("type")
@@ -565,11 +574,22 @@ class Agent:
                     self.request_reconfigure("SIGUSR1")
                 elif signum == signal.SIGHUP:
                     log.info("[%s] received HUP: re-reading the configuration", self.node)
+                    sdnotify.reloading("re-reading the configuration")
                     self.reload_config()
+                    sdnotify.ready(self._connection_status())
                 else:
                     print(f"received {name.removeprefix('SIG')}, shutting down", flush=True)
                     self.stop()
                     return
+
+    def _server_host(self) -> str:
+        return urllib.parse.urlsplit(self.config.chef_server_url).netloc or "the server"
+
+    def _connection_status(self) -> str:
+        conn = self.conn
+        if conn is not None and conn.channel_up:
+            return f"connected to {self._server_host()} as {self.node}"
+        return f"connecting to {self._server_host()} as {self.node}"
 
     def reload_config(self) -> None:
         """Re-read the config file: whitelist and job settings apply to the next job."""

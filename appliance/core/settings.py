@@ -18,6 +18,14 @@ Decisions:
   ``ignore_signature_check``) are not accepted at all.
 - A bool is never accepted where a number is wanted (TOML ``true`` is not ``1``), nor an
   integral float where an integer is wanted; ``nan``/``inf`` are never accepted.
+- On SIGHUP (``systemctl reload``) the server re-reads the file and takes the `LIVE_KEYS`:
+  ``log_level``, ``voting_timeout``, ``default_running_timeout``, ``wait_complete_time``,
+  ``keep_alive_time``, ``org_feed_expiration``, ``max_time_skew``, ``config_lifetime``,
+  ``session_key_grace``, ``validate_client_node_name``, ``job_retention_days`` and
+  ``rehab_timer``; each is read where it is used, so it applies to the next job, request,
+  message or timer. Every other key (ports, addresses, ``state_dir``, CURVE, the heartbeat
+  and liveness parameters nodes were already told, body and segment sizes, ``server_name``)
+  keeps its running value and is reported as needing a restart (`reload_settings`).
 """
 
 from __future__ import annotations
@@ -25,10 +33,17 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-__all__ = ["IGNORED_KEYS", "Settings", "SettingsError", "load_settings"]
+__all__ = [
+    "IGNORED_KEYS",
+    "LIVE_KEYS",
+    "Settings",
+    "SettingsError",
+    "load_settings",
+    "reload_settings",
+]
 
 #: Original keys accepted but without effect in the appliance (a warning is returned).
 IGNORED_KEYS = frozenset(
@@ -253,3 +268,38 @@ def load_settings(
             "setting 'validate_client_node_name' is false: a client may fetch another node's config"
         )
     return settings, warnings
+
+
+#: Keys a running server takes from its re-read file on SIGHUP (see the module docstring).
+LIVE_KEYS = frozenset(
+    {
+        "log_level",
+        "voting_timeout",
+        "default_running_timeout",
+        "wait_complete_time",
+        "keep_alive_time",
+        "org_feed_expiration",
+        "max_time_skew",
+        "config_lifetime",
+        "session_key_grace",
+        "validate_client_node_name",
+        "job_retention_days",
+        "rehab_timer",
+    }
+)
+
+
+def reload_settings(running: Settings, loaded: Settings) -> tuple[Settings, list[str], list[str]]:
+    """What a reload changes: ``running`` with ``loaded``'s live keys. Returns the settings to
+    run with, the live keys that changed, and the keys that differ but need a restart."""
+    changed: dict[str, Any] = {}
+    restart: list[str] = []
+    for key in Settings.__dataclass_fields__:
+        new = getattr(loaded, key)
+        if new == getattr(running, key):
+            continue
+        if key in LIVE_KEYS:
+            changed[key] = new
+        else:
+            restart.append(key)
+    return replace(running, **changed), sorted(changed), restart

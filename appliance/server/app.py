@@ -17,7 +17,7 @@ log = logging.getLogger("pushy.http")
 
 
 def create_app(ctx: ServerContext) -> QuartTrio:
-    app = QuartTrio("pushy")
+    app = QuartTrio("pushy", static_folder=None)  # no /static/ route serving files from the cwd
     app.config["MAX_CONTENT_LENGTH"] = MAX_REST_BODY
     app.config["BODY_TIMEOUT"] = 30
     app.register_blueprint(pushy_routes.status_blueprint(ctx))

@@ -3,18 +3,30 @@
 The nursery tree (DESIGN.md "The shape") is visible in ``serve``: the event store's committer
 outlives everything that writes; the web front end stops first on SIGTERM/SIGINT, then the
 reactor and job supervisors, then the log is drained and closed.
+
+Under systemd (``Type=notify``) the server says what it does through ``appliance.sdnotify``:
+``STATUS=`` lines while it replays (with ``EXTEND_TIMEOUT_USEC`` while a long replay makes
+progress), ``READY=1`` once the log is replayed and every socket is bound, ``WATCHDOG=1`` from
+a task of the service nursery, ``STOPPING=1`` on SIGTERM/SIGINT. SIGHUP (``systemctl reload``)
+re-reads ``--config`` and applies the settings that may change live
+(``settings.LIVE_KEYS``), bracketed by ``RELOADING=1`` ... ``READY=1``; a file that cannot
+be read or is invalid is logged and the running settings stay.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
 import socket
 import time
+import tomllib
 import uuid
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import orjson
 import trio
@@ -22,10 +34,11 @@ import zmq
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
+from appliance import sdnotify
 from appliance.core import identity
 from appliance.core import nodes as corenodes
 from appliance.core.keys import generate_rsa, load_private_pem, private_pem, public_pem
-from appliance.core.settings import Settings
+from appliance.core.settings import Settings, load_settings, reload_settings
 from appliance.server.app import create_app
 from appliance.server.context import ServerContext
 from appliance.server.jobs import JobManager
@@ -34,6 +47,9 @@ from appliance.server.store import Store
 
 log = logging.getLogger("pushy.server")
 SUPERUSER = "pivotal"
+# While replaying: tell systemd every this many seconds of progress to wait this much longer.
+REPLAY_NOTIFY_SECONDS = 5.0
+REPLAY_EXTEND_SECONDS = 30.0
 
 
 def _write_secret(path: Path, text: str) -> None:
@@ -60,7 +76,13 @@ def prepare_state_dir(settings: Settings) -> Path:
     return state_dir
 
 
-def open_store(settings: Settings, state_dir: Path, *, recover: bool) -> tuple[Store, object]:
+def open_store(
+    settings: Settings,
+    state_dir: Path,
+    *,
+    recover: bool,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[Store, object]:
     """Replay the log; on first start write the server's identity and the superuser."""
     server_key, _ = _key_file(state_dir / "server.pem")
     pivotal_path = state_dir / "pivotal.pem"
@@ -69,7 +91,7 @@ def open_store(settings: Settings, state_dir: Path, *, recover: bool) -> tuple[S
         segment_max_bytes=settings.log_segment_max_bytes,
         retention_days=settings.job_retention_days,
     )
-    state = store.load(recover=recover)
+    state = store.load(recover=recover, progress=progress)
     if state.server is None:
         pivotal_key, _ = _key_file(pivotal_path)
         curve_public, curve_secret = zmq.curve_keypair()
@@ -91,14 +113,74 @@ def open_store(settings: Settings, state_dir: Path, *, recover: bool) -> tuple[S
     return store, server_key
 
 
-def run_server(settings: Settings, *, recover: bool = False, ready_file: Path | None = None) -> int:
-    state_dir = prepare_state_dir(settings)
-    store, server_key = open_store(settings, state_dir, recover=recover)
-    trio.run(partial(serve, settings, store, server_key, ready_file=ready_file))
+def run_server(
+    settings: Settings,
+    *,
+    recover: bool = False,
+    ready_file: Path | None = None,
+    config: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT. ``config`` and ``overrides`` (the command line's settings)
+    are what a reload (SIGHUP) re-reads, exactly as at start."""
+    # a SIGHUP before the loop listens for it must not kill the server (default action)
+    previous_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        sdnotify.status(f"replaying the event log in {settings.state_dir}")
+        state_dir = prepare_state_dir(settings)
+        store, server_key = open_store(
+            settings, state_dir, recover=recover, progress=_replay_progress()
+        )
+        sdnotify.status(f"event log replayed (at seq {store.state.last_seq}); binding sockets")
+        trio.run(
+            partial(
+                serve,
+                settings,
+                store,
+                server_key,
+                ready_file=ready_file,
+                config=config,
+                overrides=overrides,
+            )
+        )
+    finally:
+        signal.signal(signal.SIGHUP, previous_hup)
     return 0
 
 
-async def serve(settings: Settings, store: Store, server_key, *, ready_file: Path | None) -> None:
+def _replay_progress() -> Callable[[int], None]:
+    """A replay progress hook: every few seconds, a STATUS line and more start-up time."""
+    last = time.monotonic()
+
+    def progress(count: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= REPLAY_NOTIFY_SECONDS:
+            last = now
+            sdnotify.status(f"replaying the event log: {count} records")
+            sdnotify.extend_timeout(REPLAY_EXTEND_SECONDS)
+
+    return progress
+
+
+def read_settings(
+    config: Path | None, overrides: Mapping[str, Any] | None = None
+) -> tuple[Settings, list[str]]:
+    """The settings from ``config`` (TOML) and ``overrides``, as at start. Raises OSError or
+    ValueError (bad TOML, bad encoding, ``SettingsError``)."""
+    data = tomllib.loads(config.read_text(encoding="utf-8")) if config is not None else {}
+    return load_settings(data, overrides)
+
+
+async def serve(
+    settings: Settings,
+    store: Store,
+    server_key,
+    *,
+    ready_file: Path | None,
+    config: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> None:
     state = store.state
     hostname = socket.gethostname().split(".")[0]
     server_name = settings.server_name or socket.getfqdn()
@@ -121,7 +203,8 @@ async def serve(settings: Settings, store: Store, server_key, *, ready_file: Pat
     async with trio.open_nursery() as root:
         await root.start(store.run)
         async with trio.open_nursery() as services:
-            services.start_soon(_watch_signals, ctx)
+            services.start_soon(_watch_signals, ctx, partial(read_settings, config, overrides))
+            services.start_soon(sdnotify.watchdog_task)
             ctx.ports.update(await services.start(reactor.run))
             await services.start(jobs.run)
             config = Config()
@@ -168,11 +251,66 @@ def _announce(ctx: ServerContext, binds: list[str], ready_file: Path | None) -> 
         tmp = ready_file.with_suffix(".tmp")
         tmp.write_bytes(orjson.dumps(info))
         os.replace(tmp, ready_file)
+    sdnotify.ready(_status_line(ctx))
 
 
-async def _watch_signals(ctx: ServerContext) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+def _status_line(ctx: ServerContext) -> str:
+    return (
+        f"serving {len(ctx.state.identity.orgs)} orgs, {len(ctx.state.node_keys)} nodes known, "
+        f"api :{ctx.ports['api_port']}, commands :{ctx.ports['command_port']}"
+    )
+
+
+async def _watch_signals(
+    ctx: ServerContext, reread: Callable[[], tuple[Settings, list[str]]]
+) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
-            log.info("received %s, shutting down", signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            if signum == signal.SIGHUP:
+                reload(ctx, reread)
+                continue
+            log.info("received %s, shutting down", name)
+            sdnotify.stopping(f"shutting down ({name})")
             ctx.shutdown.set()
             return
+
+
+def reload(ctx: ServerContext, reread: Callable[[], tuple[Settings, list[str]]]) -> None:
+    """SIGHUP: re-read the settings, apply the live ones, report the rest; never fatal."""
+    log.info("received SIGHUP, re-reading the configuration")
+    sdnotify.reloading("reloading the configuration")
+    try:
+        loaded, warnings = reread()
+    except OSError as exc:
+        log.error("reload failed, keeping the running settings: cannot read the config: %s", exc)
+        sdnotify.ready(_status_line(ctx) + "; the last reload failed")
+        return
+    except ValueError as exc:  # bad TOML or encoding, or a bad setting (SettingsError)
+        log.error("reload failed, keeping the running settings: %s", exc)
+        sdnotify.ready(_status_line(ctx) + "; the last reload failed")
+        return
+    for warning in warnings:
+        log.warning("reload: %s", warning)
+    settings, changed, restart = reload_settings(ctx.settings, loaded)
+    apply_settings(ctx, settings)
+    if changed:
+        applied = ", ".join(f"{key} = {getattr(settings, key)!r}" for key in changed)
+        log.info("reload: applied %s", applied)
+    else:
+        log.info("reload: no live setting changed")
+    if restart:
+        log.warning(
+            "reload: %s changed in the config but needs a restart; the running value stays",
+            ", ".join(restart),
+        )
+    sdnotify.ready(_status_line(ctx))
+
+
+def apply_settings(ctx: ServerContext, settings: Settings) -> None:
+    """Make ``settings`` the running ones wherever a live setting is read (see LIVE_KEYS)."""
+    ctx.settings = ctx.reactor.settings = ctx.jobs.settings = settings
+    ctx.store.retention = settings.job_retention_days * 86400.0
+    table = ctx.reactor.table
+    table.params = dataclasses.replace(table.params, rehab_interval=settings.rehab_seconds)
+    logging.getLogger().setLevel(getattr(logging, settings.log_level.upper(), logging.INFO))

@@ -53,7 +53,7 @@ async def durable(ctx: ServerContext, records: list[dict[str, Any]]) -> None:
 
 def blueprint(ctx: ServerContext) -> Blueprint:
     bp = Blueprint("pushy", __name__)
-    s = ctx.settings
+    # handlers read ``ctx.settings`` per request: a reload (SIGHUP) replaces it
 
     async def reader(org: str) -> identity.Principal:
         auth = await authenticate(ctx, org)
@@ -77,6 +77,7 @@ def blueprint(ctx: ServerContext) -> Blueprint:
     @bp.route(PREFIX + "/config/<node>", methods=["GET"], strict_slashes=False)
     @bp.route(PREFIX + "/connect/<node>", methods=["GET"], strict_slashes=False)
     async def config(org: str, node: str) -> Response:
+        s = ctx.settings
         auth = await authenticate(ctx, org)
         ids = ctx.state.identity
         p = auth.principal
@@ -162,6 +163,7 @@ def blueprint(ctx: ServerContext) -> Blueprint:
 
     @bp.route(PREFIX + "/jobs", methods=["POST"], strict_slashes=False)
     async def create_job(org: str) -> Response:
+        s = ctx.settings
         principal = await writer(org)
         require_accept(JSON)
         ctype = request.headers.get("Content-Type")
@@ -289,6 +291,7 @@ def blueprint(ctx: ServerContext) -> Blueprint:
     @bp.route(PREFIX + "/job_status_feed", methods=["GET"], strict_slashes=False)
     @bp.route(PREFIX + "/jobs_status_feed", methods=["GET"], strict_slashes=False)
     async def org_feed(org: str) -> Response:
+        s = ctx.settings
         await reader(org)
         require_accept(EVENT_STREAM)
         sub = ctx.jobs.hub.subscribe(("org", org))
@@ -337,6 +340,13 @@ def status_blueprint(ctx: ServerContext) -> Blueprint:
                 "job_processes": sorted(ctx.jobs.live),
             }
         )
+
+    @bp.route("/pushy/openapi.json", methods=["GET"], strict_slashes=False)
+    async def openapi_document() -> Response:
+        """The OpenAPI 3.1 description of every route (unauthenticated, like _status)."""
+        from appliance.server.openapi import openapi_json
+
+        return Response(openapi_json(), content_type=JSON)
 
     return bp
 

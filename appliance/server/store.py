@@ -23,6 +23,7 @@ from appliance.store.committer import Committer
 from appliance.store.log import EventLog, OpenReport
 
 log = logging.getLogger("pushy.store")
+PROGRESS_EVERY = 1000  # records between two replay progress calls
 
 
 class Store:
@@ -34,19 +35,30 @@ class Store:
         self.report: OpenReport | None = None
 
     # Start -----------------------------------------------------------------------------------
-    def load(self, *, recover: bool = False) -> corestate.State:
-        """Replay snapshot + log into a fresh state (blocking; call before trio starts serving)."""
+    def load(
+        self, *, recover: bool = False, progress: Callable[[int], None] | None = None
+    ) -> corestate.State:
+        """Replay snapshot + log into a fresh state (blocking; call before trio starts serving).
+
+        ``progress(n)`` is called every `PROGRESS_EVERY` records applied (snapshot and log),
+        so a long replay can tell systemd it is still making headway."""
         started = time.monotonic()
         snapshot, records = self.log.open(recover=recover)
+        applied = 0
         if snapshot is not None:
             for record in orjson.loads(snapshot):
                 corestate.apply(self.state, record)
+                applied += 1
+                if progress is not None and applied % PROGRESS_EVERY == 0:
+                    progress(applied)
         count = 0
         for seq, payload in records:
             record = orjson.loads(payload)
             record["seq"] = seq
             corestate.apply(self.state, record)
             count += 1
+            if progress is not None and (applied + count) % PROGRESS_EVERY == 0:
+                progress(applied + count)
         self.state.last_seq = self.log.last_seq
         self.report = self.log.report
         log.info(

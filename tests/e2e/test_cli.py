@@ -94,3 +94,19 @@ def test_demo_runs_a_job_on_every_node():
     assert r.returncode == 0, r.stdout + r.stderr
     assert "hello from node1" in r.stdout and "hello from node2" in r.stdout
     assert "demo finished: OK" in r.stdout
+
+
+def test_port_in_use_is_one_clear_line_and_exits_1(server, tmp_path):
+    """A second server on the same ports: one error line naming the address, no traceback."""
+    config = tmp_path / "same-ports.toml"
+    config.write_text(
+        'api_listen_address = "127.0.0.1"\nzeromq_listen_address = "tcp://127.0.0.1"\n'
+        + "".join(
+            f"{name} = {server.ports[name]}\n"
+            for name in ("api_port", "command_port", "server_heartbeat_port")
+        )
+    )
+    r = pushy("server", "--config", str(config), "--state-dir", str(tmp_path / "second"))
+    assert r.returncode == 1, r.stderr
+    assert "cannot start:" in r.stderr and "Address already in use" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
