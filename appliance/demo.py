@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from appliance.client.bootstrap import client_config_text
-from appliance.localserver import LocalServer
+from appliance.localserver import LocalServer, pushy_command
 from appliance.signedhttp import signed_request
 
 WHITELIST = {"hello": "echo hello from $CHEF_PUSH_NODE_NAME; uname -sr"}
@@ -54,7 +54,7 @@ def _start_client(root: Path, url: str, name: str, key_pem: str) -> subprocess.P
     )
     log = open(node_dir / "client.log", "wb")
     return subprocess.Popen(
-        [sys.executable, "-m", "appliance", "client", "-c", str(config)],
+        [*pushy_command(), "client", "-c", str(config)],
         stdout=log,
         stderr=subprocess.STDOUT,
     )

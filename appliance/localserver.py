@@ -27,6 +27,13 @@ LOCAL_SETTINGS: dict[str, Any] = {
 }
 
 
+
+def pushy_command() -> list[str]:
+    """How to start this program again: the frozen binary itself, or ``python -m appliance``."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable]
+    return [sys.executable, "-m", "appliance"]
+
 class ManagedProcess:
     """A child process with its log file: the shared stop/kill/log of servers and clients."""
 
@@ -100,7 +107,7 @@ class LocalServer(ManagedProcess):
             "".join(f"{k} = {json.dumps(v)}\n" for k, v in self.settings.items())
         )
         self.ready_path.unlink(missing_ok=True)
-        command = [sys.executable, "-m", "appliance", "server", "--config", str(self.config_path)]
+        command = [*pushy_command(), "server", "--config", str(self.config_path)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(

@@ -310,8 +310,9 @@ def _node_bootstrap(args: argparse.Namespace) -> int:
     config_path = key_path = None
     if args.output_dir:
         directory = Path(os.path.expanduser(args.output_dir))
-        if not directory.is_dir():
+        if directory.exists() and not directory.is_dir():
             raise CliError(f"--output-dir {directory} is not a directory")
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         config_path, key_path = directory / CONFIG_NAME, directory / KEY_NAME
         check_target(config_path, args.force)
     if args.key_file:
