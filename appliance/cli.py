@@ -144,6 +144,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_client_arguments(client)
     add_demo(sub)
+    from appliance.bench.cli import add_parser as add_bench
+
+    add_bench(sub)
     from appliance.knife.cli import add_parsers as add_operator_commands
 
     add_operator_commands(sub)
@@ -166,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         from appliance.demo import run_demo
 
         return run_demo(args)
+    if args.command == "bench":
+        from appliance.bench.cli import run_bench
+
+        return run_bench(args)
     if getattr(args, "operator", False):
         from appliance.knife.cli import dispatch
 

@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from functools import lru_cache
 from http.client import HTTPResponse
 from typing import Any
 
@@ -135,6 +136,12 @@ def open_stream(
     return response
 
 
+@lru_cache(maxsize=16)
+def _private_key(pem: str) -> RSAPrivateKey:
+    """Parsed once per key: OpenSSL's RSA consistency check costs ~40 ms on every load."""
+    return load_private_pem(pem)
+
+
 def signed_request(
     url: str,
     method: str,
@@ -150,6 +157,6 @@ def signed_request(
     unreachable."""
     raw = b"" if body is None else json.dumps(body).encode("utf-8")
     reply = send(
-        url, method, path, raw, user, load_private_pem(key_pem), accept=accept, timeout=timeout
+        url, method, path, raw, user, _private_key(key_pem), accept=accept, timeout=timeout
     )
     return reply.status, reply.body()

@@ -35,6 +35,7 @@ __all__ = [
     "sse_comment_keepalive",
     "sse_event",
     "sse_timestamp",
+    "sse_timestamp_us",
 ]
 
 _KEEPALIVE = b":keepalive\n\n"
@@ -48,11 +49,35 @@ def rfc1123(t: float) -> str:
 def sse_timestamp(t: float) -> str:
     """``2014-07-10 05:17:44.995958Z``: UTC, microseconds rounded (a float epoch holds
     them to about 0.3 µs, so flooring would turn .995958 into .995957)."""
-    seconds, micros = divmod(round(t * 1_000_000), 1_000_000)
+    return sse_timestamp_us(round(t * 1_000_000))
+
+
+# Every job event gets a timestamp, at replay too, and a job's events mostly fall within the
+# same few seconds: the "date time" part is remembered per second (a bounded memo).
+_SECONDS: dict[int, str] = {}
+_SECONDS_KEPT = 4096
+
+
+def sse_timestamp_us(us: int) -> str:
+    """`sse_timestamp` of ``us`` integer microseconds since the epoch."""
+    if us < 1_000_000:  # the digit trick below wants at least 7 digits and no sign
+        seconds, micros = divmod(us, 1_000_000)
+        return f"{_date_time(seconds)}.{micros:06d}Z"
+    seconds = us // 1_000_000
+    prefix = _SECONDS.get(seconds)
+    if prefix is None:
+        prefix = _date_time(seconds)
+        if len(_SECONDS) >= _SECONDS_KEPT:
+            _SECONDS.clear()
+        _SECONDS[seconds] = prefix
+    return f"{prefix}.{str(us)[-6:]}Z"  # the last 6 digits are the zero-padded micros
+
+
+def _date_time(seconds: int) -> str:
     tm = time.gmtime(seconds)
     return (
         f"{tm.tm_year:04d}-{tm.tm_mon:02d}-{tm.tm_mday:02d} "
-        f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}.{micros:06d}Z"
+        f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}"
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import operator
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,15 @@ from appliance.core import identity, jobfsm
 NodeKey = tuple[str, str]
 ORG_FEED_EVENTS = ("start", "job_complete")
 ORG_EVENTS_KEPT = 10_000
+# A snapshot holds jobs as rows of field values (``jobs_restore``), this many per record:
+# two thirds of the bytes of one field -> value object per job (``job_restore``), and a
+# fraction of the time to write and read. ``job_restore`` is still read: older snapshots load.
+JOBS_PER_RECORD = 1000
+JOB_FIELDS = [f.name for f in dataclasses.fields(jobfsm.Job)]
+_job_values = operator.attrgetter(*JOB_FIELDS)
+_NODES, _ENV, _EVENTS, _OUTPUTS = (
+    JOB_FIELDS.index(n) for n in ("nodes", "env", "events", "outputs")
+)
 
 
 @dataclass
@@ -137,17 +147,39 @@ def _job_step(state: State, r: dict[str, Any]) -> None:
     job = state.jobs.get(r["job"])
     if job is None:
         return
-    first_new = len(job.events)
+    events = job.events
+    first_new = len(events)
+    t = r["t"]
+    apply_change = jobfsm.apply_change
     for change in r["changes"]:
-        jobfsm.apply_change(job, change, r["t"])
-    state.note_job_events(job, first_new)
+        apply_change(job, change, t)
+    # most steps add only per-node events, which the org feed does not carry
+    for _n, name, _data in events[first_new:]:
+        if name in ORG_FEED_EVENTS:
+            state.note_job_events(job, first_new)
+            break
 
 
 def _job_restore(state: State, r: dict[str, Any]) -> None:
+    """One job as a field -> value object: the snapshot form before ``jobs_restore``."""
     j = dict(r["job"])
     j["events"] = [tuple(e) for e in j["events"]]
     j["outputs"] = {k: tuple(v) for k, v in j["outputs"].items()}
     state.jobs[j["id"]] = jobfsm.Job(**j)
+
+
+def _jobs_restore(state: State, r: dict[str, Any]) -> None:
+    """Many jobs as rows of values in the order of ``fields`` (the compact snapshot form)."""
+    fields = r["fields"]
+    positional = fields == JOB_FIELDS
+    jobs = state.jobs
+    job_type = jobfsm.Job
+    for row in r["rows"]:
+        job = job_type(*row) if positional else job_type(**dict(zip(fields, row, strict=True)))
+        job.events = [tuple(e) for e in job.events]
+        if job.outputs:
+            job.outputs = {k: tuple(v) for k, v in job.outputs.items()}
+        jobs[job.id] = job
 
 
 def _session_key(state: State, r: dict[str, Any]) -> None:
@@ -200,6 +232,7 @@ _HANDLERS = {
     "job_created": _job_created,
     "job_step": _job_step,
     "job_restore": _job_restore,
+    "jobs_restore": _jobs_restore,
     "session_key": _session_key,
     "ccpk": _ccpk,
     "node_up": _node_up,
@@ -240,8 +273,10 @@ def to_records(state: State) -> list[dict[str, Any]]:
             }
         )
     out.extend(identity.export_records(state.identity))
-    for job in state.jobs.values():
-        out.append({"type": "job_restore", "job": dataclasses.asdict(job)})
+    jobs = list(state.jobs.values())
+    for i in range(0, len(jobs), JOBS_PER_RECORD):
+        rows = [_job_row(job) for job in jobs[i : i + JOBS_PER_RECORD]]
+        out.append({"type": "jobs_restore", "fields": list(JOB_FIELDS), "rows": rows})
     for (org, node), keys in state.node_keys.items():
         out.append(
             {
@@ -258,6 +293,17 @@ def to_records(state: State) -> list[dict[str, Any]]:
         out.append({"type": "node_up", "org": org, "node": node, "incarnation": incarnation})
     out.append({"type": "counters", "org_event_count": state.org_event_count})
     return out
+
+
+def _job_row(job: jobfsm.Job) -> list[Any]:
+    """A job's field values in ``JOB_FIELDS`` order, sharing nothing mutable with it."""
+    row = list(_job_values(job))
+    row[_NODES] = dict(job.nodes)
+    if job.env is not None:
+        row[_ENV] = dict(job.env)
+    row[_EVENTS] = [[n, name, dict(data)] for n, name, data in job.events] if job.events else []
+    row[_OUTPUTS] = {node: list(pair) for node, pair in job.outputs.items()} if job.outputs else {}
+    return row
 
 
 def _b64(value: bytes | None) -> str | None:

@@ -16,6 +16,7 @@ be read or is invalid is logged and the running settings stay.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -92,6 +93,9 @@ def open_store(
         retention_days=settings.job_retention_days,
     )
     state = store.load(recover=recover, progress=progress)
+    # the replayed state is the long-lived heap: later full collections need not walk it (it
+    # holds no reference cycles; objects dropped from it are still freed by reference counts)
+    gc.freeze()
     if state.server is None:
         pivotal_key, _ = _key_file(pivotal_path)
         curve_public, curve_secret = zmq.curve_keypair()

@@ -224,16 +224,25 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         return Response(text.encode("utf-8", "surrogatepass"), content_type=OCTETS)
 
     # node states -----------------------------------------------------------------------------
+    node_states_cache: dict[str, tuple[int, bytes]] = {}
+
     @bp.route(PREFIX + "/node_states", methods=["GET"], strict_slashes=False)
     async def node_states(org: str) -> Response:
         await reader(org)
         require_accept(JSON)
-        items = [
-            render.node_state_item(key[1], "available" if node.available else "unavailable")
-            for key, node in sorted(ctx.reactor.table.nodes.items())
-            if key[0] == org and not node.ghost
-        ]
-        return json_response(items)
+        version = ctx.reactor.availability_version.get(org, 0)
+        cached = node_states_cache.get(org)
+        if cached is None or cached[0] != version:
+            # rebuilt only after an availability change: polling this list must stay cheap
+            # with thousands of nodes (it was most of the server's CPU under a polling load)
+            items = [
+                render.node_state_item(key[1], "available" if node.available else "unavailable")
+                for key, node in sorted(ctx.reactor.table.nodes.items())
+                if key[0] == org and not node.ghost
+            ]
+            cached = (version, orjson.dumps(items))
+            node_states_cache[org] = cached
+        return Response(cached[1], content_type=JSON)
 
     @bp.route(PREFIX + "/node_states/<node>", methods=["GET"], strict_slashes=False)
     async def node_state(org: str, node: str) -> Response:
@@ -332,14 +341,18 @@ def status_blueprint(ctx: ServerContext) -> Blueprint:
     @bp.route("/pushy/_status", methods=["GET"], strict_slashes=False)
     async def status() -> Response:
         server = ctx.state.server
-        return json_response(
-            {
-                "status": "it's alive",
-                "incarnation_id": server.incarnation if server else None,
-                "node_fsm_count": ctx.reactor.table.online_count(),
-                "job_processes": sorted(ctx.jobs.live),
+        body = {
+            "status": "it's alive",
+            "incarnation_id": server.incarnation if server else None,
+            "node_fsm_count": ctx.reactor.table.online_count(),
+            "job_processes": sorted(ctx.jobs.live),
+        }
+        if request.args.get("counters") == "true":  # `pushy bench` reads the message rates
+            body["counters"] = {
+                "received": dict(ctx.reactor.received),
+                "dropped": dict(ctx.reactor.dropped),
             }
-        )
+        return json_response(body)
 
     @bp.route("/pushy/openapi.json", methods=["GET"], strict_slashes=False)
     async def openapi_document() -> Response:

@@ -59,6 +59,7 @@ class Reactor:
         self.router: TrioSocket | None = None
         self.pub: TrioSocket | None = None
         self.dropped: Counter[str] = Counter()
+        self.received: Counter[str] = Counter()  # validated node messages by type (bench)
         self._drop_log: dict[str, tuple[float, int, int]] = {}  # reason -> (since, logged, hidden)
         self.sequences: dict[corenodes.NodeKey, int] = {}
         self.heartbeat_sequence = 0
@@ -66,6 +67,8 @@ class Reactor:
         self._rehab_wakeup = trio.Event()
         # what the websocket stream last said of each online node: 1 unavailable, 2 available
         self.announced: dict[corenodes.NodeKey, int] = {}
+        # bumped per org whenever a node's listed availability changes (node_states caches on it)
+        self.availability_version: dict[str, int] = {}
 
     # Lifecycle -------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
@@ -173,6 +176,7 @@ class Reactor:
         if body.get("type") not in corenodes.MESSAGE_TYPES:
             self._drop("bad_type", repr(body.get("type"))[:40])
             return
+        self.received[body["type"]] += 1
         assert self.jobs is not None
         effects = self.table.on_message(key, address, body, now, self.jobs.view)
         self.execute(effects, now)
@@ -260,6 +264,7 @@ class Reactor:
             self.announced[key] = code
         else:
             del self.announced[key]
+        self.availability_version[key[0]] = self.availability_version.get(key[0], 0) + 1
         assert self.jobs is not None
         self.jobs.hub.publish(
             ("nodes", key[0]),

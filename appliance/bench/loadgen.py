@@ -1,0 +1,96 @@
+"""Open-loop REST load from its own process: signed GETs at a fixed rate, keep-alive threads.
+
+Request *k* is due at ``t0 + k / rate``; its latency is measured from that due time (so a slow
+server shows up as latency, not as a lower request rate: no coordinated omission), and its
+service time from when it was actually sent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.bench.httpc import KeepAlive
+from appliance.core.keys import load_private_pem
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    base_url: str
+    user: str
+    key_pem: str
+    paths: tuple[tuple[str, str], ...]  # (label, path), taken in turn
+    rate: float
+    seconds: float
+    threads: int = 8
+
+
+def run_load(spec: LoadSpec) -> dict[str, Any]:
+    """{label: {"latency": [...], "service": [...], "errors": n}} plus "sent" and "seconds"."""
+    api = KeepAlive(spec.base_url, timeout=30)
+    key = load_private_pem(spec.key_pem)
+    slots = itertools.count()
+    lock = threading.Lock()
+    out: dict[str, Any] = {
+        label: {"latency": [], "service": [], "errors": 0, "statuses": {}}
+        for label, _ in spec.paths
+    }
+    t0 = time.monotonic() + 0.2
+    end = t0 + spec.seconds
+    max_slots = int(spec.rate * spec.seconds) + 1
+
+    def loop() -> None:
+        while True:
+            with lock:
+                k = next(slots)
+            if k >= max_slots:
+                break
+            due = t0 + k / spec.rate
+            if due > end:
+                break
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            label, path = spec.paths[k % len(spec.paths)]
+            sent = time.monotonic()
+            try:
+                status, _ = api.request("GET", path, None, spec.user, key)
+            except OSError:
+                status = 0
+            done = time.monotonic()
+            record = out[label]
+            with lock:
+                record["latency"].append(done - due)
+                record["service"].append(done - sent)
+                record["statuses"][status] = record["statuses"].get(status, 0) + 1
+                if status != 200:
+                    record["errors"] += 1
+        api.close()
+
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(spec.threads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(spec.seconds + 120)
+    out["sent"] = sum(len(v["latency"]) for k, v in out.items() if isinstance(v, dict))
+    out["seconds"] = time.monotonic() - t0
+    return out
+
+
+def _entry(spec: LoadSpec, pipe: Any) -> None:
+    pipe.send(run_load(spec))
+    pipe.close()
+
+
+def start(spec: LoadSpec) -> tuple[multiprocessing.process.BaseProcess, Any]:
+    """Run ``run_load(spec)`` in a new process; read its result from the returned pipe."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_entry, args=(spec, child), name="bench-load", daemon=True)
+    proc.start()
+    child.close()
+    return proc, parent

@@ -1,0 +1,835 @@
+"""The fleet scenarios of ``pushy bench``: hold, fanout, storm and api.
+
+Each one: a server (started here unless ``--server-url``), N provisioned nodes, the simulated
+fleet and the websocket monitor; then the measurement; then a table on stdout and the JSON file.
+The server is a separate process (ours by default), so its CPU and memory come from /proc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import calendar
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import trio
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+from appliance.bench import loadgen, procstat, provision, report
+from appliance.bench.fleet import FDS_PER_NODE, Fleet
+from appliance.bench.httpc import KeepAlive
+from appliance.bench.monitor import NodeMonitor
+from appliance.bench.provision import progress
+from appliance.core.keys import load_private_pem
+from appliance.localserver import LocalServer
+from appliance.signedhttp import open_stream
+
+PROGRESS_SECONDS = 2.0
+MONITOR_CONNECT_SECONDS = 30.0
+
+
+# Setup ---------------------------------------------------------------------------------------
+@dataclass
+class Setup:
+    args: argparse.Namespace
+    url: str
+    org: str
+    user: str
+    key_pem: str
+    key: RSAPrivateKey
+    api: KeepAlive
+    names: list[str]
+    key_file: Path
+    server: LocalServer | None = None
+    root: Path | None = None
+    provision_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def server_pid(self) -> int | None:
+        if self.server is not None and self.server.proc is not None:
+            return self.server.proc.pid
+        return self.args.server_pid
+
+    def close(self) -> None:
+        if self.server is not None:
+            try:
+                self.server.stop(timeout=30)
+            except Exception:  # a wedged server: killed by stop()
+                pass
+        if self.root is not None and not self.args.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+        elif self.root is not None:
+            progress(f"kept the server state and log in {self.root}")
+
+
+def server_settings(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    settings: dict[str, Any] = {"heartbeat_interval": args.interval, "log_level": "info"}
+    settings.update(extra)
+    for item in args.server_setting or ():
+        name, _, value = item.partition("=")
+        try:
+            settings[name] = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            settings[name] = value
+    return settings
+
+
+def prepare(args: argparse.Namespace, **extra: Any) -> Setup:
+    """Server, keys, org and clients (blocking; progress on stderr)."""
+    n = args.nodes
+    procstat.raise_open_files(n * (FDS_PER_NODE + 1) + 1024)
+    key_file = provision.ensure_keys(n, Path(args.key_cache))
+    server = root = None
+    if args.server_url:
+        url, user = args.server_url.rstrip("/"), args.user
+        if args.key is None:
+            raise SystemExit("pushy bench: --server-url needs --key (the admin's private key)")
+        key_pem = Path(args.key).read_text()
+        org = args.org or time.strftime("bench-%Y%m%d%H%M%S")
+    else:
+        root = Path(tempfile.mkdtemp(prefix="pushy-bench-"))
+        server = LocalServer(root / "state", **server_settings(args, **extra))
+        progress(f"starting a server (state and log in {root})")
+        server.start()
+        url, user = server.url, "pivotal"
+        key_pem = server.pivotal_key.read_text()
+        org = args.org or "bench"
+    setup = Setup(
+        args=args,
+        url=url,
+        org=org,
+        user=user,
+        key_pem=key_pem,
+        key=load_private_pem(key_pem),
+        api=KeepAlive(url),
+        names=provision.node_names(n),
+        key_file=key_file,
+        server=server,
+        root=root,
+    )
+    pid = setup.server_pid
+    if pid is not None:
+        limit = procstat.open_files_limit(pid)
+        if limit is not None and limit < 2 * n + 256:
+            note = f"the server's open-files limit ({limit}) is below 2 per node ({2 * n})"
+            setup.notes.append(note)
+            progress(f"WARNING: {note}")
+    try:
+        provision.create_org(setup.api, user, setup.key, org)
+        pems = provision.read_keys(key_file, n)
+        setup.provision_seconds = provision.register_clients(
+            setup.api, user, setup.key, org, setup.names, pems
+        )
+    except BaseException:
+        setup.close()
+        raise
+    return setup
+
+
+def server_status(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/pushy/_status?counters=true", timeout=10) as r:
+        return orjson.loads(r.read())
+
+
+def heartbeats_received(status: dict[str, Any]) -> int | None:
+    counters = status.get("counters")
+    if not isinstance(counters, dict):
+        return None
+    return int(counters.get("received", {}).get("heartbeat", 0))
+
+
+# Running a fleet -----------------------------------------------------------------------------
+@dataclass
+class Run:
+    setup: Setup
+    fleet: Fleet
+    monitor: NodeMonitor
+    t0: float = 0.0
+    all_available_at: float | None = None
+
+
+async def with_fleet(
+    setup: Setup, body: Callable[[Run], Awaitable[dict[str, Any]]]
+) -> dict[str, Any]:
+    """Start the fleet, wait until every node is available, run ``body``, stop the fleet."""
+    args = setup.args
+    fleet = Fleet(
+        server_url=setup.url,
+        org=setup.org,
+        names=setup.names,
+        key_file=setup.key_file,
+        workers=args.workers,
+        ramp=args.ramp,
+        job_seconds=args.job_seconds,
+        whitelist=("true", "sleep", "chef-client"),
+        fetch_threads=args.fetch_threads,
+    )
+    monitor = NodeMonitor(setup.url, setup.org, setup.user, setup.key)
+    run = Run(setup, fleet, monitor)
+    progress(f"spawning {fleet.workers} fleet workers for {len(setup.names)} nodes")
+    await trio.to_thread.run_sync(fleet.spawn)
+    results: dict[str, Any] = {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fleet.pump)
+        nursery.start_soon(monitor.run)
+        with trio.move_on_after(MONITOR_CONNECT_SECONDS):
+            await monitor.connected.wait()
+        try:
+            run.t0 = fleet.start()
+            progress(f"starting {len(setup.names)} nodes over {args.ramp:g} s")
+            await wait_available(run, args.available_timeout + args.ramp, "connecting")
+            results = await body(run)
+        finally:
+            with trio.CancelScope(shield=True):
+                progress("stopping the fleet")
+                await fleet.stop()
+            nursery.cancel_scope.cancel()
+    results["fleet"] = fleet_summary(run)
+    return results
+
+
+async def wait_available(run: Run, seconds: float, phase: str) -> float | None:
+    """Seconds (from the fleet start) until every node was available; None on timeout."""
+    n = len(run.setup.names)
+    deadline = time.monotonic() + seconds
+    last = 0.0
+    while time.monotonic() < deadline:
+        available = run.monitor.available()
+        if available >= n:
+            run.all_available_at = time.time()
+            progress(f"{phase}: all {n} nodes available")
+            return run.all_available_at - run.t0
+        if not run.fleet.alive():
+            raise RuntimeError("a fleet worker died: " + "; ".join(run.fleet.errors)[-2000:])
+        if time.monotonic() - last >= PROGRESS_SECONDS:
+            last = time.monotonic()
+            progress(
+                f"{phase}: started {len(run.fleet.started)}, channel up {len(run.fleet.up)}, "
+                f"available {available}/{n}"
+            )
+        await trio.sleep(0.1)
+    progress(f"{phase}: only {run.monitor.available()}/{n} available after {seconds:.0f} s")
+    return None
+
+
+def fleet_summary(run: Run) -> dict[str, Any]:
+    fleet = run.fleet
+    reasons = Counter(reason for _, _, reason in fleet.reconfigures)
+    ups = sorted(t - fleet.started[name] for name, t in fleet.up.items() if name in fleet.started)
+    avail = [
+        t - run.fleet.started[name]
+        for name, t in run.monitor.first_available.items()
+        if name in run.fleet.started
+    ]
+    return {
+        "workers": fleet.workers,
+        "heartbeats_sent": fleet.total("heartbeats"),
+        "config_fetches": fleet.total("config_fetches"),
+        "fetch_failures": fleet.total("fetch_failures"),
+        "send_failures": fleet.total("send_failures"),
+        "invalid_commands": fleet.total("invalid_commands"),
+        "reconfigures": dict(reasons),
+        "cpu_seconds": round(fleet.cpu_seconds(), 2),
+        "node_start_to_channel_up_p50_s": report.percentile(ups, 50),
+        "node_start_to_available_p50_s": report.percentile(avail, 50),
+        "node_start_to_available_p99_s": report.percentile(avail, 99),
+        "errors": fleet.errors,
+    }
+
+
+def finish(
+    setup: Setup, scenario: str, params: dict[str, Any], results: dict[str, Any], rows: list
+) -> int:
+    if setup.notes:
+        results["notes"] = setup.notes
+    path = report.write(scenario, params, results, directory=setup.args.results_dir)
+    print(report.table([("metric", "value"), *rows]))
+    print(f"\nresults: {path}")
+    return 0
+
+
+def common_params(setup: Setup) -> dict[str, Any]:
+    a = setup.args
+    return {
+        "nodes": a.nodes,
+        "workers": a.workers or None,
+        "heartbeat_interval_ms": a.interval,
+        "ramp_s": a.ramp,
+        "job_seconds": a.job_seconds,
+        "server": "external" if a.server_url else "local",
+        "server_settings": server_settings(a) if not a.server_url else None,
+        "provision_seconds": round(setup.provision_seconds, 2),
+    }
+
+
+class Sampler:
+    """Server CPU % per period and RSS, sampled while a phase runs."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.cpu: list[float] = []
+        self.rss_kib: list[int] = []
+
+    async def run(self, period: float = 1.0) -> None:
+        if self.pid is None:
+            return
+        meter = procstat.CpuMeter(self.pid)
+        meter.mark()
+        while True:
+            await trio.sleep(period)
+            value = meter.read()
+            meter.mark()
+            if value is not None:
+                self.cpu.append(value)
+            rss = procstat.memory_kib(self.pid).get("VmRSS")
+            if rss is not None:
+                self.rss_kib.append(rss)
+
+
+def mib(kib: int | None) -> float | None:
+    return None if kib is None else round(kib / 1024, 1)
+
+
+def rounded(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+# hold ----------------------------------------------------------------------------------------
+def hold(args: argparse.Namespace) -> int:
+    setup = prepare(args)
+    try:
+        results = trio.run(with_fleet, setup, _hold_body)
+    finally:
+        setup.close()
+    params = {**common_params(setup), "duration_s": args.duration}
+    r = results
+    rows = [
+        ("nodes", args.nodes),
+        ("heartbeat interval (ms)", args.interval),
+        ("time until all available (s)", r["time_to_all_available_s"]),
+        ("node start -> available p50 (s)", r["fleet"]["node_start_to_available_p50_s"]),
+        ("node start -> available p99 (s)", r["fleet"]["node_start_to_available_p99_s"]),
+        ("held for (s)", r["held_s"]),
+        ("server CPU % (mean)", r["server_cpu_percent"]),
+        ("server CPU % (peak 1 s)", r["server_cpu_peak_percent"]),
+        ("server RSS peak (MiB)", r["server_rss_peak_mib"]),
+        ("server RSS end (MiB)", r["server_rss_end_mib"]),
+        ("heartbeats/s at the server", r["server_heartbeats_per_s"]),
+        ("heartbeats/s expected", r["expected_heartbeats_per_s"]),
+        ("false offline transitions", r["false_offline"]),
+        ("nodes available at the end", r["available_end"]),
+        ("simulator reconfigures", sum(r["fleet"]["reconfigures"].values())),
+        ("fleet CPU % (all workers)", r["fleet_cpu_percent"]),
+    ]
+    return finish(setup, "hold", params, results, rows)
+
+
+async def _hold_body(run: Run) -> dict[str, Any]:
+    setup, args = run.setup, run.setup.args
+    to_all = None if run.all_available_at is None else run.all_available_at - run.t0
+    pid = setup.server_pid
+    sampler = Sampler(pid)
+    meter = procstat.CpuMeter(pid) if pid else None
+    before = await trio.to_thread.run_sync(server_status, setup.url)
+    fleet_cpu0 = run.fleet.cpu_seconds()
+    started = time.monotonic()
+    if meter:
+        meter.mark()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sampler.run)
+        end = started + args.duration
+        while time.monotonic() < end:
+            await trio.sleep(min(10.0, max(0.0, end - time.monotonic())))
+            progress(
+                f"holding: {time.monotonic() - started:.0f}/{args.duration:g} s, "
+                f"available {run.monitor.available()}/{args.nodes}, "
+                f"false offline {len(run.monitor.downs)}"
+            )
+        nursery.cancel_scope.cancel()
+    held = time.monotonic() - started
+    after = await trio.to_thread.run_sync(server_status, setup.url)
+    hb0, hb1 = heartbeats_received(before), heartbeats_received(after)
+    memory = procstat.memory_kib(pid) if pid else {}
+    await trio.sleep(2 * REPORT_LAG)
+    fleet_cpu = run.fleet.cpu_seconds() - fleet_cpu0
+    return {
+        "time_to_all_available_s": rounded(to_all),
+        "held_s": round(held, 2),
+        "server_cpu_percent": rounded(meter.read(), 1) if meter else None,
+        "server_cpu_peak_percent": rounded(max(sampler.cpu, default=None), 1)
+        if sampler.cpu
+        else None,
+        "server_rss_peak_mib": mib(memory.get("VmHWM")),
+        "server_rss_end_mib": mib(memory.get("VmRSS")),
+        "server_heartbeats_per_s": None
+        if hb0 is None or hb1 is None
+        else round((hb1 - hb0) / held, 1),
+        "expected_heartbeats_per_s": round(args.nodes / (args.interval / 1000.0), 1),
+        "server_dropped": (after.get("counters") or {}).get("dropped"),
+        "false_offline": len(run.monitor.downs),
+        "false_offline_samples": run.monitor.downs[:20],
+        "available_end": run.monitor.available(),
+        "fleet_cpu_percent": round(100 * fleet_cpu / held, 1),
+    }
+
+
+REPORT_LAG = 0.3  # the workers' report period plus slack
+
+
+# fanout --------------------------------------------------------------------------------------
+def parse_sse_time(text: Any) -> float | None:
+    """``2014-07-10 05:17:44.995958Z`` -> epoch seconds."""
+    if not isinstance(text, str) or not text.endswith("Z"):
+        return None
+    try:
+        whole, _, frac = text[:-1].partition(".")
+        tm = time.strptime(whole, "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return None
+    return calendar.timegm(tm) + (int(frac) / 10 ** len(frac) if frac.isdigit() else 0.0)
+
+
+def read_job_feed(
+    setup: Setup, job_id: str, seconds: float
+) -> tuple[list[tuple[str, dict[str, Any], float]], int]:
+    """(event, data, arrival time) of the job's SSE feed until ``job_complete`` (blocking),
+    and how many times the feed had to be resumed.
+
+    The server drops a feed reader that falls more than its buffer behind (a big job makes
+    thousands of events at once); the feed is then resumed with ``Last-Event-ID``."""
+    path = f"/organizations/{setup.org}/pushy/job_status_feed/{job_id}"
+    events: list[tuple[str, dict[str, Any], float]] = []
+    deadline = time.monotonic() + seconds
+    last_id: str | None = None
+    resumed = -1
+    while time.monotonic() < deadline:
+        resumed += 1
+        headers = {"Last-Event-ID": last_id} if last_id else None
+        stream = open_stream(
+            setup.url, path, setup.user, setup.key, headers=headers, timeout=seconds
+        )
+        if not hasattr(stream, "readline"):
+            raise RuntimeError(f"job feed: HTTP {getattr(stream, 'status', '?')}")
+        name = data = ident = None
+        with stream:
+            while time.monotonic() < deadline:
+                line = stream.readline()
+                if not line:
+                    break
+                text = line.decode("utf-8").rstrip("\r\n")
+                if text.startswith("event: "):
+                    name = text[7:]
+                elif text.startswith("id: "):
+                    ident = text[4:]
+                elif text.startswith("data: "):
+                    data = orjson.loads(text[6:])
+                elif text == "" and name is not None:
+                    events.append((name, data or {}, time.time()))
+                    if ident and ident.startswith("job-"):
+                        last_id = ident
+                    if name in ("job_complete", "summary"):
+                        return events, resumed
+                    name = data = ident = None
+        time.sleep(0.05)
+    return events, resumed
+
+
+async def run_job(
+    run: Run, nodes: list[str], *, command: str = "true", seconds: float = 120.0
+) -> dict[str, Any]:
+    """POST a job, follow its feed to the end; the timeline of one job."""
+    setup = run.setup
+    meter = procstat.CpuMeter(setup.server_pid) if setup.server_pid else None
+    if meter:
+        meter.mark()
+    body = {"command": command, "nodes": nodes, "run_timeout": int(seconds)}
+    path = f"/organizations/{setup.org}/pushy/jobs"
+    t_post = time.time()
+    created = await trio.to_thread.run_sync(
+        setup.api.json, "POST", path, body, setup.user, setup.key
+    )
+    t_created = time.time()
+    job_id = created["id"]
+    events, resumed = await trio.to_thread.run_sync(read_job_feed, setup, job_id, seconds)
+    t_seen = time.time()
+    cpu = meter.read() if meter else None
+    job: dict[str, Any] = {}
+    for _ in range(int(seconds / 0.2) + 1):  # the feed may have given up first: poll
+        job = await trio.to_thread.run_sync(
+            setup.api.json, "GET", f"{path}/{job_id}", None, setup.user, setup.key
+        )
+        if job.get("status") not in ("new", "voting", "running"):
+            break
+        await trio.sleep(0.2)
+    return {
+        "job_id": job_id,
+        "t_post": t_post,
+        "t_created": t_created,
+        "t_seen": t_seen,
+        "events": events,
+        "job": job,
+        "server_cpu_percent": cpu,
+        "feed_resumed": resumed,
+    }
+
+
+def job_timeline(outcome: dict[str, Any], sim_runs: dict[str, tuple[float, float]]) -> dict:
+    t_post = outcome["t_post"]
+    stamps: dict[str, float] = {}
+    run_starts: list[float] = []
+    for name, data, _arrival in outcome["events"]:
+        t = parse_sse_time(data.get("timestamp"))
+        if t is None:
+            continue
+        if name == "run_start":
+            run_starts.append(t - t_post)
+        elif name not in stamps:
+            stamps[name] = t
+    n = len(outcome["job"].get("nodes", {}).get("succeeded", []))
+    total = sum(len(v) for v in outcome["job"].get("nodes", {}).values())
+    sim = sorted(t_run - t_post for t_run, _ in sim_runs.values())
+    complete = stamps.get("job_complete")
+    voted = stamps.get("quorum_succeeded") or stamps.get("quorum_failed")
+    start = stamps.get("start")
+
+    def at_fraction(values: list[float], q: float) -> float | None:
+        return rounded(report.percentile(values, q)) if len(values) >= max(1, total // 2) else None
+
+    return {
+        "job_id": outcome["job_id"],
+        "status": outcome["job"].get("status"),
+        "nodes": total,
+        "succeeded": n,
+        "post_to_created_s": rounded(outcome["t_created"] - t_post),
+        "post_to_complete_s": rounded(None if complete is None else complete - t_post),
+        "post_to_complete_seen_s": rounded(outcome["t_seen"] - t_post),
+        "voting_s": rounded(None if voted is None or start is None else voted - start),
+        "running_s": rounded(None if voted is None or complete is None else complete - voted),
+        "running_50_s": at_fraction(run_starts, 50),
+        "running_90_s": at_fraction(run_starts, 90),
+        "running_99_s": at_fraction(run_starts, 99),
+        "sim_run_50_s": at_fraction(sim, 50),
+        "sim_run_90_s": at_fraction(sim, 90),
+        "sim_run_99_s": at_fraction(sim, 99),
+        "server_cpu_percent": rounded(outcome["server_cpu_percent"], 1),
+        "feed_resumed": outcome["feed_resumed"],
+    }
+
+
+def fanout(args: argparse.Namespace) -> int:
+    setup = prepare(args)
+    try:
+        results = trio.run(with_fleet, setup, _fanout_body)
+    finally:
+        setup.close()
+    params = {**common_params(setup), "repeat": args.repeat}
+    r = results["median"]
+    rows = [
+        ("nodes", args.nodes),
+        ("repeats", args.repeat),
+        ("POST -> complete (s, median)", r.get("post_to_complete_s")),
+        ("POST -> 50 % running (s)", r.get("running_50_s")),
+        ("POST -> 90 % running (s)", r.get("running_90_s")),
+        ("POST -> 99 % running (s)", r.get("running_99_s")),
+        ("voting phase (s)", r.get("voting_s")),
+        ("running phase (s)", r.get("running_s")),
+        ("POST -> 201 (s)", r.get("post_to_created_s")),
+        ("server CPU % during the job", r.get("server_cpu_percent")),
+        ("jobs complete, all nodes succeeded", results["all_succeeded"]),
+    ]
+    return finish(setup, "fanout", params, results, rows)
+
+
+async def _fanout_body(run: Run) -> dict[str, Any]:
+    args = run.setup.args
+    jobs: list[dict[str, Any]] = []
+    for index in range(args.repeat):
+        if index:
+            await wait_available(run, args.available_timeout, f"before job {index + 1}")
+            await trio.sleep(args.pause)
+        progress(f"job {index + 1}/{args.repeat} on {args.nodes} nodes")
+        outcome = await run_job(run, run.setup.names, seconds=args.job_timeout)
+        await trio.sleep(2 * REPORT_LAG)
+        timeline = job_timeline(outcome, run.fleet.runs.get(outcome["job_id"], {}))
+        progress(
+            f"  {timeline['status']}: {timeline['succeeded']}/{timeline['nodes']} succeeded, "
+            f"POST -> complete {timeline['post_to_complete_s']} s"
+        )
+        jobs.append(timeline)
+    keys = [k for k, v in jobs[0].items() if isinstance(v, int | float) and k != "nodes"]
+    median = {
+        k: rounded(statistics.median(j[k] for j in jobs if j.get(k) is not None))
+        for k in keys
+        if any(j.get(k) is not None for j in jobs)
+    }
+    return {
+        "time_to_all_available_s": rounded(
+            None if run.all_available_at is None else run.all_available_at - run.t0
+        ),
+        "jobs": jobs,
+        "median": median,
+        "all_succeeded": all(
+            j["status"] == "complete" and j["succeeded"] == args.nodes for j in jobs
+        ),
+    }
+
+
+# storm ---------------------------------------------------------------------------------------
+def storm(args: argparse.Namespace) -> int:
+    if args.server_url:
+        raise SystemExit("pushy bench storm restarts the server: it cannot use --server-url")
+    setup = prepare(args)
+    try:
+        results = trio.run(with_fleet, setup, _storm_body)
+    finally:
+        setup.close()
+    params = {**common_params(setup), "deadline_s": args.deadline}
+    r = results
+    rows = [
+        ("nodes", args.nodes),
+        ("server down (SIGTERM -> ready) (s)", r["restart_s"]),
+        ("ready -> all available (s)", r["ready_to_all_available_s"]),
+        ("SIGTERM -> all available (s)", r["stop_to_all_available_s"]),
+        ("peak heartbeats/s at the server", r["peak_heartbeats_per_s"]),
+        ("peak messages/s at the server", r["peak_messages_per_s"]),
+        ("config fetches during the storm", r["config_fetches"]),
+        ("nodes stuck after the deadline", r["stuck"]),
+        ("false offline after recovery", r["false_offline_after"]),
+        ("server CPU % during recovery", r["server_cpu_percent"]),
+    ]
+    return finish(setup, "storm", params, results, rows)
+
+
+async def _storm_body(run: Run) -> dict[str, Any]:
+    setup, args = run.setup, run.setup.args
+    server = setup.server
+    assert server is not None
+    n = len(setup.names)
+    server.settings.update({k: server.ports[k] for k in ("api_port", "command_port")})
+    server.settings["server_heartbeat_port"] = server.ports["server_heartbeat_port"]
+    await trio.sleep(args.settle)
+    fetches0 = run.fleet.total("config_fetches")
+    run.monitor.counting = False
+    progress("stopping the server (SIGTERM)")
+    t_term = time.time()
+    await trio.to_thread.run_sync(server.stop, 60)
+    t_down = time.time()
+    await trio.sleep(args.down)
+    progress("starting the server again (same ports, same state)")
+    await trio.to_thread.run_sync(server.start)
+    t_ready = time.time()
+    pid = server.proc.pid if server.proc else None
+    meter = procstat.CpuMeter(pid) if pid else None
+    if meter:
+        meter.mark()
+    rates = _Rates(setup.url)
+    await trio.to_thread.run_sync(rates.sample)
+    t_all = None
+    deadline = time.monotonic() + args.deadline
+    available = 0
+    last_progress = 0.0
+    path = f"/organizations/{setup.org}/pushy/node_states"
+    while time.monotonic() < deadline:
+        await trio.sleep(0.5)
+        await trio.to_thread.run_sync(rates.sample)
+        states = await trio.to_thread.run_sync(
+            setup.api.json, "GET", path, None, setup.user, setup.key
+        )
+        available = sum(1 for s in states if s.get("availability") == "available")
+        if time.monotonic() - last_progress >= PROGRESS_SECONDS:
+            last_progress = time.monotonic()
+            progress(f"recovering: {available}/{n} available")
+        if available >= n:
+            t_all = time.time()
+            break
+    # the reconfigure wave (new incarnation seen -> config fetch after a splay) may come after
+    # every node is back: keep sampling the rates through it, and count false offlines
+    run.monitor.counting = True
+    downs_before = len(run.monitor.downs)
+    tail = time.monotonic() + max(args.settle, 3 * args.interval / 1000.0)
+    while time.monotonic() < tail:
+        await trio.sleep(0.5)
+        await trio.to_thread.run_sync(rates.sample)
+    cpu = meter.read() if meter else None
+    await trio.sleep(2 * REPORT_LAG)
+    fetches = run.fleet.total("config_fetches") - fetches0
+    reasons = Counter(reason for t, _, reason in run.fleet.reconfigures if t >= t_term)
+    return {
+        "time_to_all_available_s": rounded(
+            None if run.all_available_at is None else run.all_available_at - run.t0
+        ),
+        "stop_s": round(t_down - t_term, 3),
+        "restart_s": round(t_ready - t_term, 3),
+        "ready_to_all_available_s": rounded(None if t_all is None else t_all - t_ready),
+        "stop_to_all_available_s": rounded(None if t_all is None else t_all - t_term),
+        "peak_heartbeats_per_s": round(rates.peak_heartbeats, 1),
+        "peak_messages_per_s": round(rates.peak_messages, 1),
+        "config_fetches": fetches,
+        "reconfigures_during_storm": dict(reasons),
+        "stuck": n - available,
+        "false_offline_after": len(run.monitor.downs) - downs_before,
+        "server_cpu_percent": rounded(cpu, 1),
+    }
+
+
+class _Rates:
+    """Peak message rates at the server, from its counters between samples."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.peak_heartbeats = self.peak_messages = 0.0
+        self.last: tuple[float, int, int] | None = None
+
+    def sample(self) -> None:
+        status = server_status(self.url)
+        received = (status.get("counters") or {}).get("received", {})
+        now = time.monotonic()
+        hb, total = int(received.get("heartbeat", 0)), sum(received.values())
+        if self.last is not None and now > self.last[0]:
+            dt = now - self.last[0]
+            self.peak_heartbeats = max(self.peak_heartbeats, (hb - self.last[1]) / dt)
+            self.peak_messages = max(self.peak_messages, (total - self.last[2]) / dt)
+        self.last = (now, hb, total)
+
+
+# api -----------------------------------------------------------------------------------------
+def api(args: argparse.Namespace) -> int:
+    setup = prepare(args)
+    try:
+        results = trio.run(with_fleet, setup, _api_body)
+    finally:
+        setup.close()
+    params = {
+        **common_params(setup),
+        "rate": args.rate,
+        "duration_s": args.duration,
+        "threads": args.threads,
+        "job_every_s": args.job_every,
+        "job_nodes": args.job_nodes,
+    }
+    rows: list[tuple[str, Any]] = [("nodes", args.nodes), ("request rate (/s)", args.rate)]
+    for label in ("get_job", "node_states"):
+        r = results[label]
+        rows += [
+            (f"GET {label} p50 (ms)", r["p50_ms"]),
+            (f"GET {label} p99 (ms)", r["p99_ms"]),
+            (f"GET {label} max (ms)", r["max_ms"]),
+            (f"GET {label} errors", r["errors"]),
+        ]
+    s = results["sse"]
+    rows += [
+        ("achieved rate (/s)", results["achieved_rate"]),
+        ("SSE delivery p50 (ms)", s["p50_ms"]),
+        ("SSE delivery p99 (ms)", s["p99_ms"]),
+        ("SSE delivery max (ms)", s["max_ms"]),
+        ("ack_run -> run_start seen p50 (ms)", results["ack_to_feed"]["p50_ms"]),
+        ("ack_run -> run_start seen p99 (ms)", results["ack_to_feed"]["p99_ms"]),
+        ("server CPU %", results["server_cpu_percent"]),
+        ("false offline transitions", results["false_offline"]),
+    ]
+    return finish(setup, "api", params, results, rows)
+
+
+def latency_summary(values: list[float], errors: int = 0) -> dict[str, Any]:
+    ms = [v * 1000 for v in values]
+    return {
+        "count": len(ms),
+        "p50_ms": rounded(report.percentile(ms, 50), 2),
+        "p99_ms": rounded(report.percentile(ms, 99), 2),
+        "max_ms": rounded(max(ms, default=None), 2) if ms else None,
+        "errors": errors,
+    }
+
+
+async def _api_body(run: Run) -> dict[str, Any]:
+    setup, args = run.setup, run.setup.args
+    progress("a first job, for GET /jobs/ID")
+    first = await run_job(run, setup.names, seconds=args.job_timeout)
+    prefix = f"/organizations/{setup.org}/pushy"
+    spec = loadgen.LoadSpec(
+        base_url=setup.url,
+        user=setup.user,
+        key_pem=setup.key_pem,
+        paths=(
+            ("get_job", f"{prefix}/jobs/{first['job_id']}"),
+            ("node_states", f"{prefix}/node_states"),
+        ),
+        rate=args.rate,
+        seconds=args.duration,
+        threads=args.threads,
+    )
+    meter = procstat.CpuMeter(setup.server_pid) if setup.server_pid else None
+    proc, pipe = await trio.to_thread.run_sync(loadgen.start, spec)
+    if meter:
+        meter.mark()
+    progress(f"{args.rate:g} requests/s for {args.duration:g} s, a job every {args.job_every:g} s")
+    sse: list[float] = []
+    ack_to_feed: list[float] = []
+    end = time.monotonic() + args.duration
+    job_nodes = setup.names[: max(1, min(args.job_nodes, len(setup.names)))]
+    jobs = 0
+    while time.monotonic() < end:
+        t_next = time.monotonic() + args.job_every
+        outcome = await run_job(run, job_nodes, seconds=args.job_timeout)
+        jobs += 1
+        opened = outcome["t_created"]
+        live = outcome["events"] if outcome["feed_resumed"] == 0 else []  # no replayed events
+        for _name, data, arrival in live:
+            t = parse_sse_time(data.get("timestamp"))
+            if t is not None and t >= opened:  # live events only, not the replayed backlog
+                sse.append(arrival - t)
+        await trio.sleep(2 * REPORT_LAG)
+        sims = run.fleet.runs.get(outcome["job_id"], {})
+        for name, data, arrival in outcome["events"]:
+            if name == "run_start" and data.get("node") in sims:
+                t_ack = sims[data["node"]][1]
+                if t_ack >= opened:
+                    ack_to_feed.append(arrival - t_ack)
+        await trio.sleep(max(0.0, t_next - time.monotonic()))
+    load = await trio.to_thread.run_sync(pipe.recv)
+    await trio.to_thread.run_sync(proc.join, 10)
+    cpu = meter.read() if meter else None
+    out: dict[str, Any] = {
+        "sse": latency_summary(sse),
+        "ack_to_feed": latency_summary(ack_to_feed),
+        "jobs_during_load": jobs,
+        "achieved_rate": round(load["sent"] / load["seconds"], 1) if load["seconds"] else None,
+        "server_cpu_percent": rounded(cpu, 1),
+        "false_offline": len(run.monitor.downs),
+        "false_offline_samples": run.monitor.downs[:20],
+    }
+    for label in ("get_job", "node_states"):
+        record = load[label]
+        out[label] = {
+            **latency_summary(record["latency"], record["errors"]),
+            "service_p50_ms": rounded(
+                report.percentile([v * 1000 for v in record["service"]], 50), 2
+            ),
+            "service_p99_ms": rounded(
+                report.percentile([v * 1000 for v in record["service"]], 99), 2
+            ),
+            "statuses": record["statuses"],
+        }
+    return out
+
+
+def main_guard(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a scenario; a setup failure is one line and exit 1, not a traceback."""
+    try:
+        return fn(args)
+    except KeyboardInterrupt:
+        return 130
+    except (RuntimeError, OSError) as exc:
+        print(f"pushy bench: {exc}", file=sys.stderr)
+        return 1

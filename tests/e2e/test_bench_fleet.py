@@ -1,0 +1,116 @@
+"""Smoke runs of ``pushy bench hold|fanout|storm|api`` with a tiny fleet, through the real CLI.
+
+They keep the benchmark code from rotting: each run must finish, exit 0, write its JSON with
+the numbers a reader looks for, and see a healthy fleet (every node available, no false
+offline, every job node succeeded, no node stuck after a restart). No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO
+
+NODES = 8
+# short enough for quick runs, long enough that a loaded CI machine's pauses are not offlines
+INTERVAL_MS = 500
+RUN_SECONDS = 120
+
+
+@pytest.fixture(scope="module")
+def key_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bench-keys")
+
+
+def bench(tmp_path: Path, key_cache: Path, scenario: str, *extra: str) -> dict:
+    results = tmp_path / "results"
+    command = [
+        sys.executable,
+        "-m",
+        "appliance",
+        "bench",
+        scenario,
+        "--nodes",
+        str(NODES),
+        "--workers",
+        "2",
+        "--ramp",
+        "0.5",
+        "--interval",
+        str(INTERVAL_MS),
+        "--key-cache",
+        str(key_cache),
+        "--results-dir",
+        str(results),
+        *extra,
+    ]
+    proc = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=RUN_SECONDS, check=False
+    )
+    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0, output
+    files = sorted(results.glob(f"{scenario}-*.json"))
+    assert len(files) == 1, output
+    assert str(files[0]) in proc.stdout, output  # the table names the file
+    document = json.loads(files[0].read_text())
+    assert document["scenario"] == scenario
+    assert document["params"]["nodes"] == NODES
+    assert document["machine"]["cores"] >= 1 and document["machine"]["python"]
+    fleet = document["results"]["fleet"]
+    assert fleet["errors"] == [] and fleet["fetch_failures"] == 0, output
+    assert fleet["heartbeats_sent"] > 0 and fleet["config_fetches"] >= NODES, output
+    return document
+
+
+def test_hold(tmp_path, key_cache):
+    r = bench(tmp_path, key_cache, "hold", "--duration", "3")["results"]
+    for key in (
+        "time_to_all_available_s",
+        "server_cpu_percent",
+        "server_rss_peak_mib",
+        "server_rss_end_mib",
+        "server_heartbeats_per_s",
+        "expected_heartbeats_per_s",
+    ):
+        assert r[key] is not None, key
+    assert r["false_offline"] == 0, r["false_offline_samples"]
+    assert r["available_end"] == NODES
+    assert r["server_heartbeats_per_s"] > 0
+    assert r["fleet"]["reconfigures"] == {}
+
+
+def test_fanout(tmp_path, key_cache):
+    r = bench(tmp_path, key_cache, "fanout", "--repeat", "2", "--pause", "0.2")["results"]
+    assert len(r["jobs"]) == 2
+    for job in r["jobs"]:
+        assert job["status"] == "complete"
+        assert job["nodes"] == NODES and job["succeeded"] == NODES
+        for key in ("post_to_complete_s", "voting_s", "running_s", "running_99_s"):
+            assert job[key] is not None, (key, job)
+    assert r["all_succeeded"] is True
+    assert r["median"]["post_to_complete_s"] is not None
+
+
+def test_storm(tmp_path, key_cache):
+    r = bench(tmp_path, key_cache, "storm", "--settle", "1", "--deadline", "60")["results"]
+    assert r["stuck"] == 0
+    assert r["ready_to_all_available_s"] is not None
+    assert r["false_offline_after"] == 0
+    assert r["peak_heartbeats_per_s"] > 0
+
+
+def test_api(tmp_path, key_cache):
+    r = bench(tmp_path, key_cache, "api", "--rate", "20", "--duration", "3", "--job-nodes", "4")[
+        "results"
+    ]
+    for label in ("get_job", "node_states"):
+        assert r[label]["count"] > 0 and r[label]["errors"] == 0, r[label]
+        assert r[label]["p99_ms"] is not None
+    assert r["jobs_during_load"] >= 1
+    assert r["sse"]["count"] > 0
+    assert r["false_offline"] == 0, r["false_offline_samples"]
