@@ -27,12 +27,12 @@ LOCAL_SETTINGS: dict[str, Any] = {
 }
 
 
-
 def pushy_command() -> list[str]:
     """How to start this program again: the frozen binary itself, or ``python -m appliance``."""
     if getattr(sys, "frozen", False):
         return [sys.executable]
     return [sys.executable, "-m", "appliance"]
+
 
 class ManagedProcess:
     """A child process with its log file: the shared stop/kill/log of servers and clients."""

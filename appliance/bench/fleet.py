@@ -46,6 +46,7 @@ from appliance.bench.simnode import (
     backoff,
 )
 from appliance.client import jobstate
+from appliance.client.agent import command_sockets
 from appliance.core import wire
 from appliance.core.keys import decrypt_session_key, load_public_pem
 from appliance.zmqio import TrioSocket
@@ -273,18 +274,8 @@ class Worker:
 
     async def _serve(self, node: SimNode, conn: Connection) -> None:
         hb = conn.config["push_jobs"]["heartbeat"]
-        dealer = self.ctx.socket(zmq.DEALER)
-        dealer.linger = 0
-        dealer.sndhwm = 3
-        dealer.rcvhwm = 0
-        dealer.curve_serverkey = conn.config["curve_public_key"].encode("ascii")
-        dealer.curve_publickey = node.curve_public
-        dealer.curve_secretkey = node.curve_secret
-        dealer.connect(hb["command_addr"])
-        sub = self.ctx.socket(zmq.SUB)
-        sub.linger = 0
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.connect(hb["out_addr"])
+        curve = (conn.config, node.curve_public, node.curve_secret)
+        dealer, sub = command_sockets(self.ctx, hb, curve)
         conn.dealer, conn.sub = TrioSocket(dealer), TrioSocket(sub)
         old, node.conn = node.conn, conn
         if old is not None:

@@ -43,6 +43,29 @@ POLL_SECONDS = 5.0
 SEND_FAILURE_DEADLINE_SECONDS = 60.0
 
 
+def command_sockets(
+    ctx: zmq.Context, hb: dict[str, Any], curve: tuple[dict[str, Any], bytes, bytes] | None
+) -> tuple[zmq.Socket, zmq.Socket]:
+    """The node's DEALER (command channel, CURVE unless legacy) and SUB (server heartbeats),
+    connected, with the original client's options: SNDHWM 3 bounds what piles up while the
+    server is away. ``curve`` is (config, our public key, our secret key)."""
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.linger = 0
+    dealer.sndhwm = 3
+    dealer.rcvhwm = 0
+    if curve is not None:
+        config, public, secret = curve
+        dealer.curve_serverkey = config["curve_public_key"].encode("ascii")
+        dealer.curve_publickey = public
+        dealer.curve_secretkey = secret
+    dealer.connect(hb["command_addr"])
+    sub = ctx.socket(zmq.SUB)
+    sub.linger = 0
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(hb["out_addr"])
+    return dealer, sub
+
+
 class FatalConfigError(Exception):
     """The server's answer makes running impossible (exit with ``exit_status``)."""
 
@@ -269,19 +292,8 @@ class Agent:
     # One connection --------------------------------------------------------------------------
     async def _serve(self, conn: Connection) -> None:
         hb = conn.config["push_jobs"]["heartbeat"]
-        dealer = self.ctx.socket(zmq.DEALER)
-        dealer.linger = 0
-        dealer.sndhwm = 3
-        dealer.rcvhwm = 0
-        if not conn.legacy:
-            dealer.curve_serverkey = conn.config["curve_public_key"].encode("ascii")
-            dealer.curve_publickey = self.curve_public
-            dealer.curve_secretkey = self.curve_secret
-        dealer.connect(hb["command_addr"])
-        sub = self.ctx.socket(zmq.SUB)
-        sub.linger = 0
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.connect(hb["out_addr"])
+        curve = None if conn.legacy else (conn.config, self.curve_public, self.curve_secret)
+        dealer, sub = command_sockets(self.ctx, hb, curve)
         conn.dealer, conn.sub = TrioSocket(dealer), TrioSocket(sub)
         old, self.conn = self.conn, conn
         if old is not None:

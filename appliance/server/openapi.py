@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from appliance import __version__
+from appliance.core import jobfsm
 
 __all__ = ["OPENAPI", "document", "openapi_json"]
 
@@ -98,30 +99,8 @@ SSE_TIME = {
     "example": "2014-07-10 05:17:44.995958Z",
 }
 COUNT = {"type": "integer", "minimum": 0, "maximum": 2147483647}
-JOB_STATUSES = [
-    "new",
-    "voting",
-    "running",
-    "complete",
-    "quorum_failed",
-    "aborted",
-    "timed_out",
-    "crashed",
-]
-NODE_JOB_STATUSES = [
-    "new",
-    "ready",
-    "running",
-    "succeeded",
-    "failed",
-    "aborted",
-    "unavailable",
-    "nacked",
-    "faulty",
-    "was_ready",
-    "crashed",
-    "timed_out",
-]
+JOB_STATUSES = list(jobfsm.JOB_STATUSES)
+NODE_JOB_STATUSES = list(jobfsm.NODE_STATUSES)
 AVAILABILITY = {"type": "string", "enum": ["available", "unavailable"]}
 NODE_NAME = {
     "type": "string",
