@@ -213,7 +213,7 @@ def _server(args: argparse.Namespace) -> int:
     for warning in warnings:
         log.warning("%s", warning)
     from appliance.server.main import run_server
-    from appliance.store.log import LogCorruption
+    from appliance.store.log import LogCorruption, UnsupportedFormat
 
     try:
         return run_server(
@@ -223,6 +223,13 @@ def _server(args: argparse.Namespace) -> int:
             config=args.config,  # re-read on SIGHUP (systemctl reload)
             overrides=overrides,
         )
+    except UnsupportedFormat as exc:  # --recover never discards it: no advice to use it
+        log.error("the event log cannot be read: %s", exc)
+        log.error(
+            "it was written by a newer pushy, or this header is damaged; run the pushy that "
+            "wrote it, or restore a backup"
+        )
+        return EXIT_FAILURE
     except LogCorruption as exc:
         log.error("the event log is corrupt: %s", exc)
         log.error("start with --recover to keep the records before the damage")

@@ -134,6 +134,7 @@ class Agent:
         log.info("[%s] Using org name: %s", self.node, self.org)
         log.info("[%s] Using Chef server: %s", self.node, self.config.chef_server_url)
         log.info("[%s] Using private key: %s", self.node, self.config.client_key)
+        self._warn_if_key_exposed()
         log.info("[%s] Incarnation ID: %s", self.node, self.incarnation)
         log.info(
             "[%s] Allowing fallback to unencrypted connection: %s",
@@ -168,6 +169,21 @@ class Agent:
             self.ctx.destroy(linger=0)
             if self.lock is not None:
                 self.lock.release()
+
+    def _warn_if_key_exposed(self) -> None:
+        """Say so (as ssh would; Chef does not check) when others may read the node's key."""
+        try:
+            mode = os.stat(self.config.client_key).st_mode
+        except OSError:
+            return
+        if mode & 0o077:
+            log.warning(
+                "[%s] The private key %s is accessible to group or others (mode %04o): "
+                "anyone who reads it can act as this node; chmod 600 it",
+                self.node,
+                self.config.client_key,
+                mode & 0o7777,
+            )
 
     def stop(self) -> None:
         sdnotify.stopping("shutting down")

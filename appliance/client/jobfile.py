@@ -43,6 +43,13 @@ _ENV_PREFIX = "CHEF_PUSH_ENV_"
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 
 
+# systemd's handshake with the client daemon itself: a job given these could speak to the
+# service manager as the client (readiness, watchdog) or claim its sockets
+_SERVICE_MANAGER_VARS = frozenset(
+    ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+)
+
+
 class JobFileError(OSError):
     """The job file cannot be written safely (the job then ends ``failed``)."""
 
@@ -59,7 +66,7 @@ def build_env(
     """The job's environment: the daemon's ``base``, then the job's ``env`` (each key not in
     ``allowed_overwritable`` renamed ``CHEF_PUSH_ENV_<key>`` when that list is set, even to
     ``[]``; passed as is when it is None), then the client's own ``CHEF_PUSH_*`` values."""
-    env = dict(base)
+    env = {k: v for k, v in base.items() if k not in _SERVICE_MANAGER_VARS}
     allowed = None if allowed_overwritable is None else frozenset(allowed_overwritable)
     for key, value in (job_env or {}).items():
         if allowed is not None and key not in allowed:

@@ -16,7 +16,17 @@ Fixes to the original (client-knife.md appendix), decided here:
   checked last, so a commit refused for another reason never takes it;
 * nacks carry no reason on the wire; the reason is logged (#4);
 * an ``env`` that is not an object of strings is refused at commit (the original crashed
-  at run time and stayed ``running``);
+  at run time and stayed ``running``), and so is one the kernel would refuse at exec: an
+  empty name, ``=`` or NUL in a name, an entry over ``MAX_ENV_ENTRY_BYTES`` or a whole over
+  ``MAX_ENV_BYTES`` (issue 7: refused clearly, nothing runs). A NUL in a *value* is left
+  to exec, which refuses it: the job ends ``failed`` with the reason, nothing runs;
+* ``dir`` must be an absolute path (a relative one would depend on the client's own working
+  directory) naming an existing directory; symlinks and ``..`` are resolved by the kernel as
+  ``cd`` would (the original's rule), so a symlink to a file or nowhere is refused too;
+* a regex whitelist entry whose capture would put shell syntax into the command line is
+  refused (``whitelist.UnsafeCapture``);
+* the command and other job-supplied text are logged with ``repr`` quoting, so a newline in
+  them cannot forge lines in the client's log;
 * a process that cannot be started ends ``failed`` (#5), with the reason as stderr when
   capture is on, and is preceded by ``ack_run`` so the server records a failure rather
   than a crash (server-protocol.md §5.5: ``failed`` from a ``ready`` node is ``crashed``).
@@ -44,11 +54,13 @@ from typing import Any, Literal
 
 import orjson
 
-from appliance.client.whitelist import Resolved
+from appliance.client.whitelist import Resolved, UnsafeCapture
 
 __all__ = [
     "DEFAULT_MAX_BODY_SIZE",
     "ENVELOPE_ALLOWANCE",
+    "MAX_ENV_BYTES",
+    "MAX_ENV_ENTRY_BYTES",
     "Action",
     "Job",
     "JobState",
@@ -62,6 +74,10 @@ __all__ = [
 
 DEFAULT_MAX_BODY_SIZE = 63000
 ENVELOPE_ALLOWANCE = 1024
+# Linux refuses (E2BIG) one environment string over 128 KiB; leave room for the
+# CHEF_PUSH_ENV_ prefix. The whole job env stays far below the usual 2 MiB ARG_MAX.
+MAX_ENV_ENTRY_BYTES = 128 * 1024 - 64
+MAX_ENV_BYTES = 1024 * 1024
 
 State = Literal["idle", "committed", "running"]
 
@@ -158,24 +174,34 @@ class JobState:
             assert self.job is not None
             reason = f"Commit {job_id} refused: job {self.job.id} is {self.state}"
             return [*actions, *_nack("nack_commit", job_id, reason)]
-        resolved = resolve(command)
+        try:
+            resolved = resolve(command)
+        except UnsafeCapture as exc:
+            reason = f"Commit {job_id} refused: command {command!r} is unsafe: {exc}"
+            return [*actions, *_nack("nack_commit", job_id, reason)]
         if resolved is None:
-            reason = f"Commit {job_id} refused: command '{command}' is not in the whitelist"
+            reason = f"Commit {job_id} refused: command {command!r} is not in the whitelist"
             return [*actions, *_nack("nack_commit", job_id, reason)]
         actions.append(
-            Log("info", f"Job {job_id}: whitelist '{command}' to '{resolved.command_line}'")
+            Log("info", f"Job {job_id}: whitelist {command!r} to {resolved.command_line!r}")
         )
 
         user, dir_, env, file = (_truthy(msg, k) for k in ("user", "dir", "env", "file"))
         problems: list[str] = []
         if user is not None and not (isinstance(user, str) and user_exists(user)):
             problems.append(f"user {user!r} does not exist")
-        if dir_ is not None and not (isinstance(dir_, str) and dir_exists(dir_)):
-            problems.append(f"dir {dir_!r} does not exist")
+        if dir_ is not None:
+            if not isinstance(dir_, str) or "\0" in dir_:
+                problems.append(f"dir {dir_!r} is not a path")
+            elif not dir_.startswith("/"):
+                problems.append(f"dir {dir_!r} is not an absolute path")
+            elif not dir_exists(dir_):
+                problems.append(f"dir {dir_!r} does not exist or is not a directory")
         if file is not None and not (isinstance(file, str) and file_ok(file)):
             problems.append("file is not 'raw:...' or valid 'base64:...'")
-        if env is not None and not _env_ok(env):
-            problems.append("env is not an object of strings")
+        env_problem = None if env is None else _env_problem(env)
+        if env_problem is not None:
+            problems.append(env_problem)
         if problems:
             actions += [Log("error", f"Commit {job_id} refused: {p}") for p in problems]
             return [*actions, Reply("nack_commit", job_id)]
@@ -352,10 +378,29 @@ def _truthy(msg: dict[str, Any], key: str) -> Any:
     return value if value not in (None, False, "", {}) else None
 
 
-def _env_ok(env: Any) -> bool:
-    return isinstance(env, dict) and all(
-        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-    )
+def _env_problem(env: Any) -> str | None:
+    """Why ``env`` cannot be a process environment, or None when it can."""
+    if not isinstance(env, dict):
+        return "env is not an object of strings"
+    total = 0
+    for key, value in env.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            return f"env is not an object of strings ({str(key)[:100]!r})"
+        if not key:
+            return "env has an empty variable name"
+        if "=" in key or "\0" in key:
+            return f"env name {key[:100]!r} contains '=' or NUL"
+        try:  # what os.fsencode does with a UTF-8 file system encoding
+            size = len(key.encode("utf-8", "surrogateescape"))
+            size += len(value.encode("utf-8", "surrogateescape")) + 2
+        except UnicodeEncodeError:
+            return f"env {key[:100]!r} is not encodable"
+        if size > MAX_ENV_ENTRY_BYTES:
+            return f"env {key[:100]!r} is {size} bytes (at most {MAX_ENV_ENTRY_BYTES})"
+        total += size
+    if total > MAX_ENV_BYTES:
+        return f"env is {total} bytes (at most {MAX_ENV_BYTES})"
+    return None
 
 
 def _nack(kind: str, job_id: str | None, reason: str) -> list[Action]:

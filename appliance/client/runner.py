@@ -10,7 +10,10 @@ How a job runs, and where it differs from the original (Mixlib::ShellOut):
   HOME/USER/LOGNAME come from the password entry, overriding the given environment (appendix
   #6; the original changed only the uid). This uses Popen's ``user=``/``group=``/
   ``extra_groups=``, applied in the child between fork and exec, so no Python code runs in
-  the forked child. A client that is not root can only run jobs as itself;
+  the forked child. A client that is not root can only run jobs as itself. Popen changes
+  directory *before* it drops privileges, so with both ``user`` and ``dir`` a short probe
+  (``cd`` as that user) runs first: a dir the user cannot enter is a start error, as it was
+  for the original (which changed directory after becoming the user);
 * abort (``kill_event``) or cancellation (client shutdown): TERM to the process group, wait
   up to ``kill_grace`` (3 s) for the group to die, then KILL the group. Zombies count as
   dead: an init that is slow to reap orphans does not delay the result;
@@ -190,6 +193,22 @@ def _start_options(
     return options
 
 
+async def _probe_dir_as_user(dir: str, user: str | None, options: dict[str, Any]) -> None:
+    """Raise PermissionError unless ``user`` (uid/gid/groups of ``options``) can enter ``dir``."""
+    ids = {k: options[k] for k in ("user", "group", "extra_groups")}
+    probe = await trio.run_process(
+        [SHELL, "-c", 'cd -- "$1"', "pushy-dir-probe", dir],
+        check=False,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={"PATH": "/usr/bin:/bin"},
+        **ids,
+    )
+    if probe.returncode != 0:
+        raise PermissionError(f"user {user!r} cannot enter dir {dir!r}")
+
+
 def group_alive(pgid: int) -> bool:
     """Whether any process of group ``pgid`` is still running. Zombies do not count: on
     Linux, members ``killpg(pgid, 0)`` still finds are checked in /proc."""
@@ -278,6 +297,8 @@ async def run_job(
     propagates. ``on_started`` runs once the child exists (the client then sends ack_run)."""
     try:
         options = _start_options(env, user, dir, capture)
+        if dir and "user" in options:
+            await _probe_dir_as_user(dir, user, options)
         process = await trio.lowlevel.open_process([SHELL, "-c", command_line], **options)
     except Exception as exc:
         return Outcome(None, None, b"", b"", False, f"cannot start the job: {exc}")

@@ -1,10 +1,19 @@
-"""Whitelist lookup: which command line a requested command name runs (client-knife.md §A.4).
+r"""Whitelist lookup: which command line a requested command name runs (client-knife.md §A.4).
 
 Exact string keys win; otherwise the first regex key (in insertion order) that matches the
 WHOLE command (``re.fullmatch``) wins. The original applied Ruby ``gsub`` with line-anchored
 ``^``/``$``, so a command containing a newline could match one line of it and smuggle the
 other lines into the shell; full-string matching closes that (spec appendix #7). Because the
 match is the whole string, the result is just the expanded template.
+
+Captures reach ``/bin/sh -c``: the original pasted them raw, so ``/^echo (.*)$/ => 'echo \1'``
+ran ``echo x; touch /tmp/pwned`` as two commands. Shell-quoting the capture is not a fix: the
+right quoting depends on where the template puts it (``echo "\1"`` or ``echo '\1'`` would let a
+quoted capture break out again). So a substituted capture may only hold characters that mean
+nothing to the shell in any of those places (letters, digits, ``_``, space and ``@%+=:,./-``);
+any other character (``;&|<>$`\'"()*?[]{}~#!``, tabs, newlines, NUL, ...) makes the lookup
+raise ``UnsafeCapture`` and the commit is refused. Spaces stay allowed: they only split words,
+which is what a ``(.+)`` capture passing several arguments relied on in the original.
 """
 
 from __future__ import annotations
@@ -14,7 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Resolved", "WhitelistEntryLike", "expand", "resolve"]
+__all__ = ["Resolved", "UnsafeCapture", "WhitelistEntryLike", "expand", "resolve"]
+
+_SAFE_CAPTURE = re.compile(r"[\w @%+=:,./-]*")
+
+
+class UnsafeCapture(ValueError):
+    """A regex entry matched, but a capture it substitutes holds shell syntax."""
 
 
 class WhitelistEntryLike(Protocol):
@@ -30,7 +45,8 @@ class Resolved:
 
 
 def resolve(entries: Sequence[WhitelistEntryLike], command: str) -> Resolved | None:
-    """The command line (and lock) for ``command``, or None when it is not whitelisted."""
+    """The command line (and lock) for ``command``, or None when it is not whitelisted.
+    Raises ``UnsafeCapture`` when the first matching regex would put shell syntax in it."""
     for entry in entries:
         if isinstance(entry.key, str) and entry.key == command:
             return Resolved(entry.command_line, _lock(entry.lock))
@@ -38,7 +54,15 @@ def resolve(entries: Sequence[WhitelistEntryLike], command: str) -> Resolved | N
         if isinstance(entry.key, re.Pattern):
             match = entry.key.fullmatch(command)
             if match is not None:
-                return Resolved(expand(entry.command_line, match), _lock(entry.lock))
+                used: list[str] = []
+                line = _expand(entry.command_line, match, used)
+                for value in used:
+                    if not _SAFE_CAPTURE.fullmatch(value):
+                        raise UnsafeCapture(
+                            f"the capture {value[:200]!r} of /{entry.key.pattern}/ holds "
+                            "characters the shell would interpret"
+                        )
+                return Resolved(line, _lock(entry.lock))
     return None
 
 
@@ -51,6 +75,11 @@ def expand(template: str, match: re.Match[str]) -> str:
     ``\\k<name>`` named groups, ``\\\\`` a backslash; ``\\``` / ``\\'`` (pre/post match) are
     empty under full matching. A group that did not take part, or an unknown group name,
     gives "" (as in Ruby); any other backslash sequence is kept as written."""
+    return _expand(template, match, [])
+
+
+def _expand(template: str, match: re.Match[str], used: list[str]) -> str:
+    """``expand``, appending each substituted group value to ``used``."""
     out: list[str] = []
     i, n = 0, len(template)
     while i < n:
@@ -61,10 +90,12 @@ def expand(template: str, match: re.Match[str]) -> str:
             continue
         nxt = template[i + 1]
         if nxt.isdigit() and nxt.isascii():
-            out.append(_group(match, int(nxt)))
+            used.append(_group(match, int(nxt)))
+            out.append(used[-1])
             i += 2
         elif nxt == "&":
-            out.append(match.group(0))
+            used.append(match.group(0))
+            out.append(used[-1])
             i += 2
         elif nxt in "`'":
             i += 2
@@ -73,7 +104,8 @@ def expand(template: str, match: re.Match[str]) -> str:
             i += 2
         elif nxt == "k" and template.startswith("<", i + 2) and ">" in template[i + 3 :]:
             end = template.index(">", i + 3)
-            out.append(_group(match, template[i + 3 : end]))
+            used.append(_group(match, template[i + 3 : end]))
+            out.append(used[-1])
             i = end + 1
         else:
             out.append(ch + nxt)

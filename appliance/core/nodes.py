@@ -131,7 +131,7 @@ class NodeTable:
     ) -> list:
         """A message that passed the wire pipeline for ``key``; returns the effects in order."""
         kind = body.get("type")
-        if kind not in MESSAGE_TYPES:
+        if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
             return []
         effects: list = []
         node = self.nodes.get(key)
@@ -302,7 +302,8 @@ def _reported_assignment(body: dict[str, Any]) -> tuple[str, str] | None:
     job_id = job_id_of(body)
     kind = body.get("type")
     if kind == "heartbeat":
-        status = CLIENT_STATE_TO_JOB_STATUS.get(body.get("job_state"))
+        job_state = body.get("job_state")  # any JSON value: a list is unhashable
+        status = CLIENT_STATE_TO_JOB_STATUS.get(job_state) if isinstance(job_state, str) else None
         if job_id is None or status is None:
             return None
         return (job_id, status)

@@ -173,7 +173,9 @@ def check_client_inbound(
     now: float,
     max_skew: float,
 ) -> dict[str, Any]:
-    """The client's checks (client-knife.md §A.2): Version ignored, either method, future-only skew."""
+    """The client's checks (client-knife.md §A.2): Version ignored, either method. The
+    timestamp must be within ``max_skew`` of ``now`` both ways: the original refused only the
+    future, so a recorded server message could be replayed at any later time (issue 7)."""
     header = parse_header(header_raw)
     if not header.signature:
         raise MessageError("bad_signature", "no signature")
@@ -191,6 +193,8 @@ def check_client_inbound(
         raise MessageError("bad_timestamp", "missing or unparsable")
     if t - now > max_skew:
         raise MessageError("bad_timestamp", "from the future")
+    if now - t > max_skew:
+        raise MessageError("bad_timestamp", f"stale ({now - t:.0f} s old)")
     return body
 
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 import logging
 
 import orjson
-from quart import Response, request
+import trio
+from quart import Response, current_app, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from appliance.server import identity_routes, pushy_routes, search_routes, ws_routes
 from appliance.server.context import ServerContext
+from appliance.server.stalls import abort_connection
 
 MAX_REST_BODY = 1_000_000
+# after an error sent before the body was read (413, 408): how long the rest may still arrive
+LINGER_SECONDS = 1.0
 log = logging.getLogger("pushy.http")
 
 
@@ -45,8 +49,12 @@ def create_app(ctx: ServerContext) -> QuartTrio:
             body = {"error": "method not allowed"}
         else:
             body = {"error": exc.description or exc.name}
-        # an oversized body is never read: close rather than leave the connection stalled
-        headers = {"Connection": "close"} if status == 413 else {}
+        # an oversized (or too slow) body is never read: close rather than leave the connection
+        # stalled, and cut it after a moment, for hypercorn would read the rest forever
+        headers = {}
+        if status in (408, 413):
+            headers = {"Connection": "close"}
+            current_app.nursery.start_soon(_abort_later, request.scope)
         return Response(
             orjson.dumps(body), status=status, content_type="application/json", headers=headers
         )
@@ -58,3 +66,14 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         return Response(orjson.dumps(body), status=500, content_type="application/json")
 
     return app
+
+
+async def _abort_later(scope: dict) -> None:
+    """Close a connection whose response went out before its request body was read.
+
+    hypercorn then means to close it, but that close is cancelled along with the request's
+    task: the connection would stay open, reading and discarding whatever the client sends,
+    for as long as it sends (an endless body). Waiting a moment first lets the client read the
+    response before the close (which resets a connection with unread data)."""
+    await trio.sleep(LINGER_SECONDS)
+    abort_connection(scope)

@@ -23,6 +23,26 @@ from appliance.server.context import ServerContext
 from appliance.server.pushy_routes import base_url, durable, json_response
 
 ORG = "/organizations/<org>"
+# orjson reads up to 1024 levels but writes at most 254 (a log record adds a few), and the
+# handlers deepcopy bodies recursively: a deeper node record was a 500 and was not stored
+# (tests/e2e/test_rest_fuzz.py::test_deeply_nested_identity_body_is_a_400_not_a_500)
+MAX_BODY_DEPTH = 100
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays/objects in ``value`` nest more than ``limit`` levels (iterative)."""
+    stack = [(value, 1)]
+    for _ in range(10_000_000):  # bounded: a 1 MB body has far fewer values
+        if not stack:
+            return False
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in item)
+    return True
 
 
 def _new_keypair() -> tuple[str, str]:
@@ -38,9 +58,12 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         if not raw:
             return None
         try:
-            return orjson.loads(raw)
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             fail(400, {"error": ["invalid JSON in request body"]})
+        if _deeper_than(body, MAX_BODY_DEPTH):
+            fail(400, {"error": [f"JSON body nested more than {MAX_BODY_DEPTH} levels deep"]})
+        return body
 
     async def handle(
         org: str | None,

@@ -63,6 +63,13 @@ class JobManager:
             self._nursery = nursery
             now = time.time()
             for job in self.state.jobs.values():
+                if job.status == "new":
+                    # A crash tore its creation batch (job_created without the start step, or
+                    # --recover cut there): never acknowledged, never sent to a node. It would
+                    # stay "new" forever and hold its nodes; it is crashed instead.
+                    step = jobfsm.crash(job, now)
+                    step.effects.clear()  # its nodes never heard of it: no rehab
+                    self.step(job, step, now)
                 if not jobfsm.job_finished(job):
                     self._spawn(job)
                 elif job.finished_at and now - job.finished_at < self.settings.wait_complete_time:

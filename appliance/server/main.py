@@ -113,6 +113,16 @@ def open_store(
         ]
         store.initialise(records)
         log.info("first start: created %s", state_dir)
+    elif SUPERUSER not in state.identity.users:
+        # the first start's batch was torn after server_init (or --recover cut there): without
+        # this nobody could ever authenticate again
+        pivotal_key, _ = _key_file(pivotal_path)
+        store.initialise(
+            identity.bootstrap_superuser(state.identity, public_pem(pivotal_key), name=SUPERUSER)
+        )
+        log.warning(
+            "the superuser '%s' was missing from the event log: created it again", SUPERUSER
+        )
     log.info("superuser '%s' key: %s", SUPERUSER, pivotal_path)
     return store, server_key
 

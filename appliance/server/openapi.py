@@ -109,6 +109,14 @@ NODE_NAME = {
     "pattern": "^[^/\\u0000-\\u001f\\u007f]+$",
 }
 STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+ACTOR_NAME = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,255}$"}  # users, clients, nodes
+GROUP_NAME = {"type": "string", "pattern": "^[a-z0-9_-]{1,255}$"}
+RUN_LIST_ITEM = {
+    "type": "string",
+    # x1c-x1f and x85 are whitespace to the server (Python's \s) but not to ECMA's
+    "pattern": "^((recipe|role)\\[[^\\[\\]\\s\\x1c-\\x1f\\x85]+\\]|[A-Za-z0-9_.:@-]+)$",
+    "description": "recipe[NAME], role[NAME], or a bare recipe name.",
+}
 NAME_LIST = {"type": "array", "items": {"type": "string"}}
 
 _JOB_FIELDS: dict[str, Schema] = {
@@ -254,7 +262,8 @@ SCHEMAS: dict[str, Schema] = {
                 "file": {
                     "type": "string",
                     "pattern": "^(raw:|base64:)",
-                    "description": "'raw:TEXT' or 'base64:DATA'; at most 100000 bytes decoded.",
+                    "description": "'raw:TEXT' or 'base64:DATA' (whitespace in DATA is skipped; "
+                    "anything else that is not base64: 400); at most 100000 bytes decoded.",
                 },
                 "capture_output": {"type": "boolean", "default": False},
             },
@@ -359,16 +368,22 @@ SCHEMAS: dict[str, Schema] = {
         "type": "array",
         "items": _obj({"user": _obj({"username": STRING}, ["username"])}, ["user"]),
     },
-    "ClientRequest": _obj(
-        {
-            "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,255}$"},
-            "clientname": {"type": "string", "description": "Used when name is absent."},
-            "validator": {"type": "boolean"},
-            "create_key": {"type": "boolean"},
-            "public_key": {"type": "string"},
-        },
-        closed=False,
-    ),
+    "ClientRequest": {
+        **_obj(
+            {
+                "name": ACTOR_NAME,
+                "clientname": {"description": "Used (and must be a name) when name is absent."},
+                "validator": {"type": "boolean"},
+                "create_key": {"type": "boolean"},
+                "public_key": {"type": "string", "description": "PEM; not with create_key."},
+            },
+            closed=False,
+        ),
+        "anyOf": [
+            {"required": ["name"]},
+            {"required": ["clientname"], "properties": {"clientname": ACTOR_NAME}},
+        ],
+    },
     "Client": _obj(
         {
             "name": STRING,
@@ -391,31 +406,47 @@ SCHEMAS: dict[str, Schema] = {
         {"name": STRING, "public_key": STRING, "expiration_date": STRING},
         ["name", "public_key", "expiration_date"],
     ),
-    "KeyRequest": _obj(
-        {
-            "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,255}$"},
-            "expiration_date": {
-                "type": "string",
-                "pattern": "^(infinity|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z)$",
-                "default": "infinity",
+    "KeyRequest": {
+        **_obj(
+            {
+                "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,255}$"},
+                "expiration_date": {
+                    "type": "string",
+                    "pattern": "^(infinity|"
+                    "([1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])-(0[1-9]|1[0-2])-"
+                    "(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|6[01])Z)$",
+                    "default": "infinity",
+                    "description": "UTC; a day the month does not have (e.g. 02-30): 400.",
+                },
+                "create_key": {"type": "boolean"},
+                "public_key": {"type": "string", "description": "PEM; not with create_key."},
             },
-            "create_key": {"type": "boolean"},
-            "public_key": {"type": "string"},
-        },
-        ["name"],
-        closed=False,
-    ),
+            ["name"],
+            closed=False,
+        ),
+        "description": "A new key: create_key true (the server makes the pair) or public_key.",
+        "anyOf": [
+            {"required": ["create_key"], "properties": {"create_key": {"const": True}}},
+            {"required": ["public_key"]},
+        ],
+    },
     "KeyCreated": _obj(
         {"uri": URI, "private_key": {"type": "string", "description": "With create_key."}},
         ["uri"],
     ),
     "GroupRequest": _obj(
         {
-            "groupname": {"type": "string", "pattern": "^[a-z0-9_-]{1,255}$"},
-            "name": {"type": "string", "description": "Used when groupname is absent."},
+            "groupname": GROUP_NAME,
+            "name": {"description": "Used (and must be a name) when groupname is absent."},
         },
         closed=False,
-    ),
+    )
+    | {
+        "anyOf": [
+            {"required": ["groupname"]},
+            {"required": ["name"], "properties": {"name": GROUP_NAME}},
+        ]
+    },
     "GroupUpdate": {
         "type": "object",
         "description": "The members (each list replaces the old one; missing = empty), flat or "
@@ -475,13 +506,14 @@ SCHEMAS: dict[str, Schema] = {
     "NodeRequest": {
         "type": "object",
         "description": "Chef node JSON; missing parts get defaults (environment _default, "
-        "empty run list and attributes); bare run-list names become recipe[NAME].",
+        "empty run list and attributes); bare run-list names become recipe[NAME]. On PUT, "
+        "name may be left out but must otherwise be the URL's (400 Node name mismatch).",
         "properties": {
-            "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,255}$"},
+            "name": ACTOR_NAME,
             "chef_environment": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,255}$"},
             "json_class": {"type": "string", "const": "Chef::Node"},
             "chef_type": {"type": "string", "const": "node"},
-            "run_list": NAME_LIST,
+            "run_list": {"type": "array", "items": RUN_LIST_ITEM},
             "automatic": {"type": "object"},
             "normal": {"type": "object"},
             "default": {"type": "object"},
@@ -507,14 +539,19 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "PartialRow": _obj({"url": URI, "data": {"type": "object"}}, ["url", "data"]),
     "PartialSearchRequest": {
-        "type": "object",
-        "description": 'alias -> attribute path, bare or under "filter_result", e.g. '
-        '{"name": ["name"], "ip": ["ipaddress"]}.',
-        "additionalProperties": {
-            "anyOf": [NAME_LIST, {"type": "object", "additionalProperties": NAME_LIST}]
-        },
+        "description": 'alias -> attribute path, bare or as the only member "filter_result", '
+        'e.g. {"name": ["name"], "ip": ["ipaddress"]}.',
+        "anyOf": [
+            {"type": "object", "additionalProperties": NAME_LIST},
+            _obj(
+                {"filter_result": {"type": "object", "additionalProperties": NAME_LIST}},
+                ["filter_result"],
+            ),
+        ],
     },
 }
+
+SCHEMAS["NodeCreateRequest"] = {**SCHEMAS["NodeRequest"], "required": ["name"]}
 
 # SSE event data and websocket messages: documentation (not validated by HTTP tooling).
 _EVENTS: dict[str, Schema] = {
@@ -760,7 +797,7 @@ def _op(
 
 ORG = _path_param("org", "Organization name.")
 NODE = _path_param("node", "Node (client) name.")
-JOB = _path_param("job_id", "Job id (32 lowercase hex digits).")
+JOB = _path_param("job_id", "Job id (32 lowercase hex digits).", JOB_ID)
 NAME_P = _path_param("name", "Object name.")
 KEY_P = _path_param("key", "Key name.")
 LAST_EVENT_ID = {
@@ -774,14 +811,19 @@ SEARCH_PARAMS = [
     _query(
         "q",
         "Chef query (Lucene syntax: field:value, AND/OR/NOT, wildcards, phrases, ranges); "
-        "default *:*. Clients that encode it twice are understood.",
-        STRING,
+        "default *:*. Clients that encode it twice are understood. A query that does not "
+        "parse: 400.",
+        {"type": "string", "minLength": 1},
     ),
     _query(
-        "start", "Index of the first row (default 0).", {"type": "string", "pattern": "^[0-9]+$"}
+        "start",
+        "Index of the first row (default 0).",
+        {"type": "string", "pattern": "^[0-9]{1,18}$"},
     ),
-    _query("rows", "Rows per page (default 1000).", {"type": "string", "pattern": "^[0-9]+$"}),
-    _query("sort", "Sort order, e.g. 'name asc'.", STRING),
+    _query("rows", "Rows per page (default 1000).", {"type": "string", "pattern": "^[0-9]{1,18}$"}),
+    _query(
+        "sort", "Sort order: FIELD [asc|desc], comma-separated, e.g. 'name asc' (else 400).", STRING
+    ),
 ]
 
 _SSE_EVENTS_TEXT = (
@@ -799,8 +841,27 @@ def _sse(description: str, events: list[str]) -> Schema:
             "X-Accel-Buffering": {"description": "no", "schema": STRING},
             "Cache-Control": {"description": "no-cache", "schema": STRING},
         },
-        "content": {SSE: {"schema": {"type": "string"}}},
+        # for text/event-stream, ``schema`` describes one event (the convention OpenAPI 3.2
+        # names itemSchema, which tools such as schemathesis apply to 3.1 documents too)
+        "content": {SSE: {"schema": _sse_event(events)}},
         "x-sse-events": {name: _ref(f"SseEvent_{name}") for name in events},
+    }
+
+
+def _sse_event(events: list[str]) -> Schema:
+    return {
+        "type": "object",
+        "description": "One event of the stream (comments such as :keepalive are not events).",
+        "properties": {
+            "event": {"type": "string", "enum": events},
+            "id": {"type": "string", "pattern": "^(job-[0-9]+|org-[0-9]+|start_id)$"},
+            "data": {
+                "type": "string",
+                "pattern": '^\\{"timestamp":',
+                "description": "Compact JSON; x-sse-events gives its schema for each event name.",
+            },
+        },
+        "required": ["event", "id", "data"],
     }
 
 
@@ -831,17 +892,21 @@ def _config_op(op_id: str, alias: bool) -> Schema:
             ),
             "503": _resp("Unavailable"),
         },
-        description="Given to the node's own client (validate_client_node_name) and to users "
-        "who may read jobs. A node's own fetch registers its CURVE key (ccpk) and rotates its "
-        "session key (the previous one stays valid for session_key_grace seconds).",
+        description="Given to the node's own client (any client of the org when "
+        "validate_client_node_name is false) and to the superuser; other users get 403 (the "
+        "session key goes to no one else). A node's own fetch registers its CURVE key (ccpk) "
+        "and rotates its session key (the previous one stays valid for session_key_grace "
+        "seconds).",
         parameters=[
             ORG,
             NODE,
             _query(
                 "ccpk",
-                "The node's CURVE public key, Z85 (40 characters). Required unless the server "
-                'runs with disable_curve_encryption (missing: 400 {"error": ["Missing ccpk"]}).',
-                STRING,
+                "The node's CURVE public key, Z85 (40 characters; one that is not a key: 401 "
+                '{"error": ["Bad ccpk"]}). Missing: 400 {"error": ["Missing ccpk"]}, unless the '
+                "server runs with disable_curve_encryption (it is then ignored).",
+                {"type": "string", "pattern": "^[0-9a-zA-Z.:+=^!/*?&<>()\\[\\]{}@%$#-]{40}$"},
+                required=True,
             ),
             _query("version", "Client protocol version (sent by clients, ignored).", STRING),
         ],
@@ -1203,7 +1268,7 @@ PATHS.update(
             "post": _post(
                 "createNode",
                 "Create a node record (admins, or the node's own client)",
-                "NodeRequest",
+                "NodeCreateRequest",
                 _ref("Created"),
                 [ORG],
             ),
@@ -1299,7 +1364,8 @@ OPENAPI: dict[str, Any] = {
         "version": __version__,
         "description": "The Push Jobs REST API and feeds, the Chef identity subset and node "
         "search, as served by pushy on its API port. Every route tolerates a trailing slash. "
-        "Request bodies are at most 1000000 bytes. docs/api.md has examples.",
+        "Request bodies are at most 1000000 bytes (identity bodies: at most 100 levels of "
+        "nesting). docs/api.md has examples.",
         "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
     },
     "tags": [

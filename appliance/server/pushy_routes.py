@@ -7,20 +7,22 @@ import os
 import struct
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import orjson
 import trio
 import zmq
 import zmq.utils.z85
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response, current_app, request
 
 from appliance.core import identity, jobfsm, render
 from appliance.core.jobspec import JobRequestError, parse_job_request
 from appliance.core.keys import encrypt_session_key, public_pem
 from appliance.server.auth import JSON, authenticate, fail, forbidden, require_accept
 from appliance.server.context import ServerContext
-from appliance.server.feeds import END
+from appliance.server.feeds import END, Subscriber
+from appliance.server.stalls import StallWatch, peer
 from appliance.store.log import StorageError
 
 EVENT_STREAM = "text/event-stream"
@@ -53,6 +55,12 @@ async def durable(ctx: ServerContext, records: list[dict[str, Any]]) -> None:
 
 def blueprint(ctx: ServerContext) -> Blueprint:
     bp = Blueprint("pushy", __name__)
+    stalls = StallWatch(ctx.shutdown)  # SSE readers that stop reading are cut off
+
+    @bp.before_app_serving
+    async def start_stall_watch() -> None:
+        current_app.nursery.start_soon(stalls.run)  # the app nursery outlives hypercorn's
+
     # handlers read ``ctx.settings`` per request: a reload (SIGHUP) replaces it
 
     async def reader(org: str) -> identity.Principal:
@@ -95,6 +103,11 @@ def blueprint(ctx: ServerContext) -> Blueprint:
             if ccpk is None:
                 fail(400, render.error_list("Missing ccpk"))
             if len(ccpk) != 40 or not _z85_ok(ccpk):
+                fail(401, render.error_list("Bad ccpk"))
+            owner = ctx.state.curve_index.get(ccpk)
+            if owner is not None and owner != (org, node):
+                # another node's CURVE key: taking it over would drop it from the allow-list at
+                # this node's next fetch, cutting that node off (tests/e2e/test_impersonation.py)
                 fail(401, render.error_list("Bad ccpk"))
             # only a client (the node) registers its CURVE key: a superuser's fetch must not
             # replace the node's entry in the allow-list and cut the node off
@@ -159,7 +172,9 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         require_accept(JSON)
         jobs = [j for j in ctx.state.jobs.values() if j.org == org]
         jobs.sort(key=lambda j: j.created_at, reverse=True)
-        return json_response([render.job_summary(j) for j in jobs])
+        body = [render.job_summary(j) for j in jobs]
+        await ctx.store.barrier()  # never show a state that a crash could take back
+        return json_response(body)
 
     @bp.route(PREFIX + "/jobs", methods=["POST"], strict_slashes=False)
     async def create_job(org: str) -> Response:
@@ -190,7 +205,9 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         require_accept(JSON)
         job = job_in_org(org, job_id)
         include = request.args.get("include_file") == "true"
-        return json_response(render.job_detail(job, include_file=include))
+        body = render.job_detail(job, include_file=include)
+        await ctx.store.barrier()  # never show a state that a crash could take back
+        return json_response(body)
 
     @bp.route(PREFIX + "/jobs/<job_id>/abort", methods=["POST"], strict_slashes=False)
     async def abort_job(org: str, job_id: str) -> Response:
@@ -200,11 +217,12 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         if jobfsm.job_finished(job):
             fail(409, render.error_body(f"job '{job_id}' has already finished ({job.status})"))
         seq = ctx.jobs.abort(job)
+        body = render.job_detail(job)  # before any checkpoint: all of it is logged up to seq
         # The abort is in effect (nodes told, state changed); answer once it is on disk, or after
         # a bound when the disk is full (the committer keeps retrying the write).
         with trio.move_on_after(ABORT_SYNC_WAIT_SECONDS):
             await ctx.store.wait_synced(seq)
-        return json_response(render.job_detail(job))
+        return json_response(body)
 
     @bp.route(
         PREFIX + "/jobs/<job_id>/output/<node>/<channel>", methods=["GET"], strict_slashes=False
@@ -221,6 +239,7 @@ def blueprint(ctx: ServerContext) -> Blueprint:
                 404, render.error_body(f"no {channel} captured for node '{node}' in job '{job_id}'")
             )
         text = output[0] if channel == "stdout" else output[1]
+        await ctx.store.barrier()  # an output once read survives a crash
         return Response(text.encode("utf-8", "surrogatepass"), content_type=OCTETS)
 
     # node states -----------------------------------------------------------------------------
@@ -276,6 +295,7 @@ def blueprint(ctx: ServerContext) -> Blueprint:
                 )
                 if backlog:
                     last = backlog[-1][0]
+                    await ctx.store.barrier()  # never show an event a crash could take back
                     yield chunk
                 if jobfsm.job_finished(job) and last >= len(job.events):
                     return
@@ -289,13 +309,15 @@ def blueprint(ctx: ServerContext) -> Blueprint:
                     if n <= last:
                         continue
                     last = n
+                    await ctx.store.barrier()
                     yield render.sse_event(name, f"job-{n}", data)
                     if name == "job_complete":
                         return
             finally:
                 ctx.jobs.hub.unsubscribe(("job", job_id), sub)
 
-        return _stream_response(events())
+        what = f"SSE reader {peer(request.scope)} of job {job_id}'s feed (org {org})"
+        return _stream_response(_watched(events(), stalls, request.scope, what, sub))
 
     @bp.route(PREFIX + "/job_status_feed", methods=["GET"], strict_slashes=False)
     @bp.route(PREFIX + "/jobs_status_feed", methods=["GET"], strict_slashes=False)
@@ -321,16 +343,19 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         async def events() -> AsyncIterator[bytes]:
             try:
                 if backlog:
+                    await ctx.store.barrier()  # never show an event a crash could take back
                     yield b"".join(backlog)
                 async for item in _with_keepalive(sub.receive, ctx):
                     if item is None:
                         yield render.sse_comment_keepalive()
                     elif item is not END and item.n > last:
+                        await ctx.store.barrier()
                         yield render.sse_event(item.name, item.id, item.data)
             finally:
                 ctx.jobs.hub.unsubscribe(("org", org), sub)
 
-        return _stream_response(events())
+        what = f"SSE reader {peer(request.scope)} of org {org}'s feed"
+        return _stream_response(_watched(events(), stalls, request.scope, what, sub))
 
     return bp
 
@@ -372,6 +397,28 @@ def _stream_response(body: bytes | AsyncIterator[bytes]) -> Response:
     )
     response.timeout = None  # Quart's RESPONSE_TIMEOUT would cut streams after 60 s
     return response
+
+
+async def _watched(
+    body: AsyncIterator[bytes],
+    stalls: StallWatch,
+    scope: dict[str, Any],
+    what: str,
+    sub: Subscriber,
+) -> AsyncIterator[bytes]:
+    """``body``, with each send watched: a reader that stops reading is cut off (``stalls``),
+    one that fell a whole buffer behind is ended (it resumes with ``Last-Event-ID``)."""
+    stream = stalls.open(scope, what, sub)
+    try:
+        async with aclosing(body) as chunks:
+            async for chunk in chunks:
+                if sub.dropped:
+                    return
+                stream.sending_since = trio.current_time()
+                yield chunk
+                stream.sending_since = None
+    finally:
+        stalls.close(stream)
 
 
 async def _with_keepalive(

@@ -31,6 +31,8 @@ log = logging.getLogger("pushy.reactor")
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 DROP_LOG_WINDOW_SECONDS = 60.0
 DROP_LOG_LINES_PER_WINDOW = 20
+MAX_SUBSCRIPTION_BYTES = 256  # inbound on the heartbeat port: only subscriptions, a few bytes
+HEARTBEAT_HEADER = wire.format_header(wire.RSA, "")  # every heartbeat's first frame starts so
 
 
 def zmq_endpoint(listen: str, port: int) -> str:
@@ -92,12 +94,18 @@ class Reactor:
                     router.curve_secretkey = self.state.server.curve_secret.encode("ascii")
                 self.bound["command_port"] = _bind(router, s.zeromq_listen_address, s.command_port)
                 self.router = TrioSocket(router)
-                pub = self.ctx.socket(zmq.PUB)
+                # XPUB in manual mode, not PUB: anyone may connect here (no CURVE), and libzmq
+                # keeps every distinct subscription in a trie of ~47 bytes per topic byte, so
+                # random subscriptions grew the server without bound (a 50 MB one cost 2.3 GB).
+                pub = self.ctx.socket(zmq.XPUB)
                 pub.linger = 0
+                pub.setsockopt(zmq.XPUB_MANUAL, 1)
+                pub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
                 self.bound["server_heartbeat_port"] = _bind(
                     pub, s.zeromq_listen_address, s.server_heartbeat_port
                 )
                 self.pub = TrioSocket(pub)
+                nursery.start_soon(self._subscription_loop)
                 nursery.start_soon(self._router_loop)
                 nursery.start_soon(self._heartbeat_loop)
                 nursery.start_soon(self._scanner_loop)
@@ -132,6 +140,17 @@ class Reactor:
                 return [version, request_id, b"200", b"OK", b"", b""]
         self.dropped["zap_denied"] += 1
         return [version, request_id, b"400", b"No such client", b"", b""]
+
+    # Heartbeat channel -----------------------------------------------------------------------
+    async def _subscription_loop(self) -> None:
+        """Honour only subscriptions that match the heartbeat (nodes subscribe to ""): a
+        bounded set of topics, whatever peers send. Unsubscribing is left to the disconnect."""
+        assert self.pub is not None
+        while True:
+            frames = await self.pub.recv_multipart()
+            message = frames[0] if len(frames) == 1 else b""
+            if message[:1] == b"\x01" and HEARTBEAT_HEADER.startswith(message[1:]):
+                self.pub.sock.setsockopt(zmq.SUBSCRIBE, message[1:])  # for the sending peer
 
     # Command channel -------------------------------------------------------------------------
     async def _router_loop(self) -> None:
@@ -173,8 +192,9 @@ class Reactor:
             self._drop(exc.reason, str(exc))
             return
         key = claimed[-1]
-        if body.get("type") not in corenodes.MESSAGE_TYPES:
-            self._drop("bad_type", repr(body.get("type"))[:40])
+        kind = body.get("type")
+        if not isinstance(kind, str) or kind not in corenodes.MESSAGE_TYPES:  # a list: unhashable
+            self._drop("bad_type", repr(kind)[:40])
             return
         self.received[body["type"]] += 1
         assert self.jobs is not None

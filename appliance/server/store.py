@@ -20,11 +20,12 @@ import orjson
 import trio
 
 from appliance.core import state as corestate
-from appliance.store.committer import Committer
-from appliance.store.log import EventLog, OpenReport
+from appliance.store.committer import Committer, CommitterClosed
+from appliance.store.log import EventLog, OpenReport, StorageError
 
 log = logging.getLogger("pushy.store")
 PROGRESS_EVERY = 1000  # records between two replay progress calls
+READ_SYNC_WAIT_SECONDS = 5.0  # a read waits at most this long for the disk (see `barrier`)
 
 
 class Store:
@@ -132,6 +133,25 @@ class Store:
                 corestate.apply(self.state, record)
 
         return await self.committer.append_and_wait(records, on_synced or apply_all)
+
+    async def barrier(self) -> None:
+        """Wait until every record logged so far is on disk; call it right after rendering an
+        answer from the state, with no checkpoint in between.
+
+        Job steps are applied before they are written, so without this a reader could see a
+        state that a kill -9 a moment later takes back (a job seen running is voting again
+        after the restart, an output read over REST is gone). A failing disk does not hold
+        reads up: they are answered at once (or after a bound) from the state in memory."""
+        committer = self.committer
+        assert committer is not None
+        seq = committer.last_seq
+        if seq <= committer.synced_seq or committer.failing:
+            return
+        with trio.move_on_after(READ_SYNC_WAIT_SECONDS):
+            try:
+                await committer.wait_synced(seq)
+            except (StorageError, CommitterClosed):
+                pass
 
     async def wait_synced(self, seq: int) -> None:
         assert self.committer is not None

@@ -28,15 +28,13 @@ their events so far, then their new events follow; other jobs' events are not se
 Close codes: 1001 when the server shuts down, 1008 when the reader fell more than
 ``BUFFER`` messages behind (it is dropped rather than buffered without bound; reconnect).
 hypercorn's sends cannot be cancelled, so a reader whose socket stays full is cut off at the
-TCP level (``_abort_connection``) after ``SEND_STALL_SECONDS`` (10 s once dropped, 1 s once the
-server is stopping): it cannot hold a handler, or the server's shutdown, forever.
+TCP level (``stalls.abort_connection``) after ``stalls.SEND_STALL_SECONDS`` (10 s once dropped,
+1 s once the server is stopping): it cannot hold a handler, or the server's shutdown, forever.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -51,13 +49,10 @@ from appliance.server.auth import forbidden, verify
 from appliance.server.context import ServerContext
 from appliance.server.feeds import Subscriber
 from appliance.server.pushy_routes import PREFIX
+from appliance.server.stalls import WATCH_SECONDS, abort_connection, peer, stall_limit
 
 log = logging.getLogger("pushy.ws")
 BUFFER = 1024  # messages a reader may fall behind before it is dropped
-WATCH_SECONDS = 0.5  # how often the dropped flag and stalled sends are looked at
-SEND_STALL_SECONDS = 60.0  # a reader whose socket accepts nothing for this long is cut off
-DROPPED_STALL_SECONDS = 10.0  # ... once dropped (time for the close frame to get through)
-SHUTDOWN_STALL_SECONDS = 1.0  # ... once the server is stopping (before hypercorn's deadline)
 CLOSE_GOING_AWAY, CLOSE_POLICY = 1001, 1008
 ALL = "*"
 
@@ -197,6 +192,7 @@ class _Stream:
                 await self._send_now(message)
 
     async def _send_now(self, message: dict[str, Any]) -> None:
+        await self.ctx.store.barrier()  # never show a state or event a crash could take back
         self.sending_since = trio.current_time()
         await _send(message)
         self.sending_since = None
@@ -275,11 +271,7 @@ class _Stream:
             since = self.sending_since
             if since is None:
                 continue
-            limit = SEND_STALL_SECONDS
-            if self.ctx.shutdown.is_set():
-                limit = SHUTDOWN_STALL_SECONDS
-            elif sub.dropped:
-                limit = DROPPED_STALL_SECONDS
+            limit = stall_limit(stopping=self.ctx.shutdown.is_set(), dropped=sub.dropped)
             stalled = trio.current_time() - since
             if stalled > limit:
                 log.warning(
@@ -288,7 +280,7 @@ class _Stream:
                     self.org,
                     stalled,
                 )
-                _abort_connection(websocket.scope)
+                abort_connection(websocket.scope)
                 return
 
 
@@ -297,35 +289,8 @@ def _job_event(job_id: str, n: int, name: str, data: dict[str, Any]) -> dict[str
 
 
 def _peer() -> str:
-    client = websocket.scope.get("client")
-    return f"{client[0]}:{client[1]}" if client else "(unknown)"
+    return peer(websocket.scope)
 
 
 async def _send(message: dict[str, Any]) -> None:
     await websocket.send(orjson.dumps(message).decode("utf-8"))
-
-
-def _abort_connection(scope: dict[str, Any]) -> bool:
-    """Shut down the TCP connection of an ASGI scope, found by its addresses among our sockets
-    (Linux /proc): the send blocked on it fails, and hypercorn ends the connection."""
-    client, server = scope.get("client"), scope.get("server")
-    if not client or not server:
-        return False
-    want = (tuple(client)[:2], tuple(server)[:2])
-    try:
-        fds = os.listdir("/proc/self/fd")
-    except OSError:
-        return False
-    for name in fds:
-        try:
-            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
-                continue
-            with socket.socket(fileno=os.dup(int(name))) as sock:
-                if sock.type != socket.SOCK_STREAM:
-                    continue
-                if (sock.getpeername()[:2], sock.getsockname()[:2]) == want:
-                    sock.shutdown(socket.SHUT_RDWR)
-                    return True
-        except (OSError, ValueError):
-            continue
-    return False

@@ -94,9 +94,11 @@ class Committer:
         self._running = False
         self._finished = False
         self._snapshot_retry_at = 0
+        self._hold: trio.Event | None = None  # set while a snapshot holds durable writes back
         self.batches = 0
         self.failures = 0
         self.snapshots = 0
+        self.failing = False  # the last write failed (readers then do not wait for the disk)
 
     @property
     def synced_seq(self) -> int:
@@ -135,6 +137,8 @@ class Committer:
         Returns the last seq; raises `StorageError` if the write failed (none of them is then
         in the log, and `on_synced` did not run) or `CommitterClosed`.
         """
+        while self._hold is not None:  # a snapshot is being taken: one batch + one snapshot
+            await self._hold.wait()
         if self._closed:
             raise CommitterClosed("the event log committer is closed")
         if not records:
@@ -226,6 +230,7 @@ class Committer:
             self._fail(batch, exc)
             return False
         self.batches += 1
+        self.failing = False
         self._synced = last
         for entry in batch:
             if entry.on_synced is not None:
@@ -246,6 +251,7 @@ class Committer:
         """A write failed: drop the records someone waits for (they get the error), keep the
         others queued for a retry, and renumber everything queued so seqs stay contiguous."""
         self.failures += 1
+        self.failing = True
         first = batch[0].seq
         dropped = {entry.seq for entry in batch if entry.waited}
         queue = [entry for entry in batch if not entry.waited] + self._queue
@@ -283,17 +289,28 @@ class Committer:
             return
         if log.segment_bytes() < self._snapshot_retry_at:
             return
-        seq = self._next_seq - 1
-        payload = self._snapshot(seq)
-        # The snapshot covers everything appended so far: write the rest of it first. No
-        # checkpoint separates the two, so the queue holds exactly the records <= seq.
-        if self._queue and not await self._write_batch():
-            return
+        hold = self._hold = trio.Event()
         try:
-            await trio.to_thread.run_sync(log.write_snapshot, seq, payload)
-        except StorageError as exc:
-            logger.error("event log: snapshot at seq %d failed: %s", seq, exc)
-            self._snapshot_retry_at = log.segment_bytes() + max(1, log.segment_max_bytes // 16)
-            return
-        self.snapshots += 1
-        self._snapshot_retry_at = 0
+            # Records from append_and_wait are applied only once written (on_synced), so a
+            # payload taken while one is queued would claim its seq without its effect. Write
+            # those first, holding new ones back: then the queue holds only records whose
+            # effect is in the state already.
+            if any(entry.waited for entry in self._queue) and not await self._write_batch():
+                return
+            seq = self._next_seq - 1
+            payload = self._snapshot(seq)
+            # The snapshot covers everything appended so far: write the rest of it first. No
+            # checkpoint separates the two, so the queue holds exactly the records <= seq.
+            if self._queue and not await self._write_batch():
+                return
+            try:
+                await trio.to_thread.run_sync(log.write_snapshot, seq, payload)
+            except StorageError as exc:
+                logger.error("event log: snapshot at seq %d failed: %s", seq, exc)
+                self._snapshot_retry_at = log.segment_bytes() + max(1, log.segment_max_bytes // 16)
+                return
+            self.snapshots += 1
+            self._snapshot_retry_at = 0
+        finally:
+            self._hold = None
+            hold.set()

@@ -135,6 +135,7 @@ class _Bad:
     offset: int
     reason: str
     certain: bool  # True: corruption whatever follows; False: may be a torn tail
+    header_only: bool = False  # the segment's magic is damaged, its records are intact
 
 
 class EventLog:
@@ -165,6 +166,7 @@ class EventLog:
         self._segment_first = 0
         self._end = 0
         self._dirty = False
+        self._rollback_error: OSError | None = None  # why the last rollback failed
         self._last_seq = 0
 
     # -- open and replay -------------------------------------------------------------------
@@ -329,19 +331,23 @@ class EventLog:
                 break
             scanner = self._scan_segment(path, expect, base, is_last)
             bad, expect = yield from scanner
+            if bad is not None and bad.header_only and recover:
+                self._repair_magic(path, bad.reason)
+                bad, expect = yield from self._scan_segment(path, expect, base, is_last)
             if bad is None:
                 tail = (first, path)
                 continue
             if not bad.certain:
                 size = path.stat().st_size
+                side = self._cut(path, bad.offset, keep_required=False)
                 logger.warning(
-                    "event log: torn tail in %s at offset %d (%s); truncating %d bytes",
+                    "event log: torn tail in %s at offset %d (%s); truncating %d bytes%s",
                     path,
                     bad.offset,
                     bad.reason,
                     size - bad.offset,
+                    f" (kept in {side})" if side else "",
                 )
-                self._truncate(path, bad.offset)
                 report.truncated_bytes += size - bad.offset
                 report.truncated_file = str(path)
                 tail = (first, path)
@@ -380,6 +386,10 @@ class EventLog:
                 return _Bad(0, "segment header is truncated", True), expect
             magic, version, _reserved = _SEG_HEADER.unpack(header)
             if magic != SEGMENT_MAGIC:
+                if version == FORMAT_VERSION and _first_record_intact(f, size, expect):
+                    # one damaged header in front of good records: --recover rewrites it
+                    reason = f"bad segment magic {magic!r}; the records after it are intact"
+                    return _Bad(0, reason, True, header_only=True), expect
                 return _Bad(0, f"bad segment magic {magic!r}: not a pushy log", True), expect
             if version != FORMAT_VERSION:
                 raise UnsupportedFormat(
@@ -445,20 +455,60 @@ class EventLog:
         self.report.recovered_from_corruption = True
         if cut_path is not None:
             size = cut_path.stat().st_size
-            with open(cut_path, "rb") as f:
-                f.seek(cut_offset)
-                tail = f.read()
-            side = cut_path.with_name(f"{cut_path.name}.corrupt-{cut_offset}")
-            side.write_bytes(tail)
-            self._truncate(cut_path, cut_offset)
+            side = self._cut(cut_path, cut_offset, keep_required=True)
+            logger.error(
+                "event log: dropped %d bytes (seq %s and after) at offset %d of %s; they are "
+                "kept in %s",
+                size - cut_offset,
+                problem.seq,
+                cut_offset,
+                cut_path,
+                side,
+            )
+            self.report.notes.append(f"dropped {size - cut_offset} bytes, kept in {side}")
             self.report.truncated_bytes += size - cut_offset
             self.report.truncated_file = str(cut_path)
         self._set_aside(drop)
 
+    def _cut(self, path: Path, offset: int, *, keep_required: bool) -> str | None:
+        """Truncate ``path`` at ``offset``, keeping the cut bytes in ``NAME.corrupt-OFFSET``;
+        returns that name. A torn tail (``keep_required`` False: never acknowledged) is cut even
+        when the copy cannot be written, e.g. on a full disk."""
+        side = path.with_name(f"{path.name}.corrupt-{offset}")
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                tail = f.read()
+            # the cut records may hold session keys: as private as the log itself
+            fd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                os.fchmod(fd, 0o600)
+                out.write(tail)
+        except OSError as exc:
+            if keep_required:
+                raise
+            logger.warning("event log: cannot keep the cut bytes in %s: %s", side.name, exc)
+            side.unlink(missing_ok=True)
+            self._truncate(path, offset)
+            return None
+        self._truncate(path, offset)
+        return side.name
+
+    def _repair_magic(self, path: Path, reason: str) -> None:
+        logger.error("event log: %s: %s; rewriting the header (recover)", path, reason)
+        self.report.notes.append(f"rewrote the damaged header of {path.name}")
+        self.report.recovered_from_corruption = True
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.pwrite(fd, SEGMENT_MAGIC, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def _set_aside(self, paths: list[Path]) -> None:
         for path in paths:
             aside = path.with_name(path.name + ".corrupt")
-            logger.error("event log: moving %s aside to %s", path, aside.name)
+            logger.error("event log: dropped %s: moved aside to %s", path, aside.name)
             self.report.notes.append(f"moved {path.name} aside to {aside.name}")
             os.replace(path, aside)
         if paths:
@@ -511,8 +561,12 @@ class EventLog:
         if self._dirty:
             self._rollback()
             if self._dirty:
+                cause = self._rollback_error
                 raise StorageError(
-                    errno.EIO, "cannot cut a failed write off the log", str(self._segment)
+                    (cause.errno if cause is not None else None) or errno.EIO,
+                    "cannot cut a failed write off the log"
+                    + (f" ({cause.strerror or cause})" if cause is not None else ""),
+                    str(self._segment),
                 )
         view = memoryview(data)
         try:
@@ -537,6 +591,7 @@ class EventLog:
             self._dirty = False
         except OSError as exc:
             self._dirty = True
+            self._rollback_error = exc
             logger.error(
                 "event log: cannot truncate %s back to %d: %s", self._segment, self._end, exc
             )
@@ -649,6 +704,20 @@ class EventLog:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _first_record_intact(f, size: int, expect: int) -> bool:  # noqa: ANN001 (a binary file)
+    """Whether the segment ``f`` is empty or starts with a valid record of seq ``expect``."""
+    if size == _SEG_HEADER.size:
+        return True
+    f.seek(_SEG_HEADER.size)
+    head = f.read(_REC_HEADER.size)
+    if len(head) < _REC_HEADER.size:
+        return False
+    length, crc, seq = _REC_HEADER.unpack(head)
+    if seq != expect or length > size - _SEG_HEADER.size - _REC_HEADER.size:
+        return False
+    return zlib.crc32(f.read(length), zlib.crc32(head[8:])) == crc
 
 
 def _find_frame(buf: memoryview, start: int, size: int, after_seq: int) -> int | None:

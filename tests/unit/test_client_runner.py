@@ -442,6 +442,20 @@ def test_env_without_job_env_and_base_untouched():
     assert base == BASE
 
 
+def test_systemd_handshake_variables_do_not_reach_jobs():
+    """A job must not speak to systemd as the client (readiness, watchdog, its sockets)."""
+    sd = {
+        "NOTIFY_SOCKET": "/run/systemd/notify",
+        "WATCHDOG_USEC": "30000000",
+        "WATCHDOG_PID": "1",
+        "LISTEN_FDS": "1",
+        "LISTEN_PID": "1",
+        "LISTEN_FDNAMES": "x",
+    }
+    env = env_for([], job_env=None, base={**BASE, **sd})
+    assert env == {**BASE, "CHEF_PUSH_NODE_NAME": "n1", "CHEF_PUSH_JOB_ID": "J"}
+
+
 def test_commit_check_helpers(tmp_path):
     assert jobfile.user_exists("root") and not jobfile.user_exists("no-such-user-pushy")
     assert not jobfile.user_exists("")

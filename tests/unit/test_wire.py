@@ -284,10 +284,14 @@ def test_client_accepts_an_rsa_signature_wrapped_every_60_chars(server_key):
     assert client_check(ruby, raw, public=server_key.public_key())["sequence"] == 1
 
 
-def test_client_refuses_only_the_future():
+def test_client_refuses_the_future_and_the_stale():
+    """The original refused only the future (client-knife.md §A.2); issue 7 refuses a stale
+    (possibly replayed) message too, with the same window the server applies to nodes."""
     assert client_check(hdr(ABORT), ABORT, now=T - 300)["type"] == "abort"  # 300 s ahead: ok
-    assert client_check(hdr(ABORT), ABORT, now=T + 10 * 86400)["type"] == "abort"  # very old
+    assert client_check(hdr(ABORT), ABORT, now=T + 300)["type"] == "abort"  # 300 s old: ok
     assert client_reason(hdr(ABORT), ABORT, now=T - 301) == "bad_timestamp"
+    assert client_reason(hdr(ABORT), ABORT, now=T + 301) == "bad_timestamp"
+    assert client_reason(hdr(ABORT), ABORT, now=T + 10 * 86400) == "bad_timestamp"  # very old
 
 
 def test_client_refuses_bad_json_and_missing_timestamp():
