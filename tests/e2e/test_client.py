@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -94,16 +95,30 @@ def test_abort_kills_the_running_command(fleet):
         ),
         30,
     )
+    assert _job_processes(job_id), "the job's command is not running"
     assert admin.post(f"/organizations/cli/pushy/jobs/{job_id}/abort").status_code == 200
-    wait_for(lambda: not _sleep_300_running(), 15, what="the job's process gone")
+    wait_for(lambda: not _job_processes(job_id), 15, what="the job's process gone")
     wait_for(lambda: available(admin, ["c1"]), 30, what="c1 available again")
     job = run_job(admin, {"command": "hello", "nodes": ["c1"]})
     assert job["nodes"] == {"succeeded": ["c1"]}
 
 
-def _sleep_300_running() -> bool:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return any(line.strip() == "sleep 300" for line in out.splitlines())
+def _job_processes(job_id: str) -> list[int]:
+    """Processes of this job: they carry its CHEF_PUSH_JOB_ID (other `sleep 300`s on the
+    machine are not ours)."""
+    marker = f"CHEF_PUSH_JOB_ID={job_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in environ.split(b"\0") and state != "Z":
+            found.append(int(entry.name))
+    return found
 
 
 def test_sigterm_stops_the_client_cleanly(fleet):
