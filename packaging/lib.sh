@@ -11,7 +11,9 @@ project_version() {
 
 # The build host's glibc version (e.g. 2.36): the oldest glibc the binaries run on.
 glibc_version() {
-  ldd --version | head -n1 | grep -oE '[0-9]+\.[0-9]+$'
+  # not `ldd --version | head -n1`: ldd may be killed by SIGPIPE, which pipefail turns into a
+  # failure (exit 141)
+  getconf GNU_LIBC_VERSION | grep -oE '[0-9]+\.[0-9]+$'
 }
 
 # Create .venv-build when missing; install the build tools when pyproject.toml or
