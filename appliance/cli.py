@@ -1,7 +1,8 @@
 """The ``pushy`` command: one program, subcommands per role (server, client, operator CLI).
 
 Exit statuses scripts can rely on: 0 success, 1 runtime failure (e.g. a corrupt log), 2 a bad
-command line or configuration.
+command line or configuration; ``pushy server`` also 3: the state was written by a newer
+release (a downgrade), nothing was changed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from appliance import __version__
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_NEWER_STATE = 3  # the unit's RestartPreventExitStatus: restarting cannot help
 
 
 # (label, import name, distribution name) of the libraries a binary bundles
@@ -37,7 +39,13 @@ def version_text() -> str:
     import importlib.metadata
     import platform
 
-    lines = [f"pushy {__version__}", f"Python {platform.python_version()}"]
+    from appliance.core.migrations import FORMAT, OLDEST_FORMAT
+
+    lines = [
+        f"pushy {__version__}",
+        f"event log format {FORMAT} (reads formats {OLDEST_FORMAT} to {FORMAT})",
+        f"Python {platform.python_version()}",
+    ]
     for label, module_name, dist in _LIBRARIES:
         try:
             module = importlib.import_module(module_name)
@@ -89,7 +97,9 @@ def _parser() -> argparse.ArgumentParser:
         "server",
         help="run the push jobs server",
         description="Run the push jobs server: REST API + SSE on api_port, ZeroMQ command "
-        "channel on command_port, server heartbeats on server_heartbeat_port.",
+        "channel on command_port, server heartbeats on server_heartbeat_port. Exit statuses: 0 "
+        "clean stop, 1 runtime failure (e.g. a corrupt event log), 2 bad command line or "
+        "settings, 3 the state was written by a newer release of pushy (nothing changed).",
     )
     server.add_argument("-c", "--config", type=Path, help="settings file (TOML, 2.1 key names)")
     server.add_argument("--state-dir", help="state directory (default /var/lib/pushy)")
@@ -212,6 +222,7 @@ def _server(args: argparse.Namespace) -> int:
     log = logging.getLogger("pushy.server")
     for warning in warnings:
         log.warning("%s", warning)
+    from appliance.core.migrations import FORMAT
     from appliance.server.main import run_server
     from appliance.store.log import LogCorruption, UnsupportedFormat
 
@@ -224,11 +235,16 @@ def _server(args: argparse.Namespace) -> int:
             overrides=overrides,
         )
     except UnsupportedFormat as exc:  # --recover never discards it: no advice to use it
-        log.error("the event log cannot be read: %s", exc)
-        log.error(
-            "it was written by a newer pushy, or this header is damaged; run the pushy that "
-            "wrote it, or restore a backup"
-        )
+        log.error("%s", exc)
+        if exc.found > FORMAT:
+            log.error(
+                "pushy %s refuses to start rather than misread or lose that state (downgrades "
+                "are not supported; nothing was changed): install the release that wrote it, "
+                "or a newer one, again",
+                __version__,
+            )
+            return EXIT_NEWER_STATE
+        log.error("the header may be damaged; restore a backup of %s", settings.state_dir)
         return EXIT_FAILURE
     except LogCorruption as exc:
         log.error("the event log is corrupt: %s", exc)

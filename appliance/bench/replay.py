@@ -245,7 +245,6 @@ def build_state(
         )
         mix = built.record_mix
         for seq, record in enumerate(records, start=1):
-            record["seq"] = seq  # as the committer writes them
             mix[record["type"]] = mix.get(record["type"], 0) + 1
             batch.append((seq, orjson.dumps(record)))
             if len(batch) >= BATCH:

@@ -2,7 +2,9 @@
 
 Every record in the event log is a JSON object with a ``type``; ``apply`` is the only code that
 turns records into state, at replay and live alike. A snapshot is itself a list of records
-(``to_records``), so the snapshot format is exactly as stable as the log's records.
+(``to_records``), so the snapshot format is exactly as stable as the log's records. The
+reducer knows only the current format (``core.migrations.FORMAT``): records of older formats
+are migrated before they get here, and a change to the records is a new format.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ NodeKey = tuple[str, str]
 ORG_FEED_EVENTS = ("start", "job_complete")
 ORG_EVENTS_KEPT = 10_000
 # A snapshot holds jobs as rows of field values (``jobs_restore``), this many per record:
-# two thirds of the bytes of one field -> value object per job (``job_restore``), and a
-# fraction of the time to write and read. ``job_restore`` is still read: older snapshots load.
+# two thirds of the bytes of one field -> value object per job (format 1's ``job_restore``,
+# which ``core.migrations`` turns into rows), and a fraction of the time to write and read.
 JOBS_PER_RECORD = 1000
 JOB_FIELDS = [f.name for f in dataclasses.fields(jobfsm.Job)]
 _job_values = operator.attrgetter(*JOB_FIELDS)
@@ -160,14 +162,6 @@ def _job_step(state: State, r: dict[str, Any]) -> None:
             break
 
 
-def _job_restore(state: State, r: dict[str, Any]) -> None:
-    """One job as a field -> value object: the snapshot form before ``jobs_restore``."""
-    j = dict(r["job"])
-    j["events"] = [tuple(e) for e in j["events"]]
-    j["outputs"] = {k: tuple(v) for k, v in j["outputs"].items()}
-    state.jobs[j["id"]] = jobfsm.Job(**j)
-
-
 def _jobs_restore(state: State, r: dict[str, Any]) -> None:
     """Many jobs as rows of values in the order of ``fields`` (the compact snapshot form)."""
     fields = r["fields"]
@@ -231,7 +225,6 @@ _HANDLERS = {
     "server_init": _server_init,
     "job_created": _job_created,
     "job_step": _job_step,
-    "job_restore": _job_restore,
     "jobs_restore": _jobs_restore,
     "session_key": _session_key,
     "ccpk": _ccpk,

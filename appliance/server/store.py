@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import trio
 
+from appliance.core import migrations
 from appliance.core import state as corestate
 from appliance.store.committer import Committer, CommitterClosed
 from appliance.store.log import EventLog, OpenReport, StorageError
@@ -69,24 +70,40 @@ class Store:
         return self.state
 
     def _replay(self, recover: bool, progress: Callable[[int], None] | None) -> int:
-        """Apply the snapshot, then the log after it; returns the number of log records."""
+        """Apply the snapshot, then the log after it; returns the number of log records.
+
+        Records of an older format go through ``core.migrations`` on their way in: the
+        reducer only ever sees the current format."""
         snapshot, records = self.log.open(recover=recover)
         state, apply, loads = self.state, corestate.apply, orjson.loads
+        upgrade, current = migrations.upgrade_record, migrations.FORMAT
         applied = 0
         if snapshot is not None:
-            for record in loads(snapshot):
+            payload, fmt = snapshot
+            for record in migrations.upgrade_snapshot(loads(payload), fmt):
                 apply(state, record)
                 applied += 1
                 if progress is not None and applied % PROGRESS_EVERY == 0:
                     progress(applied)
         count = 0
-        for seq, payload in records:
+        for seq, payload, fmt in records:
             record = loads(payload)
+            if fmt != current:
+                record = upgrade(record, fmt)
             record["seq"] = seq
             apply(state, record)
             count += 1
             if progress is not None and (applied + count) % PROGRESS_EVERY == 0:
                 progress(applied + count)
+        older = sorted(f for f in self.log.report.formats if f != current)
+        if older:
+            log.info(
+                "the event log holds files of format %s (an older release's), migrated to "
+                "format %d as they were read; new records are written in format %d",
+                ", ".join(map(str, older)),
+                current,
+                current,
+            )
         return count
 
     def initialise(self, records: list[dict[str, Any]]) -> None:
@@ -95,7 +112,7 @@ class Store:
         batch = []
         for record in records:
             seq = self.log.last_seq + len(batch) + 1
-            batch.append((seq, orjson.dumps(record)))
+            batch.append((seq, orjson.dumps(record)))  # the seq is in the frame only
         self.log.append(batch)
         for (seq, _), record in zip(batch, records, strict=True):
             record["seq"] = seq

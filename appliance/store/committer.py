@@ -111,15 +111,17 @@ class Committer:
         return self._next_seq - 1
 
     def append(self, record: dict) -> int:
-        """Assign the next seq (stored into record["seq"]), queue it, return the seq.
+        """Assign the next seq (stored into record["seq"], not into the encoded payload: the
+        log's frame carries it), queue it, return the seq.
 
         Never blocks. The committer owns `record` from now on: do not mutate it.
         """
         if self._closed:
             raise CommitterClosed("the event log committer is closed")
         seq = self._next_seq
+        record.pop("seq", None)
+        payload = self._encode(record)  # without the seq: the log's frame carries it
         record["seq"] = seq
-        payload = self._encode(record)
         self._queue.append(_Entry(seq, record, payload))
         self._next_seq = seq + 1
         self._wakeup.set()
@@ -147,8 +149,9 @@ class Committer:
         first = self._next_seq
         entries = []
         for i, record in enumerate(records):
-            record["seq"] = first + i
+            record.pop("seq", None)
             entries.append(_Entry(first + i, record, self._encode(record), waited=True))
+            record["seq"] = first + i
         entries[-1].on_synced = on_synced
         self._queue.extend(entries)
         self._next_seq = first + len(entries)
@@ -260,8 +263,7 @@ class Committer:
             renumbered[entry.seq] = new_seq
             if entry.seq != new_seq:
                 entry.seq = new_seq
-                entry.record["seq"] = new_seq
-                entry.payload = self._encode(entry.record)
+                entry.record["seq"] = new_seq  # the payload has no seq: only the frame does
         self._queue = queue
         self._next_seq = first + len(queue)
         logger.error(

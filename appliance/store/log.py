@@ -6,12 +6,17 @@ LevelDB log is the model). Everything here is blocking file I/O; the trio side l
 
 On disk, in ``DIR/log``:
 
-- ``<first_seq:020d>.seg``: ``b"PUSHYLOG" <u16 version> <u16 reserved>`` then records
+- ``<first_seq:020d>.seg``: ``b"PUSHYLOG" <u16 format> <u16 reserved>`` then records
   ``<u32 payload_len> <u32 crc32(seq bytes + payload)> <u64 seq> <payload>``, little-endian.
   Sequence numbers increase by exactly one across all segments, so a lost or duplicated
   record is detectable, not just a damaged one.
-- ``snapshot-<seq:020d>.snap``: ``b"PUSHYSNP" <u16 version> <u64 seq> <u32 len> <u32 crc>``
+- ``snapshot-<seq:020d>.snap``: ``b"PUSHYSNP" <u16 format> <u64 seq> <u32 len> <u32 crc>``
   then the payload; it is the state after every record with seq <= ``seq``.
+
+The format in each header is the format of the records inside (``core.migrations``): this
+module hands it out with every record and snapshot, writes new files in the format it was
+given, never appends to a segment of an older format (a new segment starts instead), and
+refuses a file of a format this release cannot read before anything is written.
 
 Opening tells a torn tail (the unsynced end of the last write, which was never acknowledged,
 so cutting it loses nothing) from corruption in the middle (a bad record with good records
@@ -33,6 +38,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.core import migrations
+
 __all__ = [
     "EventLog",
     "LogCorruption",
@@ -45,7 +52,6 @@ logger = logging.getLogger(__name__)
 
 SEGMENT_MAGIC = b"PUSHYLOG"
 SNAPSHOT_MAGIC = b"PUSHYSNP"
-FORMAT_VERSION = 1
 MAX_PAYLOAD = 1 << 30
 
 _SEG_HEADER = struct.Struct("<8sHH")
@@ -81,7 +87,22 @@ class LogCorruption(Exception):
 
 
 class UnsupportedFormat(LogCorruption):
-    """A file from a newer format version: never 'recovered' by deleting it."""
+    """A file of a format this release cannot read (a newer one, after a downgrade): never
+    'recovered' by deleting it. ``found`` is the file's format."""
+
+    def __init__(self, found: int, what: str, *, path: Path | str, seq: int | None = None):
+        self.found = found
+        if found > migrations.FORMAT:
+            why = f"it was written in format {found}, by a newer release of pushy"
+        else:
+            why = f"it is in format {found}, older than any this release reads"
+        super().__init__(
+            f"{what} cannot be read: {why}; this release reads formats "
+            f"{migrations.OLDEST_FORMAT} to {migrations.FORMAT}",
+            path=path,
+            offset=8,
+            seq=seq,
+        )
 
 
 class StorageError(OSError):
@@ -98,6 +119,7 @@ class OpenReport:
     truncated_file: str | None = None
     segments: int = 0
     last_seq: int = 0
+    formats: set[int] = field(default_factory=set)  # of the files replayed
     recovered_from_corruption: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -148,10 +170,18 @@ class EventLog:
         segment_max_bytes: int = 64 * 2**20,
         write: Callable[[int, memoryview], int] = os.write,
         fdatasync: Callable[[int], None] = os.fdatasync,
+        format: int | None = None,
     ) -> None:
-        # `write` and `fdatasync` are seams for fault injection (ENOSPC, EROFS, EIO) in tests.
+        # `write` and `fdatasync` are seams for fault injection (ENOSPC, EROFS, EIO) in tests;
+        # `format` is the format new files are written in (default: the current one; an older
+        # one only in tests)
         if segment_max_bytes <= 0:
             raise ValueError("segment_max_bytes must be positive")
+        if format is None:
+            format = migrations.FORMAT
+        if not migrations.readable(format):
+            raise ValueError(f"format {format} is not one this release knows")
+        self.format = format
         self.directory = Path(directory)
         self.path = self.directory / "log"
         self.segment_max_bytes = segment_max_bytes
@@ -164,6 +194,7 @@ class EventLog:
         self._fd: int | None = None
         self._segment: Path | None = None
         self._segment_first = 0
+        self._segment_format = format
         self._end = 0
         self._dirty = False
         self._rollback_error: OSError | None = None  # why the last rollback failed
@@ -171,8 +202,11 @@ class EventLog:
 
     # -- open and replay -------------------------------------------------------------------
 
-    def open(self, *, recover: bool = False) -> tuple[bytes | None, Iterator[tuple[int, bytes]]]:
-        """Return (snapshot payload or None, iterator of (seq, payload) after the snapshot).
+    def open(
+        self, *, recover: bool = False
+    ) -> tuple[tuple[bytes, int] | None, Iterator[tuple[int, bytes, int]]]:
+        """Return ((snapshot payload, its format) or None, iterator of (seq, payload, format)
+        of the records after the snapshot).
 
         Snapshot problems raise here; record problems raise from the iterator, after the good
         records before them were yielded. With ``recover=True`` damage is cut off (moved aside
@@ -193,7 +227,7 @@ class EventLog:
 
     def _replay_or_close(
         self, segments: list[tuple[int, Path]], base: int, recover: bool
-    ) -> Iterator[tuple[int, bytes]]:
+    ) -> Iterator[tuple[int, bytes, int]]:
         # A failed or abandoned replay releases the directory lock for the next attempt.
         try:
             yield from self._replay(segments, base, recover)
@@ -240,7 +274,7 @@ class EventLog:
 
     def _choose_base(
         self, segments: list[tuple[int, Path]], recover: bool
-    ) -> tuple[int, bytes | None]:
+    ) -> tuple[int, tuple[bytes, int] | None]:
         """Pick the newest usable snapshot; only `recover` may fall back past a bad one."""
         rejected: list[Path] = []
         for seq, path in reversed(self._list_snapshots()):
@@ -275,7 +309,7 @@ class EventLog:
         self._set_aside(rejected)
         return 0, None
 
-    def _read_snapshot(self, path: Path, seq: int) -> bytes:
+    def _read_snapshot(self, path: Path, seq: int) -> tuple[bytes, int]:
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -285,14 +319,8 @@ class EventLog:
         magic, version, hseq, length, crc = _SNAP_HEADER.unpack_from(data)
         if magic != SNAPSHOT_MAGIC:
             raise LogCorruption(f"bad snapshot magic {magic!r}", path=path, offset=0, seq=seq)
-        if version != FORMAT_VERSION:
-            raise UnsupportedFormat(
-                f"unsupported snapshot format version {version} (this build reads "
-                f"{FORMAT_VERSION})",
-                path=path,
-                offset=8,
-                seq=seq,
-            )
+        if not migrations.readable(version):
+            raise UnsupportedFormat(version, "the snapshot", path=path, seq=seq)
         if hseq != seq:
             raise LogCorruption(f"header says seq {hseq}, file name says {seq}", path=path)
         if length != len(data) - _SNAP_HEADER.size:
@@ -305,11 +333,12 @@ class EventLog:
         body = memoryview(data)[_SNAP_HEADER.size :]
         if zlib.crc32(body, zlib.crc32(data[8:22])) != crc:
             raise LogCorruption("snapshot checksum mismatch", path=path, offset=0, seq=seq)
-        return bytes(body)
+        self.report.formats.add(version)
+        return bytes(body), version
 
     def _replay(
         self, segments: list[tuple[int, Path]], base: int, recover: bool
-    ) -> Iterator[tuple[int, bytes]]:
+    ) -> Iterator[tuple[int, bytes, int]]:
         report = self.report
         start = 0
         for i, (first, _) in enumerate(segments):
@@ -362,8 +391,19 @@ class EventLog:
             break
         self._last_seq = max(expect - 1, base)
         if tail is not None and tail[1].exists() and expect - 1 == self._last_seq:
-            self._use_segment(tail[1], tail[0])
-        else:
+            self._use_segment(tail[1], tail[0], _header_format(tail[1]))
+        if self._fd is None or self._segment_format != self.format:
+            # never append records of one format to a segment of another: an older release
+            # must meet this segment's header (and refuse), not misread its records
+            if self._fd is not None:
+                logger.info(
+                    "event log: %s is in format %d; new records go to a new segment in format "
+                    "%d (the older files stay, read through the migration, until snapshots "
+                    "cover them)",
+                    self._segment.name if self._segment else "?",
+                    self._segment_format,
+                    self.format,
+                )
             self._start_segment(self._last_seq + 1)
         report.last_seq = self._last_seq
         report.segments = len(self._list_segments())
@@ -377,7 +417,7 @@ class EventLog:
 
     def _scan_segment(
         self, path: Path, expect: int, base: int, is_last: bool
-    ) -> Iterator[tuple[int, bytes]]:
+    ) -> Iterator[tuple[int, bytes, int]]:
         """Yield the valid records of one segment; return (problem or None, next seq)."""
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -386,17 +426,14 @@ class EventLog:
                 return _Bad(0, "segment header is truncated", True), expect
             magic, version, _reserved = _SEG_HEADER.unpack(header)
             if magic != SEGMENT_MAGIC:
-                if version == FORMAT_VERSION and _first_record_intact(f, size, expect):
+                if migrations.readable(version) and _first_record_intact(f, size, expect):
                     # one damaged header in front of good records: --recover rewrites it
                     reason = f"bad segment magic {magic!r}; the records after it are intact"
                     return _Bad(0, reason, True, header_only=True), expect
                 return _Bad(0, f"bad segment magic {magic!r}: not a pushy log", True), expect
-            if version != FORMAT_VERSION:
-                raise UnsupportedFormat(
-                    f"unsupported log format version {version} (this build reads {FORMAT_VERSION})",
-                    path=path,
-                    offset=8,
-                )
+            if not migrations.readable(version):
+                raise UnsupportedFormat(version, "the log segment", path=path)
+            self.report.formats.add(version)
             if size == _SEG_HEADER.size:
                 return None, expect
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -423,7 +460,7 @@ class EventLog:
                     break
                 if seq > base:
                     self.report.records_replayed += 1
-                    yield seq, mm[off + _REC_HEADER.size : end]
+                    yield seq, mm[off + _REC_HEADER.size : end], version
                 expect += 1
                 off = end
             if bad is not None and not bad.certain:
@@ -622,7 +659,7 @@ class EventLog:
         if len(payload) >= 2**32:
             raise ValueError("write_snapshot: payload too large")
         final = self.path / _snapshot_name(seq)
-        head = struct.pack("<HQI", FORMAT_VERSION, seq, len(payload))
+        head = struct.pack("<HQI", self.format, seq, len(payload))
         crc = zlib.crc32(payload, zlib.crc32(head))
         data = SNAPSHOT_MAGIC + head + struct.pack("<I", crc) + payload
         self._write_file_atomically(final, data, "writing a snapshot")
@@ -656,11 +693,11 @@ class EventLog:
 
     def _start_segment(self, first: int) -> None:
         path = self.path / _segment_name(first)
-        header = _SEG_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0)
+        header = _SEG_HEADER.pack(SEGMENT_MAGIC, self.format, 0)
         self._write_file_atomically(path, header, "creating a log segment")
-        self._use_segment(path, first)
+        self._use_segment(path, first, self.format)
 
-    def _use_segment(self, path: Path, first: int) -> None:
+    def _use_segment(self, path: Path, first: int, fmt: int) -> None:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         except OSError as exc:
@@ -670,6 +707,7 @@ class EventLog:
         self._fd = fd
         self._segment = path
         self._segment_first = first
+        self._segment_format = fmt
         self._end = os.fstat(fd).st_size
         self._dirty = False
 
@@ -704,6 +742,12 @@ class EventLog:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _header_format(path: Path) -> int:
+    """The format named in a segment's header (already checked by the replay)."""
+    with open(path, "rb") as f:
+        return _SEG_HEADER.unpack(f.read(_SEG_HEADER.size))[1]
 
 
 def _first_record_intact(f, size: int, expect: int) -> bool:  # noqa: ANN001 (a binary file)

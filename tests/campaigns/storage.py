@@ -525,7 +525,10 @@ def check_log_flips(history: History, workdir: Path, flips: list[Flip], tally: T
         named = flip.file in plain.log
         if flip.kind == "segment-version":
             tally.check(
-                named and "format version" in plain.log and "--recover" not in plain.log,
+                named
+                and "cannot be read" in plain.log
+                and "this release reads formats" in plain.log
+                and "--recover" not in plain.log,
                 f"{what}: unclear refusal:\n{plain.log[-3000:]}",
             )
             again = start_copy(history, workdir, "flip", damage, "--recover")

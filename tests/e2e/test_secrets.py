@@ -154,8 +154,8 @@ def scenario(tmp_path_factory) -> Scenario:
     snapshot, records = log.open()
     try:
         if snapshot is not None:
-            s.records.extend(orjson.loads(snapshot))
-        s.records.extend(orjson.loads(payload) for _, payload in records)
+            s.records.extend(orjson.loads(snapshot[0]))
+        s.records.extend(orjson.loads(payload) for _, payload, _ in records)
     finally:
         log.close()
     return s

@@ -242,7 +242,8 @@ async def test_snapshot_never_claims_a_durable_record_it_does_not_contain(tmp_pa
     assert committer.snapshots == 1
     reopened = EventLog(tmp_path)
     snapshot, rest = reopened.open()
-    restored = orjson.loads(snapshot) + [seq for seq, _ in rest]
+    assert snapshot is not None
+    restored = orjson.loads(snapshot[0]) + [seq for seq, _, _ in rest]
     reopened.close()
     assert sorted(restored) == [1, 2], (reopened.report.snapshot_seq, restored)
 

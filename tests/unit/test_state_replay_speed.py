@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from appliance.core import jobfsm, render
 from appliance.core import state as corestate
+from appliance.core.migrations import FORMAT, upgrade_snapshot
 from appliance.core.state import State, apply, to_records
 from appliance.server.store import Store
 from appliance.store.log import EventLog
@@ -192,7 +193,7 @@ def test_an_old_snapshot_with_one_job_restore_per_job_still_loads() -> None:
     records = [r for r in to_records(state) if r["type"] != "jobs_restore"]
     records[1:1] = old_job_restore_records(state)
     restored = State()
-    for r in json_roundtrip(records):
+    for r in upgrade_snapshot(json_roundtrip(records), 1):
         apply(restored, r)
     assert restored.jobs == state.jobs
     assert restored.node_keys == state.node_keys
@@ -211,11 +212,15 @@ def test_rows_are_read_by_field_name_when_the_order_differs() -> None:
     assert restored.jobs == state.jobs
 
 
-def _write_log(directory: Path, records: list[dict], snapshot: bytes | None, split: int) -> None:
-    log = EventLog(directory, segment_max_bytes=2**40)
+def _write_log(
+    directory: Path, records: list[dict], snapshot: bytes | None, split: int, fmt: int = FORMAT
+) -> None:
+    """A log as release writing format ``fmt`` left it (format 1 repeated the seq inside)."""
+    log = EventLog(directory, segment_max_bytes=2**40, format=fmt)
     _, replay = log.open()
     assert list(replay) == []
-    batch = [(seq, orjson.dumps({**r, "seq": seq})) for seq, r in enumerate(records, start=1)]
+    extra = (lambda seq: {"seq": seq}) if fmt == 1 else (lambda seq: {})
+    batch = [(seq, orjson.dumps({**r, **extra(seq)})) for seq, r in enumerate(records, start=1)]
     log.append(batch[:split])
     if snapshot is not None:
         log.write_snapshot(split, snapshot)
@@ -223,7 +228,8 @@ def _write_log(directory: Path, records: list[dict], snapshot: bytes | None, spl
     log.close()
 
 
-def test_store_loads_an_old_format_snapshot_and_the_log_after_it(tmp_path: Path) -> None:
+def test_store_loads_a_format_1_snapshot_and_the_log_after_it(tmp_path: Path) -> None:
+    """Format 1 snapshots may hold one ``job_restore`` object per job (migrated to rows)."""
     live, records = build()
     split = len(records) - 2  # the last two job steps come after the snapshot
     before = State()
@@ -231,7 +237,7 @@ def test_store_loads_an_old_format_snapshot_and_the_log_after_it(tmp_path: Path)
         apply(before, r)
     old_snapshot = [r for r in to_records(before) if r["type"] != "jobs_restore"]
     old_snapshot[1:1] = old_job_restore_records(before)
-    _write_log(tmp_path, records, orjson.dumps(old_snapshot), split)
+    _write_log(tmp_path, records, orjson.dumps(old_snapshot), split, fmt=1)
     store = Store(tmp_path, segment_max_bytes=2**40, retention_days=0)
     state = store.load()
     store.log.close()

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from appliance.core.migrations import FORMAT
 from appliance.store.log import (
     EventLog,
     LogCorruption,
@@ -34,7 +35,8 @@ def open_log(
 ) -> tuple[EventLog, bytes | None, list]:
     log = EventLog(directory, **kw)
     snap, it = log.open(recover=recover)
-    return log, snap, list(it)
+    records = [(seq, payload) for seq, payload, _ in it]
+    return log, (snap[0] if snap else None), records
 
 
 def segments(directory: Path) -> list[Path]:
@@ -84,7 +86,8 @@ def test_fresh_open_creates_private_directory(tmp_path: Path) -> None:
     assert log.ready and log.last_seq == 0
     assert (tmp_path / "state" / "log").stat().st_mode & 0o777 == 0o700
     assert [p.name for p in segments(tmp_path / "state")] == [f"{1:020d}.seg"]
-    assert segments(tmp_path / "state")[0].read_bytes() == b"PUSHYLOG\x01\x00\x00\x00"
+    header = b"PUSHYLOG" + struct.pack("<HH", FORMAT, 0)
+    assert segments(tmp_path / "state")[0].read_bytes() == header
     log.close()
 
 
@@ -329,7 +332,7 @@ def test_every_byte_of_a_middle_record_damaged_is_corruption(tmp_path: Path) -> 
         with pytest.raises(LogCorruption) as info:
             for rec in it:
                 got.append(rec)
-        assert got == [(i + 1, p) for i, p in enumerate(written[:4])], pos
+        assert got == [(i + 1, p, FORMAT) for i, p in enumerate(written[:4])], pos
         assert info.value.offset == start and info.value.seq == 5
         assert str(seg) in str(info.value) and f"offset {start}" in str(info.value)
         assert seg.read_bytes() == bytes(data)  # nothing was cut
@@ -467,10 +470,10 @@ def test_newer_format_version_is_never_recovered_away(tmp_path: Path) -> None:
     write_records(tmp_path, 3)
     seg = segments(tmp_path)[0]
     data = bytearray(seg.read_bytes())
-    data[8] = 2
+    data[8] = FORMAT + 1
     seg.write_bytes(bytes(data))
     for recover in (False, True):
-        with pytest.raises(UnsupportedFormat, match="version 2"):
+        with pytest.raises(UnsupportedFormat, match=f"written in format {FORMAT + 1}, by a newer"):
             log = EventLog(tmp_path)
             try:
                 list(log.open(recover=recover)[1])
