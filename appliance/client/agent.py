@@ -24,8 +24,9 @@ import zmq
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from appliance import sdnotify
-from appliance.client import facts, jobfile, jobstate, runner, whitelist
+from appliance.client import facts, jobfile, jobstate, reach, runner, whitelist
 from appliance.client.config import ClientConfig, ConfigError, load_config
+from appliance.client.probe import probe_address
 from appliance.core import wire
 from appliance.core.jobspec import decode_job_file
 from appliance.core.keys import decrypt_session_key, load_private_pem, load_public_pem
@@ -89,6 +90,7 @@ class Connection:
     sequence: int = 0
     got_command_message: trio.Event = field(default_factory=trio.Event)
     channel_up: bool = False  # a valid message arrived on the command channel
+    diagnosed: trio.Event | None = None  # set once the silent addresses were probed and logged
 
     def close(self) -> None:
         for sock in (self.dealer, self.sub):
@@ -348,10 +350,12 @@ class Agent:
                 await self._reconfigure_now.wait()
 
     async def _watchdog(self, conn: Connection) -> None:
-        """A failed CURVE handshake is silent: the server always says something soon."""
+        """A failed CURVE handshake is silent: the server always says something soon. So is an
+        address that does not resolve or answer here: say which one it is before guessing."""
         with trio.move_on_after(WATCHDOG_SECONDS):
             await conn.got_command_message.wait()
             return
+        await self._diagnose_once(conn)
         log.error(
             "[%s] No messages being received on command port in %.0fs.  "
             "Possible encryption problem?",
@@ -359,6 +363,41 @@ class Agent:
             WATCHDOG_SECONDS,
         )
         self.request_reconfigure("no message on the command channel")
+
+    async def _diagnose_once(self, conn: Connection) -> None:
+        """Log whether this node can reach the config's addresses, once per connection.
+
+        Two tasks notice a silent connection, at about the same time with the default 1 s
+        heartbeat interval: the watchdog, and the heartbeat loop finding no server heartbeats.
+        The first to ask probes; the other waits for its lines, so that whichever reconfigures
+        first (and so cancels the other) does it after they are logged."""
+        if conn.diagnosed is not None:
+            await conn.diagnosed.wait()
+            return
+        conn.diagnosed = trio.Event()
+        try:
+            await self._diagnose_addresses(conn)
+        finally:
+            conn.diagnosed.set()
+
+    async def _diagnose_addresses(self, conn: Connection) -> None:
+        """Probe both addresses of the config at once (at most one TCP connection each, a few
+        seconds at most) and log whether this node can reach them."""
+        hb = conn.config["push_jobs"]["heartbeat"]
+        addresses = {"command": str(hb["command_addr"]), "heartbeat": str(hb["out_addr"])}
+        outcomes: dict[str, reach.Outcome] = {}
+
+        async def probe(role: str) -> None:
+            outcomes[role] = await probe_address(addresses[role])
+
+        async with trio.open_nursery() as nursery:
+            for role in addresses:
+                nursery.start_soon(probe, role)
+        for level, text in reach.report(
+            (addresses["command"], outcomes["command"]),
+            (addresses["heartbeat"], outcomes["heartbeat"]),
+        ):
+            log.log(level, "[%s] %s", self.node, text)
 
     async def _heartbeat(self, conn: Connection) -> None:
         """Send a heartbeat every interval while the server is online; detect it going away."""
@@ -378,6 +417,8 @@ class Agent:
                         self.node,
                         self.offline_counter,
                     )
+                    if not conn.got_command_message.is_set():  # never heard: the address?
+                        await self._diagnose_once(conn)
                     self.request_reconfigure("server offline")
                     sdnotify.status(f"server {self._server_host()} offline, reconnecting")
                 else:

@@ -21,11 +21,14 @@ Decisions:
 - On SIGHUP (``systemctl reload``) the server re-reads the file and takes the `LIVE_KEYS`:
   ``log_level``, ``voting_timeout``, ``default_running_timeout``, ``wait_complete_time``,
   ``keep_alive_time``, ``org_feed_expiration``, ``max_time_skew``, ``config_lifetime``,
-  ``session_key_grace``, ``validate_client_node_name``, ``job_retention_days`` and
-  ``rehab_timer``; each is read where it is used, so it applies to the next job, request,
-  message or timer. Every other key (ports, addresses, ``state_dir``, CURVE, the heartbeat
-  and liveness parameters nodes were already told, body and segment sizes, ``server_name``)
-  keeps its running value and is reported as needing a restart (`reload_settings`).
+  ``session_key_grace``, ``validate_client_node_name``, ``job_retention_days``,
+  ``rehab_timer`` and ``server_name``; each is read where it is used, so it applies to the
+  next job, request, message or timer (a new ``server_name``, checked again at every reload,
+  goes into the configs fetched and the job commits sent after it; nodes already connected
+  keep their connection until they fetch a config again). Every other key (ports, addresses,
+  ``state_dir``, CURVE, the heartbeat and liveness parameters nodes were already told, body
+  and segment sizes) keeps its running value and is reported as needing a restart
+  (`reload_settings`).
 """
 
 from __future__ import annotations
@@ -285,6 +288,7 @@ LIVE_KEYS = frozenset(
         "validate_client_node_name",
         "job_retention_days",
         "rehab_timer",
+        "server_name",
     }
 )
 

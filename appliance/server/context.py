@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from appliance.core.keys import load_public_pem
 from appliance.core.settings import Settings
 from appliance.core.state import State
+from appliance.server.advertise import Advertiser
 from appliance.server.jobs import JobManager
 from appliance.server.reactor import Reactor
 from appliance.server.store import Store
@@ -24,7 +25,7 @@ class ServerContext:
     reactor: Reactor
     jobs: JobManager
     server_key: RSAPrivateKey
-    server_name: str
+    advertiser: Advertiser  # the running server_name (a reload may change it)
     shutdown: trio.Event = field(default_factory=trio.Event)
     ports: dict[str, int] = field(default_factory=dict)
 

@@ -23,6 +23,7 @@ from appliance.core.state import State, apply
 from appliance.server.feeds import END, Hub
 
 if TYPE_CHECKING:
+    from appliance.server.advertise import Advertiser
     from appliance.server.reactor import Reactor
     from appliance.server.store import Store
 
@@ -32,13 +33,18 @@ ACTIVE = ("new", "ready", "running")
 
 class JobManager:
     def __init__(
-        self, settings: Settings, state: State, store: Store, reactor: Reactor, server_name: str
+        self,
+        settings: Settings,
+        state: State,
+        store: Store,
+        reactor: Reactor,
+        advertiser: Advertiser,
     ) -> None:
         self.settings = settings
         self.state = state
         self.store = store
         self.reactor = reactor
-        self.server_name = server_name
+        self.advertiser = advertiser  # its server_name goes into commits; a reload may change it
         self.hub = Hub()
         self.live: dict[str, trio.Event] = {}  # job id -> "something changed" for its supervisor
         self.node_jobs: dict[NodeKey, set[str]] = defaultdict(set)
@@ -159,7 +165,7 @@ class JobManager:
             job,
             unavailable,
             now,
-            server_name=self.server_name,
+            server_name=self.advertiser.server_name,
             voting_timeout=self.settings.voting_timeout,
         )
         org_events: list = []

@@ -11,6 +11,11 @@ a task of the service nursery, ``STOPPING=1`` on SIGTERM/SIGINT. SIGHUP (``syste
 re-reads ``--config`` and applies the settings that may change live
 (``settings.LIVE_KEYS``), bracketed by ``RELOADING=1`` ... ``READY=1``; a file that cannot
 be read or is invalid is logged and the running settings stay.
+
+The name nodes are told to connect to (``server_name``) is checked before ``READY=1`` and at
+every reload (``appliance.server.advertise``): a name that does not resolve, or not to a
+listening address of this host, is a WARNING in the log, a ``; WARNING: ...`` in the STATUS
+line and the ``advertised`` field of ``/pushy/_status``; nodes could not connect to it.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from appliance.core import identity
 from appliance.core import nodes as corenodes
 from appliance.core.keys import generate_rsa, load_private_pem, private_pem, public_pem
 from appliance.core.settings import Settings, load_settings, reload_settings
+from appliance.server.advertise import Advertiser
 from appliance.server.app import create_app
 from appliance.server.context import ServerContext
 from appliance.server.jobs import JobManager
@@ -197,7 +203,8 @@ async def serve(
 ) -> None:
     state = store.state
     hostname = socket.gethostname().split(".")[0]
-    server_name = settings.server_name or socket.getfqdn()
+    # the running server_name; checked (and the FQDN looked up) once the ports are bound
+    advertiser = Advertiser(settings.server_name or socket.gethostname())
     p = settings
     table = corenodes.NodeTable(
         corenodes.Liveness(
@@ -211,15 +218,16 @@ async def serve(
     for key, incarnation in state.up_nodes.items():
         table.restore(key, incarnation, now)
     reactor = Reactor(settings, state, table, store, server_key, hostname)
-    jobs = JobManager(settings, state, store, reactor, server_name)
+    jobs = JobManager(settings, state, store, reactor, advertiser)
     reactor.jobs = jobs
-    ctx = ServerContext(settings, state, store, reactor, jobs, server_key, server_name)
+    ctx = ServerContext(settings, state, store, reactor, jobs, server_key, advertiser)
     async with trio.open_nursery() as root:
         await root.start(store.run)
         async with trio.open_nursery() as services:
             services.start_soon(_watch_signals, ctx, partial(read_settings, config, overrides))
             services.start_soon(sdnotify.watchdog_task)
             ctx.ports.update(await services.start(reactor.run))
+            await advertiser.check(settings, ctx.ports)  # before READY: a bad name is reported
             await services.start(jobs.run)
             config = Config()
             config.bind = [_bind_address(p.api_listen_address, p.api_port)]
@@ -272,6 +280,7 @@ def _status_line(ctx: ServerContext) -> str:
     return (
         f"serving {len(ctx.state.identity.orgs)} orgs, {len(ctx.state.node_keys)} nodes known, "
         f"api :{ctx.ports['api_port']}, commands :{ctx.ports['command_port']}"
+        + ctx.advertiser.status_suffix()
     )
 
 
@@ -282,7 +291,7 @@ async def _watch_signals(
         async for signum in signals:
             name = signal.Signals(signum).name
             if signum == signal.SIGHUP:
-                reload(ctx, reread)
+                await reload(ctx, reread)
                 continue
             log.info("received %s, shutting down", name)
             sdnotify.stopping(f"shutting down ({name})")
@@ -290,20 +299,26 @@ async def _watch_signals(
             return
 
 
-def reload(ctx: ServerContext, reread: Callable[[], tuple[Settings, list[str]]]) -> None:
-    """SIGHUP: re-read the settings, apply the live ones, report the rest; never fatal."""
+async def reload(ctx: ServerContext, reread: Callable[[], tuple[Settings, list[str]]]) -> None:
+    """SIGHUP: re-read the settings, apply the live ones, report the rest, check server_name
+    again (the fix for a bad one may be in DNS or /etc/hosts, not in our file); never fatal."""
     log.info("received SIGHUP, re-reading the configuration")
     sdnotify.reloading("reloading the configuration")
+    applied = _reload_settings(ctx, reread)
+    await ctx.advertiser.check(ctx.settings, ctx.ports)
+    sdnotify.ready(_status_line(ctx) + ("" if applied else "; the last reload failed"))
+
+
+def _reload_settings(ctx: ServerContext, reread: Callable[[], tuple[Settings, list[str]]]) -> bool:
+    """Re-read and apply the live settings; False (logged) when the file cannot be used."""
     try:
         loaded, warnings = reread()
     except OSError as exc:
         log.error("reload failed, keeping the running settings: cannot read the config: %s", exc)
-        sdnotify.ready(_status_line(ctx) + "; the last reload failed")
-        return
+        return False
     except ValueError as exc:  # bad TOML or encoding, or a bad setting (SettingsError)
         log.error("reload failed, keeping the running settings: %s", exc)
-        sdnotify.ready(_status_line(ctx) + "; the last reload failed")
-        return
+        return False
     for warning in warnings:
         log.warning("reload: %s", warning)
     settings, changed, restart = reload_settings(ctx.settings, loaded)
@@ -318,7 +333,7 @@ def reload(ctx: ServerContext, reread: Callable[[], tuple[Settings, list[str]]])
             "reload: %s changed in the config but needs a restart; the running value stays",
             ", ".join(restart),
         )
-    sdnotify.ready(_status_line(ctx))
+    return True
 
 
 def apply_settings(ctx: ServerContext, settings: Settings) -> None:

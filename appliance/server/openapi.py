@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from appliance import __version__
-from appliance.core import jobfsm
+from appliance.core import advertise, jobfsm
 
 __all__ = ["OPENAPI", "document", "openapi_json"]
 
@@ -159,9 +159,29 @@ SCHEMAS: dict[str, Schema] = {
             "incarnation_id": {"type": ["string", "null"], "format": "uuid"},
             "node_fsm_count": {"type": "integer", "minimum": 0},
             "job_processes": {"type": "array", "items": JOB_ID},
+            "advertised": _ref("Advertised"),
         },
-        ["status", "incarnation_id", "node_fsm_count", "job_processes"],
+        ["status", "incarnation_id", "node_fsm_count", "job_processes", "advertised"],
     ),
+    "Advertised": {
+        "description": "The last check (at start, at each reload) of the name nodes are told to "
+        "connect to: `ok`, or why nodes cannot connect (`problem` says it and the fix).",
+        **_obj(
+            {
+                "server_name": NAME,
+                "addresses": {
+                    "type": "array",
+                    "items": STRING,
+                    "description": "What server_name resolves to on the server.",
+                },
+                "status": {"type": "string", "enum": list(advertise.STATUSES)},
+                "problem": {"type": ["string", "null"]},
+                "command_addr": {"type": "string", "pattern": "^tcp://"},
+                "heartbeat_addr": {"type": "string", "pattern": "^tcp://"},
+            },
+            ["server_name", "addresses", "status", "problem", "command_addr", "heartbeat_addr"],
+        ),
+    },
     "OpenApiDocument": {
         "type": "object",
         "required": ["openapi", "info", "paths"],

@@ -136,14 +136,14 @@ def blueprint(ctx: ServerContext) -> Blueprint:
             await durable(ctx, records)
         server = ctx.state.server
         assert server is not None
-        host = ctx.server_name
+        advertiser = ctx.advertiser  # the running server_name: a reload may change it
         body: dict[str, Any] = {
             "type": "config",
-            "host": host,
+            "host": advertiser.server_name,
             "push_jobs": {
                 "heartbeat": {
-                    "out_addr": f"tcp://{host}:{ctx.ports['server_heartbeat_port']}",
-                    "command_addr": f"tcp://{host}:{ctx.ports['command_port']}",
+                    "out_addr": advertiser.endpoint(ctx.ports["server_heartbeat_port"]),
+                    "command_addr": advertiser.endpoint(ctx.ports["command_port"]),
                     "interval": s.heartbeat_interval / 1000.0,
                     "offline_threshold": 3,
                     "online_threshold": 2,
@@ -371,6 +371,8 @@ def status_blueprint(ctx: ServerContext) -> Blueprint:
             "incarnation_id": server.incarnation if server else None,
             "node_fsm_count": ctx.reactor.table.online_count(),
             "job_processes": sorted(ctx.jobs.live),
+            # the last check of server_name: why nodes may not connect (docs/troubleshooting.md)
+            "advertised": ctx.advertiser.report(ctx.ports),
         }
         if request.args.get("counters") == "true":  # `pushy bench` reads the message rates
             body["counters"] = {

@@ -49,6 +49,7 @@ from appliance.core import jobfsm, wire
 from appliance.core import nodes as corenodes
 from appliance.core.settings import Settings
 from appliance.core.state import NodeKeys, State, apply
+from appliance.server.advertise import Advertiser
 from appliance.server.jobs import JobManager
 from appliance.server.reactor import Reactor
 
@@ -488,7 +489,7 @@ class ServerPipeline:
         self.reactor.ctx.term()  # no sockets here; the context is not needed
         self.router = _FakeRouter()
         self.reactor.router = self.router  # type: ignore[assignment]
-        self.manager = JobManager(s, self.state, self.store, self.reactor, "fuzzhost")  # type: ignore[arg-type]
+        self.manager = JobManager(s, self.state, self.store, self.reactor, Advertiser("fuzzhost"))  # type: ignore[arg-type]
         self.reactor.jobs = self.manager
         self.now = EPOCH
         self.identities: list[Identity] = []

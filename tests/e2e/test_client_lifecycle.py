@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -212,6 +213,85 @@ def test_client_started_before_the_server_comes_up_by_itself(tmp_path, servers, 
     fleet.wait_available("e1", seconds=30)
     assert fleet.run("hello", ["e1"])["nodes"] == {"succeeded": ["e1"]}
     assert client.stop() == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# An address the node cannot reach
+
+ENCRYPTION_LINE = "No messages being received on command port in 4s.  Possible encryption problem?"
+
+
+def far_server(tmp_path: Path, server_name: str, **settings: Any) -> Server:
+    """A server that advertises ``server_name`` and listens on 127.0.0.1 only: the config fetch
+    works (it goes through chef_server_url), the ZeroMQ addresses it gives do not."""
+    return Server(
+        tmp_path / "state",
+        server_name=server_name,
+        zeromq_listen_address="tcp://127.0.0.1",
+        **settings,
+    ).start()
+
+
+def first_line(lines: list[str], text: str) -> int:
+    return next(i for i, line in enumerate(lines) if text in line)
+
+
+@pytest.mark.parametrize(
+    ("server_name", "why"),
+    [
+        ("nosuchhost.invalid", "the host 'nosuchhost.invalid' does not resolve here ("),
+        # 127.0.0.2 is loopback too, but nothing listens on it: refused
+        ("127.0.0.2", "could not connect to 127.0.0.2:{port} (Connection refused); "),
+    ],
+    ids=["does-not-resolve", "refused"],
+)
+def test_a_silent_command_channel_names_the_address_and_why(
+    tmp_path, servers, fleets, server_name, why
+):
+    """Before the original's "Possible encryption problem?", the client says which address it
+    was given and what is wrong with it. (2 s heartbeats: the watchdog fires before the
+    client would find the server offline.)"""
+    server = far_server(tmp_path, server_name, heartbeat_interval=2000)
+    servers.append(server)
+    fleet = ClientFleet(server, "far", tmp_path / "clients")
+    fleets.append(fleet)
+    client = fleet.add("f1")
+    wait_for(lambda: ENCRYPTION_LINE in client.log(), 30, what="the watchdog's line")
+    lines = client.log().splitlines()
+    port = server.ports["command_port"]
+    said = (
+        f"ERROR: [f1] The server's config gave command address tcp://{server_name}:{port} "
+        f"(command_port): {why.format(port=port)}"
+    )
+    assert any(said in line for line in lines), client.log()
+    assert first_line(lines, said) < first_line(lines, ENCRYPTION_LINE)
+    heartbeat = f"heartbeat address tcp://{server_name}:{server.ports['server_heartbeat_port']}"
+    if server_name == "127.0.0.2":  # each port refuses: each is named
+        next_line = lines[first_line(lines, said) + 1]
+        assert heartbeat in next_line and "(Connection refused)" in next_line
+    else:  # one unknown host: named once
+        assert heartbeat not in client.log()
+    assert client.proc.poll() is None  # and it keeps trying
+    assert "f1" not in fleet.states()  # the server never heard from it
+
+
+def test_the_address_is_named_when_server_heartbeats_stop_first(tmp_path, servers, fleets):
+    """200 ms heartbeats: the client finds the server offline (no heartbeat on the unreachable
+    port) before the watchdog fires, and reconfigures from there; it names the address first,
+    once per connection."""
+    server = far_server(tmp_path, "nosuchhost.invalid")
+    servers.append(server)
+    fleet = ClientFleet(server, "far", tmp_path / "clients")
+    fleets.append(fleet)
+    client = fleet.add("f2")
+    fetch = "Retrieving configuration from"
+    wait_for(lambda: log_count(client, fetch) >= 3, 30, what="two reconfigures")
+    lines = client.log().splitlines()
+    said = f"command address tcp://nosuchhost.invalid:{server.ports['command_port']}"
+    offline = first_line(lines, "Considering it offline")
+    assert offline < first_line(lines, said) < first_line(lines[offline:], fetch) + offline
+    named = sum(said in line for line in lines)
+    assert 1 <= named <= log_count(client, fetch), client.log()
 
 
 # ---------------------------------------------------------------------------------------------

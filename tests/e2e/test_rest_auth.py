@@ -490,7 +490,15 @@ def test_status_is_unauthenticated_and_read_only(srv, world):
     r = httpx.get(srv.url + "/pushy/_status", timeout=10)
     assert r.status_code == 200
     body = r.json()
-    assert list(body) == ["status", "incarnation_id", "node_fsm_count", "job_processes"]
+    # the original's fields first, in its order; ours after them (additive)
+    assert list(body) == [
+        "status",
+        "incarnation_id",
+        "node_fsm_count",
+        "job_processes",
+        "advertised",
+    ]
+    assert body["advertised"]["status"] == "ok"  # server_name 127.0.0.1, explicitly
     assert body["status"] == "it's alive"
     assert len(body["incarnation_id"]) == 36 and body["incarnation_id"].count("-") == 4
     assert isinstance(body["node_fsm_count"], int) and isinstance(body["job_processes"], list)
