@@ -1,3 +1,3 @@
 """pushy: a standalone re-implementation of Chef Push Jobs 2.1."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
