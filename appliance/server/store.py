@@ -86,12 +86,11 @@ class Store:
                 if progress is not None and applied % PROGRESS_EVERY == 0:
                     progress(applied)
         count = 0
-        for seq, payload, fmt in records:
+        for _seq, payload, fmt in records:
             record = loads(payload)
             if fmt != current:
                 record = upgrade(record, fmt)
-            record["seq"] = seq
-            apply(state, record)
+            apply(state, record)  # no reducer needs the seq; ``load`` sets state.last_seq
             count += 1
             if progress is not None and (applied + count) % PROGRESS_EVERY == 0:
                 progress(applied + count)
