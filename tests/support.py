@@ -588,3 +588,33 @@ def kill_process_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def make_agent(
+    tmp_path: Path,
+    key: Any,
+    *,
+    org: str = "org",
+    node: str = "n1",
+    hostname: str = "h1",
+    **config: Any,
+) -> Any:
+    """A node client ``Agent`` for unit tests, its key written under ``tmp_path`` (it opens no
+    socket; destroy ``agent.ctx`` when done)."""
+    from dataclasses import replace
+
+    from appliance.client.agent import Agent
+    from appliance.client.config import ClientConfig
+    from appliance.core.keys import private_pem
+
+    key_path = tmp_path / f"{node}.pem"
+    key_path.write_text(private_pem(key))
+    settings = replace(
+        ClientConfig(),
+        chef_server_url=f"https://server/organizations/{org}",
+        node_name=node,
+        client_key=str(key_path),
+        **config,
+    )
+    return Agent(settings, hostname=hostname)
+

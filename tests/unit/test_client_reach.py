@@ -21,9 +21,9 @@ import trio
 
 from appliance.client import reach
 from appliance.client.agent import WATCHDOG_SECONDS, Agent, Connection
-from appliance.client.config import ClientConfig
 from appliance.client.probe import probe_address
-from appliance.core.keys import generate_rsa, private_pem
+from appliance.core.keys import generate_rsa
+from tests.support import make_agent
 
 HANG_GUARD = 20  # seconds: a probe that hangs fails the test instead of blocking the suite
 
@@ -249,16 +249,7 @@ def node_key():
 
 @pytest.fixture
 def agent(tmp_path, node_key):
-    key_path = tmp_path / "node.pem"
-    key_path.write_text(private_pem(node_key))
-    config = replace(
-        ClientConfig(),
-        chef_server_url="https://server/organizations/org",
-        node_name="n1",
-        client_key=str(key_path),
-        file_dir=str(tmp_path / "files"),
-    )
-    made = Agent(config, hostname="h1")
+    made = make_agent(tmp_path, node_key, file_dir=str(tmp_path / "files"))
     yield made
     made.ctx.destroy(linger=0)
 

@@ -35,11 +35,12 @@ from hypothesis import strategies as st
 from appliance.client import agent as agent_module
 from appliance.client import jobfile, runner
 from appliance.client.agent import Agent, Connection
-from appliance.client.config import ClientConfig, WhitelistEntry
+from appliance.client.config import WhitelistEntry
 from appliance.client.jobstate import MAX_ENV_ENTRY_BYTES, JobState, Log, Reply
 from appliance.client.whitelist import UnsafeCapture, resolve
 from appliance.core import wire
-from appliance.core.keys import generate_rsa, private_pem
+from appliance.core.keys import generate_rsa
+from tests.support import make_agent
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 SESSION_KEY = bytes(range(32))
@@ -79,20 +80,15 @@ class FakeSocket:
 @pytest.fixture
 def node(tmp_path, rsa_keys):
     node_key, server_key, _ = rsa_keys
-    key_path = tmp_path / "node.pem"
-    key_path.write_text(private_pem(node_key))
-    config = replace(
-        ClientConfig(),
-        chef_server_url="https://server/organizations/org",
-        node_name="n1",
-        client_key=str(key_path),
+    agent = make_agent(
+        tmp_path,
+        node_key,
         file_dir=str(tmp_path / "files"),
         whitelist=(
             WhitelistEntry("mark", f"touch {tmp_path}/ran"),
             WhitelistEntry(re.compile(r"echo (.*)"), r"echo \1 > " + str(tmp_path / "echoed")),
         ),
     )
-    agent = Agent(config, hostname="h1")
     conn = Connection(
         config={"max_message_skew": SKEW, "push_jobs": {"heartbeat": {"online_threshold": 2}}},
         session_key=SESSION_KEY,

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from appliance.client import agent as agent_module
-from appliance.client.agent import Agent, Connection
-from appliance.client.config import ClientConfig
-from appliance.core.keys import generate_rsa, private_pem
+from appliance.client.agent import Connection
+from appliance.core.keys import generate_rsa
+from tests.support import make_agent
 from tests.unit.vectors import (
     INCARNATION,
     KEY,
@@ -34,16 +32,8 @@ class Dealer:
 
 @pytest.fixture
 def client(tmp_path, monkeypatch):
-    key = tmp_path / "node1.pem"
     rsa = generate_rsa(2048)
-    key.write_text(private_pem(rsa))
-    config = replace(
-        ClientConfig(),
-        chef_server_url="https://server/organizations/myorg",
-        node_name="node1",
-        client_key=str(key),
-    )
-    agent = Agent(config, hostname="host1")
+    agent = make_agent(tmp_path, rsa, org="myorg", node="node1", hostname="host1")
     agent.incarnation = INCARNATION
     monkeypatch.setattr(agent_module.time, "time", lambda: T)
     conn = Connection(
