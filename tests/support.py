@@ -78,15 +78,16 @@ def wait_for(
     what: str = "condition",
 ) -> Any:
     """Poll ``predicate`` until it is truthy (returned); ``node.tick()`` each of ``nodes``
-    meanwhile (so they keep heartbeating)."""
+    before every poll (so they keep heartbeating even when the predicate holds at once: a test
+    looping over quick waits must not starve the nodes' heartbeats)."""
     deadline = time.monotonic() + seconds
     last = None
     while time.monotonic() < deadline:
+        for node in nodes:
+            node.tick()
         last = predicate()
         if last:
             return last
-        for node in nodes:
-            node.tick()
         time.sleep(step)
     raise AssertionError(f"{what}: not met within {seconds} s (last value {last!r})")
 
