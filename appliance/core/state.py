@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.core import identity, jobfsm
+from appliance.core import identity, jobfsm, records
 
 NodeKey = tuple[str, str]
 ORG_FEED_EVENTS = ("start", "job_complete")
@@ -127,22 +127,8 @@ def _server_init(state: State, r: dict[str, Any]) -> None:
 
 
 def _job_created(state: State, r: dict[str, Any]) -> None:
-    j = r["job"]
-    state.jobs[j["id"]] = jobfsm.new_job(
-        id=j["id"],
-        org=j["org"],
-        command=j["command"],
-        nodes=list(j["nodes"]),
-        quorum=j["quorum"],
-        run_timeout=j["run_timeout"],
-        user=j.get("user"),
-        dir=j.get("dir"),
-        env=j.get("env"),
-        file=j.get("file"),
-        capture=j.get("capture", False),
-        requestor=j["requestor"],
-        now=r["t"],
-    )
+    job = records.job_of(r)
+    state.jobs[job.id] = job
 
 
 def _job_step(state: State, r: dict[str, Any]) -> None:
@@ -256,35 +242,33 @@ def to_records(state: State) -> list[dict[str, Any]]:
     if state.server is not None:
         s = state.server
         out.append(
-            {
-                "type": "server_init",
-                "incarnation": s.incarnation,
-                "curve_public": s.curve_public,
-                "curve_secret": s.curve_secret,
-                "rsa_public_pem": s.rsa_public_pem,
-                "t": s.created_at,
-            }
+            records.server_init(
+                incarnation=s.incarnation,
+                curve_public=s.curve_public,
+                curve_secret=s.curve_secret,
+                rsa_public_pem=s.rsa_public_pem,
+                t=s.created_at,
+            )
         )
     out.extend(identity.export_records(state.identity))
     jobs = list(state.jobs.values())
     for i in range(0, len(jobs), JOBS_PER_RECORD):
         rows = [_job_row(job) for job in jobs[i : i + JOBS_PER_RECORD]]
-        out.append({"type": "jobs_restore", "fields": list(JOB_FIELDS), "rows": rows})
+        out.append(records.jobs_restore(list(JOB_FIELDS), rows))
     for (org, node), keys in state.node_keys.items():
         out.append(
-            {
-                "type": "node_keys_restore",
-                "org": org,
-                "node": node,
-                "key": _b64(keys.session_key),
-                "previous": _b64(keys.previous_key),
-                "previous_until": keys.previous_until,
-                "ccpk": keys.ccpk,
-            }
+            records.node_keys_restore(
+                org,
+                node,
+                key=_b64(keys.session_key),
+                previous=_b64(keys.previous_key),
+                previous_until=keys.previous_until,
+                ccpk=keys.ccpk,
+            )
         )
     for (org, node), incarnation in state.up_nodes.items():
-        out.append({"type": "node_up", "org": org, "node": node, "incarnation": incarnation})
-    out.append({"type": "counters", "org_event_count": state.org_event_count})
+        out.append(records.node_up(org, node, incarnation))
+    out.append(records.counters(state.org_event_count))
     return out
 
 

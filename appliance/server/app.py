@@ -36,6 +36,15 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         keep-alive connection when a reply (a 405, a 404) goes out before the body was read."""
         await request.get_data(cache=True)
 
+    @app.after_request
+    async def durable_first(response: Response) -> Response:
+        """No answer shows a change before its record is on disk: job steps are applied in
+        memory before they are written, and this is the one place every HTTP answer waits
+        for them (SSE chunks wait in ``pushy_routes._watched``, websocket messages in
+        ``ws_routes``). Writes that waited for their own records find nothing left to wait for."""
+        await ctx.store.barrier()
+        return response
+
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
         if exc.response is not None:  # raised by our own ``fail``: already a JSON response

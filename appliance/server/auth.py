@@ -7,7 +7,6 @@ unknown principal / bad signature (401) → not a member (403).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -44,15 +43,16 @@ def verify(
     """The checks of `authenticate` on given request parts (a websocket handshake has no
     ``request``); a failure aborts with the JSON error response."""
     try:
-        req = chefauth.parse_auth_headers(headers, method, path, body, now=time.time())
-        chefauth.check_time(req, time.time())
+        now = ctx.clock.now()
+        req = chefauth.parse_auth_headers(headers, method, path, body, now=now)
+        chefauth.check_time(req, now)
     except chefauth.AuthError as exc:
         challenge = {"WWW-Authenticate": chefauth.WWW_AUTHENTICATE} if exc.status == 401 else None
         fail(exc.status, error_list(exc.message), challenge)
     ids = ctx.state.identity
     if org is not None and org not in ids.orgs:
         fail(404, error_list(f"organization '{org}' does not exist."))
-    candidates = identity.lookup_keys(ids, org, req.user_id, now=time.time())  # no expired keys
+    candidates = identity.lookup_keys(ids, org, req.user_id, now=now)  # no expired keys
     if not candidates:
         fail(
             401,

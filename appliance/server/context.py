@@ -12,22 +12,37 @@ from appliance.core.keys import load_public_pem
 from appliance.core.settings import Settings
 from appliance.core.state import State
 from appliance.server.advertise import Advertiser
-from appliance.server.jobs import JobManager
+from appliance.server.clock import Clock
+from appliance.server.dispatcher import Dispatcher
+from appliance.server.feeds import Hub
+from appliance.server.livejobs import LiveJobs
 from appliance.server.reactor import Reactor
 from appliance.server.store import Store
+from appliance.server.timers import Timers
 
 
 @dataclass
 class ServerContext:
+    """Who owns what: ``reactor`` the sockets, ``timers`` the timers, ``dispatcher`` every
+    decision's effects (and the node table), ``store`` the log, ``hub`` the event fan-out,
+    ``clock`` the time everything reads."""
+
     settings: Settings
     state: State
     store: Store
     reactor: Reactor
-    jobs: JobManager
+    dispatcher: Dispatcher
+    timers: Timers
     server_key: RSAPrivateKey
     advertiser: Advertiser  # the running server_name (a reload may change it)
+    clock: Clock
+    hub: Hub
     shutdown: trio.Event = field(default_factory=trio.Event)
     ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def live(self) -> LiveJobs:
+        return self.dispatcher.live
 
 
 @lru_cache(maxsize=4096)

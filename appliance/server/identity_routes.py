@@ -8,7 +8,6 @@ the handler will need one.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -143,7 +142,7 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         return await handle(
             None,
             "list_keys",
-            lambda s, p: identity.list_keys(s, p, None, name, now=time.time(), base_url=url()),
+            lambda s, p: identity.list_keys(s, p, None, name, now=ctx.clock.now(), base_url=url()),
         )
 
     @bp.route("/users/<name>/keys", methods=["POST"], strict_slashes=False)
@@ -210,8 +209,7 @@ def blueprint(ctx: ServerContext) -> Blueprint:
             org, "delete_client", lambda s, p: identity.delete_client(s, p, org, name)
         )
         if response.status_code == 200:
-            now = time.time()
-            ctx.reactor.execute(ctx.reactor.table.drop((org, name)), now)
+            ctx.dispatcher.drop_node((org, name))
         return response
 
     @bp.route(ORG + "/clients/<name>/keys", methods=["GET"], strict_slashes=False)
@@ -219,7 +217,7 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         return await handle(
             org,
             "list_keys",
-            lambda s, p: identity.list_keys(s, p, org, name, now=time.time(), base_url=url()),
+            lambda s, p: identity.list_keys(s, p, org, name, now=ctx.clock.now(), base_url=url()),
         )
 
     @bp.route(ORG + "/clients/<name>/keys", methods=["POST"], strict_slashes=False)

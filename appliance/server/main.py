@@ -41,16 +41,20 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from appliance import sdnotify
-from appliance.core import identity
+from appliance.core import identity, records
 from appliance.core import nodes as corenodes
 from appliance.core.keys import generate_rsa, load_private_pem, private_pem, public_pem
 from appliance.core.settings import Settings, load_settings, reload_settings
 from appliance.server.advertise import Advertiser
 from appliance.server.app import create_app
+from appliance.server.clock import Clock
 from appliance.server.context import ServerContext
-from appliance.server.jobs import JobManager
+from appliance.server.dispatcher import Dispatcher
+from appliance.server.feeds import Hub
+from appliance.server.livejobs import LiveJobs
 from appliance.server.reactor import Reactor
 from appliance.server.store import Store
+from appliance.server.timers import Timers
 
 log = logging.getLogger("pushy.server")
 SUPERUSER = "pivotal"
@@ -105,19 +109,20 @@ def open_store(
     if state.server is None:
         pivotal_key, _ = _key_file(pivotal_path)
         curve_public, curve_secret = zmq.curve_keypair()
-        now = time.time()
-        records = [
-            {
-                "type": "server_init",
-                "incarnation": str(uuid.uuid4()),
-                "curve_public": curve_public.decode("ascii"),
-                "curve_secret": curve_secret.decode("ascii"),
-                "rsa_public_pem": public_pem(server_key),
-                "t": now,
-            },
-            *identity.bootstrap_superuser(state.identity, public_pem(pivotal_key), name=SUPERUSER),
-        ]
-        store.initialise(records)
+        store.initialise(
+            [
+                records.server_init(
+                    incarnation=str(uuid.uuid4()),
+                    curve_public=curve_public.decode("ascii"),
+                    curve_secret=curve_secret.decode("ascii"),
+                    rsa_public_pem=public_pem(server_key),
+                    t=time.time(),  # before trio runs: the server's clock starts with the loop
+                ),
+                *identity.bootstrap_superuser(
+                    state.identity, public_pem(pivotal_key), name=SUPERUSER
+                ),
+            ]
+        )
         log.info("first start: created %s", state_dir)
     elif SUPERUSER not in state.identity.users:
         # the first start's batch was torn after server_init (or --recover cut there): without
@@ -192,19 +197,18 @@ def read_settings(
     return load_settings(data, overrides)
 
 
-async def serve(
+def build_context(
     settings: Settings,
     store: Store,
     server_key,
     *,
-    ready_file: Path | None,
-    config: Path | None = None,
-    overrides: Mapping[str, Any] | None = None,
-) -> None:
+    clock: Clock,
+    advertiser: Advertiser,
+    hostname: str,
+) -> ServerContext:
+    """The server's parts, wired once: the reactor (sockets) and the timers hand their inputs to
+    the dispatcher, which alone changes jobs and nodes (see docs/architecture.md)."""
     state = store.state
-    hostname = socket.gethostname().split(".")[0]
-    # the running server_name; checked (and the FQDN looked up) once the ports are bound
-    advertiser = Advertiser(settings.server_name or socket.gethostname())
     p = settings
     table = corenodes.NodeTable(
         corenodes.Liveness(
@@ -214,37 +218,74 @@ async def serve(
             rehab_interval=p.rehab_timer / 1000.0,
         )
     )
-    now = time.time()
-    for key, incarnation in state.up_nodes.items():
-        table.restore(key, incarnation, now)
-    reactor = Reactor(settings, state, table, store, server_key, hostname)
-    jobs = JobManager(settings, state, store, reactor, advertiser)
-    reactor.jobs = jobs
-    ctx = ServerContext(settings, state, store, reactor, jobs, server_key, advertiser)
+    reactor = Reactor(settings, state, server_key, hostname, clock, table)
+    hub = Hub()
+    dispatcher = Dispatcher(
+        settings,
+        state,
+        store,
+        table,
+        reactor,
+        hub=hub,
+        clock=clock,
+        live=LiveJobs(state),
+        advertiser=advertiser,
+    )
+    timers = Timers(settings, dispatcher, clock)
+    return ServerContext(
+        settings, state, store, reactor, dispatcher, timers, server_key, advertiser, clock, hub
+    )
+
+
+async def start_core(ctx: ServerContext, nursery: trio.Nursery) -> None:
+    """Start the clock, the sockets and the timers in ``nursery`` (the log's committer must
+    already run): the server takes node messages once this returns."""
+    nursery.start_soon(ctx.clock.follow)
+    ctx.dispatcher.resume(ctx.clock.now())
+    ctx.ports.update(await nursery.start(ctx.reactor.run, ctx.dispatcher.node_message))
+    await ctx.advertiser.check(ctx.settings, ctx.ports)  # before READY: a bad name is reported
+    await nursery.start(ctx.timers.run)
+
+
+async def serve(
+    settings: Settings,
+    store: Store,
+    server_key,
+    *,
+    ready_file: Path | None,
+    config: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> None:
+    clock = Clock()
+    # the running server_name; checked (and the FQDN looked up) once the ports are bound
+    advertiser = Advertiser(settings.server_name or socket.gethostname())
+    hostname = socket.gethostname().split(".")[0]
+    ctx = build_context(
+        settings, store, server_key, clock=clock, advertiser=advertiser, hostname=hostname
+    )
+    p = settings
     async with trio.open_nursery() as root:
-        await root.start(store.run)
+        await root.start(store.run, clock)
         async with trio.open_nursery() as services:
             services.start_soon(_watch_signals, ctx, partial(read_settings, config, overrides))
             services.start_soon(sdnotify.watchdog_task)
-            ctx.ports.update(await services.start(reactor.run))
-            await advertiser.check(settings, ctx.ports)  # before READY: a bad name is reported
-            await services.start(jobs.run)
-            config = Config()
-            config.bind = [_bind_address(p.api_listen_address, p.api_port)]
+            await start_core(ctx, services)
+            hconfig = Config()
+            hconfig.bind = [_bind_address(p.api_listen_address, p.api_port)]
             # in-flight requests are short and SSE streams end themselves at shutdown; hypercorn
             # also waits this long for idle keep-alive connections, so keep it small
-            config.graceful_timeout = 2
-            config.accesslog = None
-            config.errorlog = logging.getLogger("pushy.hypercorn")
+            hconfig.graceful_timeout = 2
+            hconfig.accesslog = None
+            hconfig.errorlog = logging.getLogger("pushy.hypercorn")
             app = create_app(ctx)
             async with trio.open_nursery() as web:
                 binds = await web.start(
-                    partial(hypercorn_serve, app, config, shutdown_trigger=ctx.shutdown.wait)
+                    partial(hypercorn_serve, app, hconfig, shutdown_trigger=ctx.shutdown.wait)
                 )
                 ctx.ports["api_port"] = int(binds[0].rsplit(":", 1)[1])
                 _announce(ctx, binds, ready_file)
             services.cancel_scope.cancel()
-        reactor.close()
+        ctx.reactor.close()
         store.close()  # the committer drains the queue, then the root nursery ends
     store.log.close()
     log.info("pushy server stopped")
@@ -338,8 +379,8 @@ def _reload_settings(ctx: ServerContext, reread: Callable[[], tuple[Settings, li
 
 def apply_settings(ctx: ServerContext, settings: Settings) -> None:
     """Make ``settings`` the running ones wherever a live setting is read (see LIVE_KEYS)."""
-    ctx.settings = ctx.reactor.settings = ctx.jobs.settings = settings
+    ctx.settings = ctx.reactor.settings = ctx.dispatcher.settings = ctx.timers.settings = settings
     ctx.store.retention = settings.job_retention_days * 86400.0
-    table = ctx.reactor.table
+    table = ctx.dispatcher.table
     table.params = dataclasses.replace(table.params, rehab_interval=settings.rehab_seconds)
     logging.getLogger().setLevel(getattr(logging, settings.log_level.upper(), logging.INFO))

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import struct
-import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -16,13 +14,14 @@ import zmq
 import zmq.utils.z85
 from quart import Blueprint, Response, current_app, request
 
-from appliance.core import identity, jobfsm, render
+from appliance.core import configfetch, identity, jobfsm, render
 from appliance.core.jobspec import JobRequestError, parse_job_request
 from appliance.core.keys import encrypt_session_key, public_pem
 from appliance.server.auth import JSON, authenticate, fail, forbidden, require_accept
 from appliance.server.context import ServerContext
 from appliance.server.feeds import END, Subscriber
 from appliance.server.stalls import StallWatch, peer
+from appliance.server.store import Store
 from appliance.store.log import StorageError
 
 EVENT_STREAM = "text/event-stream"
@@ -96,44 +95,26 @@ def blueprint(ctx: ServerContext) -> Blueprint:
                 fail(403, render.error_list("Client and node name must match"))
             forbidden(p.name)
         require_accept(JSON)
-        records: list[dict[str, Any]] = []
-        now = time.time()
-        if not s.disable_curve_encryption:
-            ccpk = request.args.get("ccpk")
-            if ccpk is None:
-                fail(400, render.error_list("Missing ccpk"))
-            if len(ccpk) != 40 or not _z85_ok(ccpk):
-                fail(401, render.error_list("Bad ccpk"))
-            owner = ctx.state.curve_index.get(ccpk)
-            if owner is not None and owner != (org, node):
-                # another node's CURVE key: taking it over would drop it from the allow-list at
-                # this node's next fetch, cutting that node off (tests/e2e/test_impersonation.py)
-                fail(401, render.error_list("Bad ccpk"))
-            # only a client (the node) registers its CURVE key: a superuser's fetch must not
-            # replace the node's entry in the allow-list and cut the node off
-            if p.kind == "client" and (
-                ctx.state.node_keys.get((org, node)) is None
-                or ctx.state.node_keys[(org, node)].ccpk != ccpk
-            ):
-                records.append({"type": "ccpk", "org": org, "node": node, "key": ccpk})
-        keys = ctx.state.node_keys.get((org, node))
-        own_fetch = p.kind == "client" and p.name == node
-        if keys is None or keys.session_key is None or own_fetch:
-            session = os.urandom(32)
-            records.append(
-                {
-                    "type": "session_key",
-                    "org": org,
-                    "node": node,
-                    "key": base64.b64encode(session).decode("ascii"),
-                    "t": now,
-                    "grace": s.session_key_grace,
-                }
-            )
-        else:
-            session = keys.session_key
-        if records:
-            await durable(ctx, records)
+        ccpk = request.args.get("ccpk")
+        curve = not s.disable_curve_encryption
+        if curve and ccpk is not None and (len(ccpk) != 40 or not _z85_ok(ccpk)):
+            fail(401, render.error_list("Bad ccpk"))
+        decision = configfetch.decide(
+            ctx.state,
+            org,
+            node,
+            principal=(p.kind, p.name),
+            ccpk=ccpk,
+            curve=curve,
+            fresh_key=os.urandom(32),
+            now=ctx.clock.now(),
+            grace=s.session_key_grace,
+        )
+        if isinstance(decision, configfetch.Refused):
+            fail(decision.status, render.error_list(decision.message))
+        if decision.records:
+            await durable(ctx, decision.records)
+        session = decision.session_key
         server = ctx.state.server
         assert server is not None
         advertiser = ctx.advertiser  # the running server_name: a reload may change it
@@ -173,7 +154,6 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         jobs = [j for j in ctx.state.jobs.values() if j.org == org]
         jobs.sort(key=lambda j: j.created_at, reverse=True)
         body = [render.job_summary(j) for j in jobs]
-        await ctx.store.barrier()  # never show a state that a crash could take back
         return json_response(body)
 
     @bp.route(PREFIX + "/jobs", methods=["POST"], strict_slashes=False)
@@ -191,7 +171,7 @@ def blueprint(ctx: ServerContext) -> Blueprint:
             fail(400, render.error_body(exc.message))
         org_guid = ctx.state.identity.orgs[org].guid
         try:
-            job = await ctx.jobs.create(org, org_guid, spec, principal.name)
+            job = await ctx.dispatcher.create_job(org, org_guid, spec, principal.name)
         except StorageError as exc:
             fail(
                 503, render.error_body(f"the server cannot write its state: {exc.strerror or exc}")
@@ -206,7 +186,6 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         job = job_in_org(org, job_id)
         include = request.args.get("include_file") == "true"
         body = render.job_detail(job, include_file=include)
-        await ctx.store.barrier()  # never show a state that a crash could take back
         return json_response(body)
 
     @bp.route(PREFIX + "/jobs/<job_id>/abort", methods=["POST"], strict_slashes=False)
@@ -216,7 +195,7 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         job = job_in_org(org, job_id)
         if jobfsm.job_finished(job):
             fail(409, render.error_body(f"job '{job_id}' has already finished ({job.status})"))
-        seq = ctx.jobs.abort(job)
+        seq = ctx.dispatcher.abort(job)
         body = render.job_detail(job)  # before any checkpoint: all of it is logged up to seq
         # The abort is in effect (nodes told, state changed); answer once it is on disk, or after
         # a bound when the disk is full (the committer keeps retrying the write).
@@ -239,7 +218,6 @@ def blueprint(ctx: ServerContext) -> Blueprint:
                 404, render.error_body(f"no {channel} captured for node '{node}' in job '{job_id}'")
             )
         text = output[0] if channel == "stdout" else output[1]
-        await ctx.store.barrier()  # an output once read survives a crash
         return Response(text.encode("utf-8", "surrogatepass"), content_type=OCTETS)
 
     # node states -----------------------------------------------------------------------------
@@ -249,14 +227,14 @@ def blueprint(ctx: ServerContext) -> Blueprint:
     async def node_states(org: str) -> Response:
         await reader(org)
         require_accept(JSON)
-        version = ctx.reactor.availability_version.get(org, 0)
+        version = ctx.dispatcher.availability_version.get(org, 0)
         cached = node_states_cache.get(org)
         if cached is None or cached[0] != version:
             # rebuilt only after an availability change: polling this list must stay cheap
             # with thousands of nodes (it was most of the server's CPU under a polling load)
             items = [
                 render.node_state_item(key[1], "available" if node.available else "unavailable")
-                for key, node in sorted(ctx.reactor.table.nodes.items())
+                for key, node in sorted(ctx.dispatcher.table.nodes.items())
                 if key[0] == org and not node.ghost
             ]
             cached = (version, orjson.dumps(items))
@@ -267,7 +245,7 @@ def blueprint(ctx: ServerContext) -> Blueprint:
     async def node_state(org: str, node: str) -> Response:
         await reader(org)
         require_accept(JSON)
-        found = ctx.reactor.table.online((org, node))
+        found = ctx.dispatcher.table.online((org, node))
         if found is None:
             return json_response(render.node_state(node, "offline", "unavailable"))
         availability = "available" if found.available else "unavailable"
@@ -280,10 +258,10 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         await reader(org)
         require_accept(EVENT_STREAM)
         job = job_in_org(org, job_id)
-        if job_id not in ctx.jobs.live:
-            data = {"timestamp": render.sse_timestamp(time.time()), **render.job_detail(job)}
+        if job_id not in ctx.live:
+            data = {"timestamp": render.sse_timestamp(ctx.clock.now()), **render.job_detail(job)}
             return _stream_response(render.sse_event("summary", "job-1", data))
-        sub = ctx.jobs.hub.subscribe(("job", job_id))
+        sub = ctx.hub.subscribe(("job", job_id))
         start = _after_id(request.headers.get("Last-Event-ID"), "job-", len(job.events))
         backlog = list(job.events[start:])
 
@@ -295,7 +273,6 @@ def blueprint(ctx: ServerContext) -> Blueprint:
                 )
                 if backlog:
                     last = backlog[-1][0]
-                    await ctx.store.barrier()  # never show an event a crash could take back
                     yield chunk
                 if jobfsm.job_finished(job) and last >= len(job.events):
                     return
@@ -309,15 +286,14 @@ def blueprint(ctx: ServerContext) -> Blueprint:
                     if n <= last:
                         continue
                     last = n
-                    await ctx.store.barrier()
                     yield render.sse_event(name, f"job-{n}", data)
                     if name == "job_complete":
                         return
             finally:
-                ctx.jobs.hub.unsubscribe(("job", job_id), sub)
+                ctx.hub.unsubscribe(("job", job_id), sub)
 
         what = f"SSE reader {peer(request.scope)} of job {job_id}'s feed (org {org})"
-        return _stream_response(_watched(events(), stalls, request.scope, what, sub))
+        return _stream_response(_watched(events(), ctx.store, stalls, request.scope, what, sub))
 
     @bp.route(PREFIX + "/job_status_feed", methods=["GET"], strict_slashes=False)
     @bp.route(PREFIX + "/jobs_status_feed", methods=["GET"], strict_slashes=False)
@@ -325,8 +301,8 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         s = ctx.settings
         await reader(org)
         require_accept(EVENT_STREAM)
-        sub = ctx.jobs.hub.subscribe(("org", org))
-        now = time.time()
+        sub = ctx.hub.subscribe(("org", org))
+        now = ctx.clock.now()
         horizon = now - s.org_feed_expiration
         buffered = [e for e in ctx.state.org_events if e.org == org and e.t >= horizon]
         last_id = request.headers.get("Last-Event-ID")
@@ -343,19 +319,17 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         async def events() -> AsyncIterator[bytes]:
             try:
                 if backlog:
-                    await ctx.store.barrier()  # never show an event a crash could take back
                     yield b"".join(backlog)
                 async for item in _with_keepalive(sub.receive, ctx):
                     if item is None:
                         yield render.sse_comment_keepalive()
                     elif item is not END and item.n > last:
-                        await ctx.store.barrier()
                         yield render.sse_event(item.name, item.id, item.data)
             finally:
-                ctx.jobs.hub.unsubscribe(("org", org), sub)
+                ctx.hub.unsubscribe(("org", org), sub)
 
         what = f"SSE reader {peer(request.scope)} of org {org}'s feed"
-        return _stream_response(_watched(events(), stalls, request.scope, what, sub))
+        return _stream_response(_watched(events(), ctx.store, stalls, request.scope, what, sub))
 
     return bp
 
@@ -369,8 +343,8 @@ def status_blueprint(ctx: ServerContext) -> Blueprint:
         body = {
             "status": "it's alive",
             "incarnation_id": server.incarnation if server else None,
-            "node_fsm_count": ctx.reactor.table.online_count(),
-            "job_processes": sorted(ctx.jobs.live),
+            "node_fsm_count": ctx.dispatcher.table.online_count(),
+            "job_processes": sorted(ctx.live),
             # the last check of server_name: why nodes may not connect (docs/troubleshooting.md)
             "advertised": ctx.advertiser.report(ctx.ports),
         }
@@ -403,17 +377,21 @@ def _stream_response(body: bytes | AsyncIterator[bytes]) -> Response:
 
 async def _watched(
     body: AsyncIterator[bytes],
+    store: Store,
     stalls: StallWatch,
     scope: dict[str, Any],
     what: str,
     sub: Subscriber,
 ) -> AsyncIterator[bytes]:
-    """``body``, with each send watched: a reader that stops reading is cut off (``stalls``),
-    one that fell a whole buffer behind is ended (it resumes with ``Last-Event-ID``)."""
+    """``body``, durable before it is sent, with each send watched: a reader that stops
+    reading is cut off (``stalls``), one that fell a whole buffer behind is ended (it resumes
+    with ``Last-Event-ID``). Every SSE stream goes out through here, so no handler has to
+    remember that a chunk may show a change not yet on disk."""
     stream = stalls.open(scope, what, sub)
     try:
         async with aclosing(body) as chunks:
             async for chunk in chunks:
+                await store.barrier()  # never show an event a crash could take back
                 if sub.dropped:
                     return
                 stream.sending_since = trio.current_time()

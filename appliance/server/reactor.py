@@ -1,15 +1,16 @@
-"""The ZeroMQ side of the server: ZAP handler, ROUTER command channel, PUB heartbeat, scanner.
+"""The ZeroMQ side of the server: ZAP handler, ROUTER command channel, PUB heartbeat.
 
-Everything here is I/O and timers; decisions come from ``core.nodes`` (availability) and the
-job manager (jobs). One task per socket receives; sends are NOBLOCK from any task.
+Sockets only: a node message that passes the wire checks (``core.wire``) is handed to the
+``deliver`` callable given to ``run`` (the dispatcher), which decides; the dispatcher sends
+through ``send_to_node``. One task per socket receives; sends are NOBLOCK from any task.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import trio
 import zmq
@@ -18,14 +19,13 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from appliance.core import nodes as corenodes
 from appliance.core import wire
-from appliance.core.render import sse_timestamp
 from appliance.core.settings import Settings
 from appliance.core.state import State
+from appliance.server.clock import Clock
 from appliance.zmqio import TrioSocket
 
-if TYPE_CHECKING:
-    from appliance.server.jobs import JobManager
-    from appliance.server.store import Store
+# (node key, ROUTER address, validated body, now): the dispatcher's ``node_message``
+Deliver = Callable[[corenodes.NodeKey, bytes, dict[str, Any], float], None]
 
 log = logging.getLogger("pushy.reactor")
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
@@ -44,18 +44,17 @@ class Reactor:
         self,
         settings: Settings,
         state: State,
-        table: corenodes.NodeTable,
-        store: Store,
         server_key: RSAPrivateKey,
         hostname: str,
+        clock: Clock,
+        table: corenodes.NodeTable,
     ) -> None:
         self.settings = settings
         self.state = state
-        self.table = table
-        self.store = store
         self.server_key = server_key
         self.hostname = hostname
-        self.jobs: JobManager | None = None
+        self.clock = clock
+        self.table = table  # read only: where each node's ROUTER address is
         self.ctx = zmq.Context(io_threads=1)
         self.ctx.max_sockets = 51200
         self.router: TrioSocket | None = None
@@ -66,14 +65,12 @@ class Reactor:
         self.sequences: dict[corenodes.NodeKey, int] = {}
         self.heartbeat_sequence = 0
         self.bound: dict[str, int] = {}
-        self._rehab_wakeup = trio.Event()
-        # what the websocket stream last said of each online node: 1 unavailable, 2 available
-        self.announced: dict[corenodes.NodeKey, int] = {}
-        # bumped per org whenever a node's listed availability changes (node_states caches on it)
-        self.availability_version: dict[str, int] = {}
 
     # Lifecycle -------------------------------------------------------------------------------
-    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, deliver: Deliver, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Bind and serve the sockets, handing every valid node message to ``deliver``."""
         s = self.settings
         curve = not s.disable_curve_encryption and self.state.server is not None
         async with trio.open_nursery() as nursery:
@@ -106,10 +103,8 @@ class Reactor:
                 )
                 self.pub = TrioSocket(pub)
                 nursery.start_soon(self._subscription_loop)
-                nursery.start_soon(self._router_loop)
+                nursery.start_soon(self._router_loop, deliver)
                 nursery.start_soon(self._heartbeat_loop)
-                nursery.start_soon(self._scanner_loop)
-                nursery.start_soon(self._rehab_loop)
                 task_status.started(dict(self.bound))
                 await trio.sleep_forever()
             finally:
@@ -153,19 +148,19 @@ class Reactor:
                 self.pub.sock.setsockopt(zmq.SUBSCRIBE, message[1:])  # for the sending peer
 
     # Command channel -------------------------------------------------------------------------
-    async def _router_loop(self) -> None:
+    async def _router_loop(self, deliver: Deliver) -> None:
         assert self.router is not None
         while True:
             frames = await self.router.recv_multipart()
             try:
-                self.handle_frames(frames, time.time())
+                self.handle_frames(frames, self.clock.now(), deliver)
             except Exception:  # a bug must not take the command channel down
                 self.dropped["internal_error"] += 1
                 log.exception("error while handling a node message")
 
-    def handle_frames(self, frames: list[bytes], now: float) -> None:
+    def handle_frames(self, frames: list[bytes], now: float, deliver: Deliver) -> None:
         if len(frames) != 3:
-            self._drop("bad_frames", f"{len(frames)} frames")
+            self._drop("bad_frames", f"{len(frames)} frames", now)
             return
         address, header, body_raw = frames
         claimed: list[corenodes.NodeKey] = []
@@ -189,24 +184,20 @@ class Reactor:
                 max_skew=self.settings.max_time_skew,
             )
         except wire.MessageError as exc:
-            self._drop(exc.reason, str(exc))
+            self._drop(exc.reason, str(exc), now)
             return
         key = claimed[-1]
         kind = body.get("type")
         if not isinstance(kind, str) or kind not in corenodes.MESSAGE_TYPES:  # a list: unhashable
-            self._drop("bad_type", repr(kind)[:40])
+            self._drop("bad_type", repr(kind)[:40], now)
             return
         self.received[body["type"]] += 1
-        assert self.jobs is not None
-        effects = self.table.on_message(key, address, body, now, self.jobs.view)
-        self.execute(effects, now)
-        self.announce(key, now)
+        deliver(key, address, body, now)
 
-    def _drop(self, reason: str, detail: str) -> None:
+    def _drop(self, reason: str, detail: str, now: float) -> None:
         """Count every dropped message; log the first few per reason per window (a flood of
         garbage must not turn into a flood of log lines)."""
         self.dropped[reason] += 1
-        now = time.monotonic()
         window_start, logged, suppressed = self._drop_log.get(reason, (now, 0, 0))
         if now - window_start >= DROP_LOG_WINDOW_SECONDS:
             if suppressed:
@@ -224,36 +215,6 @@ class Reactor:
             suppressed += 1
         self._drop_log[reason] = (window_start, logged, suppressed)
 
-    def execute(self, effects: list, now: float) -> None:
-        """Carry out node-table effects; job effects come back through the job manager."""
-        assert self.jobs is not None
-        for effect in effects:
-            match effect:
-                case corenodes.Send(key=key, type=kind):
-                    self.send_to_node(key, {"type": kind}, now)
-                    if kind == "abort":
-                        self._rehab_wakeup.set()
-                case corenodes.Up(key=key, incarnation=incarnation):
-                    log.info("node %s/%s is online", *key)
-                    self.store.record(
-                        {
-                            "type": "node_up",
-                            "org": key[0],
-                            "node": key[1],
-                            "incarnation": incarnation,
-                        }
-                    )
-                case corenodes.Down(key=key, reason=reason):
-                    log.info("node %s/%s is offline: %s", *key, reason)
-                    self.sequences.pop(key, None)
-                    self.store.record({"type": "node_down", "org": key[0], "node": key[1]})
-                    self.jobs.node_down(key, now)
-                    self.announce(key, now)
-                case corenodes.ToJob(key=key, job_id=job_id, type=kind, body=body):
-                    self.jobs.node_message(job_id, key, kind, body, now)
-                case corenodes.LostJob(key=key, job_id=job_id):
-                    self.jobs.node_lost_job(job_id, key, now)
-
     def send_to_node(self, key: corenodes.NodeKey, body: dict[str, Any], now: float) -> bool:
         node = self.table.online(key)
         keys = self.state.node_keys.get(key)
@@ -268,54 +229,17 @@ class Reactor:
             return False
         return True
 
-    def rehab(self, key: corenodes.NodeKey, now: float) -> None:
-        self.execute(self.table.do_rehab(key, now), now)
-        self.announce(key, now)
-
-    def announce(self, key: corenodes.NodeKey, now: float) -> None:
-        """Publish the node's availability on ("nodes", org) if it changed since last said.
-
-        Called after every message (the hot path): nothing is allocated when nothing changed."""
-        node = self.table.nodes.get(key)
-        code = 0 if node is None or node.ghost else 2 if node.state == "idle" else 1
-        if self.announced.get(key, 0) == code:
-            return
-        if code:
-            self.announced[key] = code
-        else:
-            del self.announced[key]
-        self.availability_version[key[0]] = self.availability_version.get(key[0], 0) + 1
-        assert self.jobs is not None
-        self.jobs.hub.publish(
-            ("nodes", key[0]),
-            {
-                "type": "node",
-                "node": key[1],
-                "availability": "available" if code == 2 else "unavailable",
-                "status": "online" if code else "offline",
-                "timestamp": sse_timestamp(now),
-            },
-        )
+    def forget(self, key: corenodes.NodeKey) -> None:
+        """The node went offline: its next session starts its message numbers again."""
+        self.sequences.pop(key, None)
 
     # Timers ----------------------------------------------------------------------------------
-    async def _rehab_loop(self) -> None:
-        while True:
-            due = self.table.next_rehab_due()
-            self._rehab_wakeup = trio.Event()
-            if due is None:
-                await self._rehab_wakeup.wait()
-                continue
-            with trio.move_on_after(max(0.0, due - time.time())):
-                await self._rehab_wakeup.wait()
-            now = time.time()
-            self.execute(self.table.on_rehab_timer(now), now)
-
     async def _heartbeat_loop(self) -> None:
         assert self.pub is not None and self.state.server is not None
         interval = self.settings.heartbeat_interval / 1000.0
         next_beat = trio.current_time()
         while True:
-            now = time.time()
+            now = self.clock.now()
             body = wire.server_heartbeat(
                 self.heartbeat_sequence, now, self.hostname, self.state.server.incarnation
             )
@@ -324,14 +248,6 @@ class Reactor:
             self.heartbeat_sequence += 1
             next_beat += interval
             await trio.sleep_until(max(next_beat, trio.current_time()))
-
-    async def _scanner_loop(self) -> None:
-        s = self.settings
-        period = s.heartbeat_interval / 1000.0 * s.detect_offline_nodes_interval
-        while True:
-            await trio.sleep(period)
-            now = time.time()
-            self.execute(self.table.scan(now), now)
 
 
 def _bind(sock: zmq.Socket, listen: str, port: int) -> int:

@@ -21,6 +21,7 @@ import trio
 
 from appliance.core import migrations
 from appliance.core import state as corestate
+from appliance.server.clock import Clock
 from appliance.store.committer import Committer, CommitterClosed
 from appliance.store.log import EventLog, OpenReport, StorageError
 
@@ -36,6 +37,7 @@ class Store:
         self.state = corestate.State()
         self.committer: Committer | None = None
         self.report: OpenReport | None = None
+        self.clock: Clock | None = None
 
     # Start -----------------------------------------------------------------------------------
     def load(
@@ -119,9 +121,13 @@ class Store:
         self.committer = Committer(self.log, snapshot=self._snapshot)
 
     # Running ---------------------------------------------------------------------------------
-    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        """The committer task; returns once ``close`` was called and the queue is on disk."""
+    async def run(
+        self, clock: Clock, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The committer task; returns once ``close`` was called and the queue is on disk.
+        ``clock`` dates the retention of finished jobs at each snapshot."""
         assert self.committer is not None
+        self.clock = clock
         await self.committer.run(task_status=task_status)
 
     def append(self, record: dict[str, Any]) -> int:
@@ -134,10 +140,8 @@ class Store:
         corestate.apply(self.state, record)
         return self.append(record)
 
-    async def durable(
-        self, records: list[dict[str, Any]], on_synced: Callable[[], None] | None = None
-    ) -> int:
-        """Write records, wait until synced; then they are applied (or ``on_synced`` runs).
+    async def durable(self, records: list[dict[str, Any]]) -> int:
+        """Write records, wait until synced; the reducer applies them right after the write.
 
         Applying happens on the committer task right after the write, before any snapshot, so
         a snapshot never covers a record whose effect is missing from the state.
@@ -148,16 +152,17 @@ class Store:
             for record in records:
                 corestate.apply(self.state, record)
 
-        return await self.committer.append_and_wait(records, on_synced or apply_all)
+        return await self.committer.append_and_wait(records, apply_all)
 
     async def barrier(self) -> None:
-        """Wait until every record logged so far is on disk; call it right after rendering an
-        answer from the state, with no checkpoint in between.
+        """Wait until every record logged so far is on disk.
 
         Job steps are applied before they are written, so without this a reader could see a
         state that a kill -9 a moment later takes back (a job seen running is voting again
-        after the restart, an output read over REST is gone). A failing disk does not hold
-        reads up: they are answered at once (or after a bound) from the state in memory."""
+        after the restart, an output read over REST is gone). It is called in one place per
+        way out (``server.durable``: every HTTP answer, SSE chunk and websocket message), never
+        by handlers. A failing disk does not hold reads up: they are answered at once (or
+        after a bound) from the state in memory."""
         committer = self.committer
         assert committer is not None
         seq = committer.last_seq
@@ -176,7 +181,8 @@ class Store:
 
     def _snapshot(self, seq: int) -> bytes:
         """Called by the committer when the segment is full: the state after every record so far."""
-        expired = corestate.prune_jobs(self.state, now=time.time(), retention=self.retention)
+        now = self.clock.now() if self.clock is not None else time.time()
+        expired = corestate.prune_jobs(self.state, now=now, retention=self.retention)
         if expired:
             log.info("dropped %d finished jobs older than the retention period", len(expired))
         records = corestate.to_records(self.state)

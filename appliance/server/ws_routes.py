@@ -35,7 +35,6 @@ TCP level (``stalls.abort_connection``) after ``stalls.SEND_STALL_SECONDS`` (10 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,7 +126,7 @@ class _Stream:
         self.pump_scope = trio.CancelScope()
 
     async def run(self) -> None:
-        hub = self.ctx.jobs.hub
+        hub = self.ctx.hub
         sub = hub.subscribe_many(self.topics, BUFFER)
         hello = self._hello()  # no checkpoint since subscribing: nothing missed, nothing twice
         close = (CLOSE_GOING_AWAY, "server shutting down")
@@ -151,18 +150,18 @@ class _Stream:
         org = self.org
         nodes = {
             key[1]: "available" if node.available else "unavailable"
-            for key, node in sorted(self.ctx.reactor.table.nodes.items())
+            for key, node in sorted(self.ctx.dispatcher.table.nodes.items())
             if key[0] == org and not node.ghost
         }
         jobs = [
             render.job_detail(job)
-            for job_id in sorted(self.ctx.jobs.live)
+            for job_id in sorted(self.ctx.live)
             if (job := self.ctx.state.jobs.get(job_id)) is not None and job.org == org
         ]
         return {
             "type": "hello",
             "org": org,
-            "timestamp": render.sse_timestamp(time.time()),
+            "timestamp": render.sse_timestamp(self.ctx.clock.now()),
             "keep_alive_time": self.ctx.settings.keep_alive_time,
             "subscription": self.subscription.as_json(),
             "nodes": nodes,
@@ -183,7 +182,7 @@ class _Stream:
             if scope.cancelled_caught:
                 if trio.current_time() - self.last_send_at >= keep_alive:
                     await self._send_now(
-                        {"type": "keepalive", "timestamp": render.sse_timestamp(time.time())}
+                        {"type": "keepalive", "timestamp": render.sse_timestamp(self.ctx.clock.now())}
                     )
                 continue
             if sub.dropped:
@@ -232,7 +231,7 @@ class _Stream:
         added = new.jobs if old.jobs == ALL else new.jobs - old.jobs
         for job_id in sorted(added):
             job = self.ctx.state.jobs.get(job_id)
-            if job is None or job.org != self.org or job_id not in self.ctx.jobs.live:
+            if job is None or job.org != self.org or job_id not in self.ctx.live:
                 continue
             for n, name, data in list(job.events):
                 out.extend(self._messages((job_id, (n, name, data))))

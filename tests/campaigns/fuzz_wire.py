@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import trio
 
 from appliance.client import jobstate
 from appliance.client.whitelist import resolve
@@ -50,7 +49,10 @@ from appliance.core import nodes as corenodes
 from appliance.core.settings import Settings
 from appliance.core.state import NodeKeys, State, apply
 from appliance.server.advertise import Advertiser
-from appliance.server.jobs import JobManager
+from appliance.server.clock import Clock
+from appliance.server.dispatcher import Dispatcher
+from appliance.server.feeds import Hub
+from appliance.server.livejobs import LiveJobs
 from appliance.server.reactor import Reactor
 
 REPO = Path(__file__).resolve().parents[2]
@@ -485,12 +487,23 @@ class ServerPipeline:
                 rehab_interval=s.rehab_seconds,
             )
         )
-        self.reactor = Reactor(s, self.state, self.table, self.store, None, "fuzzhost")  # type: ignore[arg-type]
+        clock = Clock(start=EPOCH, follow_system=False)  # unused: every input carries its time
+        self.reactor = Reactor(s, self.state, None, "fuzzhost", clock, self.table)  # type: ignore[arg-type]
         self.reactor.ctx.term()  # no sockets here; the context is not needed
         self.router = _FakeRouter()
         self.reactor.router = self.router  # type: ignore[assignment]
-        self.manager = JobManager(s, self.state, self.store, self.reactor, Advertiser("fuzzhost"))  # type: ignore[arg-type]
-        self.reactor.jobs = self.manager
+        self.live = LiveJobs(self.state)
+        self.dispatcher = Dispatcher(
+            s,
+            self.state,
+            self.store,  # type: ignore[arg-type]
+            self.table,
+            self.reactor,
+            hub=Hub(),
+            clock=clock,
+            live=self.live,
+            advertiser=Advertiser("fuzzhost"),
+        )
         self.now = EPOCH
         self.identities: list[Identity] = []
         for name in FUZZ_NODES:
@@ -532,7 +545,9 @@ class ServerPipeline:
             job_state="idle" if kind == "heartbeat" else None,
         )
         frames = wire.hmac_frames(self.victim_key, body)
-        self.reactor.handle_frames([self.victim_address, *frames], self.now)
+        self.reactor.handle_frames(
+            [self.victim_address, *frames], self.now, self.dispatcher.node_message
+        )
         self.last_victim_beat = self.now
 
     def _join_victim(self) -> None:
@@ -547,7 +562,7 @@ class ServerPipeline:
 
     # Jobs, timers ----------------------------------------------------------------------------
     def live_job_ids(self) -> list[str]:
-        return list(self.manager.live)
+        return list(self.live)
 
     def _create_job(self) -> None:
         rng = self.rng
@@ -577,39 +592,32 @@ class ServerPipeline:
         apply(self.state, created)
         apply(self.shadow, orjson.loads(orjson.dumps(created)))
         job = self.state.jobs[job_id]
-        unavailable = {n for n in nodes if not self.manager._available((ORG, n))}
+        unavailable = {n for n in nodes if not self.dispatcher._available((ORG, n))}
         step = jobfsm.start(job, unavailable, self.now, server_name="fuzzhost", voting_timeout=2.0)
-        self.manager.live[job_id] = trio.Event()
-        for name in nodes:
-            self.manager.node_jobs[(ORG, name)].add(job_id)
-        self.manager.step(job, step, self.now)
+        self.live.add(job)
+        self.live.spawned.receive_nowait()  # no supervisor here: ``_supervise`` plays it
+        self.dispatcher.step(job, step, self.now)
 
     def _supervise(self) -> None:
         """What the job supervisors do: time out, then forget a finished job (bounded state)."""
-        for job_id in list(self.manager.live):
+        for job_id in list(self.live):
             job = self.state.jobs[job_id]
             now = self.now
             if job.status == "voting":
                 deadline = jobfsm.voting_deadline(job, self.settings.voting_timeout)
                 if deadline is not None and now >= deadline:
-                    self.manager.step(job, jobfsm.on_voting_timeout(job, now), now)
+                    self.dispatcher.step(job, jobfsm.on_voting_timeout(job, now), now)
             elif job.status == "running":
                 deadline = jobfsm.running_deadline(job)
                 if deadline is not None and now >= deadline:
-                    self.manager.step(job, jobfsm.on_run_timeout(job, now), now)
+                    self.dispatcher.step(job, jobfsm.on_run_timeout(job, now), now)
             if jobfsm.job_finished(job):
                 self._check_shadow(job)
                 self.jobs_finished[job.status] += 1
-                del self.manager.live[job_id]
-                for name in job.nodes:
-                    jobs = self.manager.node_jobs.get((ORG, name))
-                    if jobs is not None:
-                        jobs.discard(job_id)
-                        if not jobs:
-                            del self.manager.node_jobs[(ORG, name)]
+                self.live.retire(job)
                 del self.state.jobs[job_id]
                 self.shadow.jobs.pop(job_id, None)
-        if not self.manager.live:
+        if not self.live.changed:
             self._create_job()
 
     def _check_shadow(self, job: jobfsm.Job) -> None:
@@ -627,9 +635,9 @@ class ServerPipeline:
         interval = self.settings.heartbeat_seconds
         if self.now - self.last_victim_beat >= interval:
             self._victim_send("heartbeat")
-        self.reactor.execute(self.table.on_rehab_timer(self.now), self.now)
+        self.dispatcher.rehab_timer(self.now)
         if self.inputs % 50 == 0:
-            self.reactor.execute(self.table.scan(self.now), self.now)
+            self.dispatcher.liveness_scan(self.now)
             self._supervise()
         if self.inputs % 5000 == 0 and self.rng.random() < 0.5:
             # as after a server restart: a fuzz node is a ghost until it speaks again
@@ -643,7 +651,7 @@ class ServerPipeline:
         if address is None:
             address = self.rng.choice(self.addresses)
         before = len(self.router.sent)
-        self.reactor.handle_frames([address, *frames], self.now)
+        self.reactor.handle_frames([address, *frames], self.now, self.dispatcher.node_message)
         for reply in self.router.sent[before:]:
             self._check_reply(reply)
         self.replies += len(self.router.sent) - before
