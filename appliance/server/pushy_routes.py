@@ -23,7 +23,7 @@ from appliance.server.auth import JSON, authenticate, fail, forbidden, require_a
 from appliance.server.context import ServerContext
 from appliance.server.feeds import END, Subscriber
 from appliance.server.stalls import StallWatch, peer
-from appliance.store.log import StorageError
+from appliance.store.errors import StorageError
 
 EVENT_STREAM = "text/event-stream"
 OCTETS = "application/octet-stream"
