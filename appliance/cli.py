@@ -224,7 +224,7 @@ def _server(args: argparse.Namespace) -> int:
         log.warning("%s", warning)
     from appliance.core.migrations import FORMAT
     from appliance.server.main import run_server
-    from appliance.store.log import LogCorruption, UnsupportedFormat
+    from appliance.store.errors import LogCorruption, UnsupportedFormat
 
     try:
         return run_server(

@@ -4,7 +4,7 @@ Rules (everything about record formats lives in this file):
 
 - Every log segment and every snapshot names, in its header, the format of the records inside
   it. ``FORMAT`` is what this release writes; it reads every format from ``OLDEST_FORMAT`` to
-  ``FORMAT``. A file of any other format is refused (``store.log.UnsupportedFormat``): it is
+  ``FORMAT``. A file of any other format is refused (``store.errors.UnsupportedFormat``): it is
   never guessed at, never "recovered", never written over.
 - Any change to the records that an older release would misread bumps ``FORMAT``: a new
   record type, a new or renamed field, a changed meaning. The same change adds one entry to

@@ -22,7 +22,7 @@ from appliance.server.context import ServerContext
 from appliance.server.feeds import END, Subscriber
 from appliance.server.stalls import StallWatch, peer
 from appliance.server.store import Store
-from appliance.store.log import StorageError
+from appliance.store.errors import StorageError
 
 EVENT_STREAM = "text/event-stream"
 OCTETS = "application/octet-stream"

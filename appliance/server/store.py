@@ -23,7 +23,9 @@ from appliance.core import migrations
 from appliance.core import state as corestate
 from appliance.server.clock import Clock
 from appliance.store.committer import Committer, CommitterClosed
-from appliance.store.log import EventLog, OpenReport, StorageError
+from appliance.store.errors import StorageError
+from appliance.store.log import EventLog
+from appliance.store.replay import OpenReport
 
 log = logging.getLogger("pushy.store")
 PROGRESS_EVERY = 1000  # records between two replay progress calls

@@ -21,7 +21,8 @@ from collections.abc import Callable
 import orjson
 import trio
 
-from appliance.store.log import EventLog, StorageError
+from appliance.store.errors import StorageError
+from appliance.store.log import EventLog
 
 __all__ = ["Committer", "CommitterClosed"]
 

@@ -22,6 +22,10 @@ Opening tells a torn tail (the unsynced end of the last write, which was never a
 so cutting it loses nothing) from corruption in the middle (a bad record with good records
 after it, a seq gap, a damaged snapshot), which would lose acknowledged data and therefore
 stops the start unless the operator asks to recover.
+
+The pieces: `frames` (bytes and names on disk), `replay` (reading back at open, recovery),
+`errors` (what is raised), `files` (fsync and truncate); this module is the `EventLog` that
+ties them together and appends.
 """
 
 from __future__ import annotations
@@ -29,135 +33,32 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
-import mmap
 import os
-import re
 import struct
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.core import migrations
+from appliance.store.errors import StorageError, storage_error
+from appliance.store.files import fsync_dir
+from appliance.store.frames import (
+    MAX_PAYLOAD,
+    SEG_HEADER,
+    SEGMENT_MAGIC,
+    SNAPSHOT_MAGIC,
+    frame,
+    header_format,
+    list_segments,
+    list_snapshots,
+    segment_name,
+    snapshot_name,
+)
+from appliance.store.replay import OpenReport, Replay
 
-__all__ = [
-    "EventLog",
-    "LogCorruption",
-    "OpenReport",
-    "StorageError",
-    "UnsupportedFormat",
-]
+__all__ = ["EventLog"]
 
 logger = logging.getLogger(__name__)
-
-SEGMENT_MAGIC = b"PUSHYLOG"
-SNAPSHOT_MAGIC = b"PUSHYSNP"
-MAX_PAYLOAD = 1 << 30
-
-_SEG_HEADER = struct.Struct("<8sHH")
-_REC_HEADER = struct.Struct("<IIQ")
-_SEQ = struct.Struct("<Q")
-_SNAP_HEADER = struct.Struct("<8sHQII")
-_SEG_NAME = re.compile(r"^(\d{20})\.seg$")
-_SNAP_NAME = re.compile(r"^snapshot-(\d{20})\.snap$")
-
-
-class LogCorruption(Exception):
-    """Damage that would lose acknowledged data if ignored: mid-log, seq gap, snapshot."""
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        path: Path | str | None = None,
-        offset: int | None = None,
-        seq: int | None = None,
-    ) -> None:
-        self.reason = reason
-        self.path = str(path) if path is not None else None
-        self.offset = offset
-        self.seq = seq
-        where = [
-            f"file {self.path}" if self.path is not None else None,
-            f"offset {offset}" if offset is not None else None,
-            f"seq {seq}" if seq is not None else None,
-        ]
-        prefix = ", ".join(w for w in where if w)
-        super().__init__(f"{prefix}: {reason}" if prefix else reason)
-
-
-class UnsupportedFormat(LogCorruption):
-    """A file of a format this release cannot read (a newer one, after a downgrade): never
-    'recovered' by deleting it. ``found`` is the file's format."""
-
-    def __init__(self, found: int, what: str, *, path: Path | str, seq: int | None = None):
-        self.found = found
-        if found > migrations.FORMAT:
-            why = f"it was written in format {found}, by a newer release of pushy"
-        else:
-            why = f"it is in format {found}, older than any this release reads"
-        super().__init__(
-            f"{what} cannot be read: {why}; this release reads formats "
-            f"{migrations.OLDEST_FORMAT} to {migrations.FORMAT}",
-            path=path,
-            offset=8,
-            seq=seq,
-        )
-
-
-class StorageError(OSError):
-    """A write failed (ENOSPC, EROFS, EIO...); `.errno` says why. Nothing half-written stays."""
-
-
-@dataclass
-class OpenReport:
-    """What `EventLog.open` found and did; complete once the replay iterator is exhausted."""
-
-    snapshot_seq: int | None = None
-    records_replayed: int = 0
-    truncated_bytes: int = 0
-    truncated_file: str | None = None
-    segments: int = 0
-    last_seq: int = 0
-    formats: set[int] = field(default_factory=set)  # of the files replayed
-    recovered_from_corruption: bool = False
-    notes: list[str] = field(default_factory=list)
-
-
-def _segment_name(first_seq: int) -> str:
-    return f"{first_seq:020d}.seg"
-
-
-def _snapshot_name(seq: int) -> str:
-    return f"snapshot-{seq:020d}.snap"
-
-
-def _frame(seq: int, payload: bytes) -> bytes:
-    crc = zlib.crc32(payload, zlib.crc32(_SEQ.pack(seq)))
-    return _REC_HEADER.pack(len(payload), crc, seq) + payload
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _storage_error(exc: OSError, what: str, path: Path | str) -> StorageError:
-    code = exc.errno if exc.errno is not None else errno.EIO
-    return StorageError(code, f"{what} failed: {exc.strerror or exc}", str(path))
-
-
-@dataclass
-class _Bad:
-    """Where a segment stops being readable, and whether that is certainly corruption."""
-
-    offset: int
-    reason: str
-    certain: bool  # True: corruption whatever follows; False: may be a torn tail
-    header_only: bool = False  # the segment's magic is damaged, its records are intact
 
 
 class EventLog:
@@ -216,21 +117,22 @@ class EventLog:
             raise RuntimeError("EventLog.open called twice")
         self._opened = True
         self._prepare_directory()
+        reader = Replay(self.path, self.report)
         try:
-            segments = self._list_segments()
-            base, payload = self._choose_base(segments, recover)
+            segments = list_segments(self.path)
+            base, payload = reader.choose_base(segments, recover)
         except BaseException:
             self.close()
             raise
         self.report.snapshot_seq = base if payload is not None else None
-        return payload, self._replay_or_close(segments, base, recover)
+        return payload, self._replay_or_close(reader, segments, base, recover)
 
     def _replay_or_close(
-        self, segments: list[tuple[int, Path]], base: int, recover: bool
+        self, reader: Replay, segments: list[tuple[int, Path]], base: int, recover: bool
     ) -> Iterator[tuple[int, bytes, int]]:
         # A failed or abandoned replay releases the directory lock for the next attempt.
         try:
-            yield from self._replay(segments, base, recover)
+            yield from self._replay(reader, segments, base, recover)
         except BaseException:
             self.close()
             raise
@@ -241,10 +143,10 @@ class EventLog:
                 self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
                 self.path.mkdir(mode=0o700, exist_ok=True)
                 os.chmod(self.path, 0o700)
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
             fd = os.open(self.path / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            raise _storage_error(exc, "creating the log directory", self.path) from exc
+            raise storage_error(exc, "creating the log directory", self.path) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -256,142 +158,14 @@ class EventLog:
         for leftover in self.path.glob("*.tmp"):
             leftover.unlink(missing_ok=True)
 
-    def _list_segments(self) -> list[tuple[int, Path]]:
-        found = []
-        for entry in self.path.iterdir():
-            m = _SEG_NAME.match(entry.name)
-            if m:
-                found.append((int(m.group(1)), entry))
-        return sorted(found)
-
-    def _list_snapshots(self) -> list[tuple[int, Path]]:
-        found = []
-        for entry in self.path.iterdir():
-            m = _SNAP_NAME.match(entry.name)
-            if m:
-                found.append((int(m.group(1)), entry))
-        return sorted(found)
-
-    def _choose_base(
-        self, segments: list[tuple[int, Path]], recover: bool
-    ) -> tuple[int, tuple[bytes, int] | None]:
-        """Pick the newest usable snapshot; only `recover` may fall back past a bad one."""
-        rejected: list[Path] = []
-        for seq, path in reversed(self._list_snapshots()):
-            try:
-                payload = self._read_snapshot(path, seq)
-                if segments and segments[0][0] > seq + 1:
-                    raise LogCorruption(
-                        f"segments after the snapshot are missing (first segment starts at "
-                        f"seq {segments[0][0]})",
-                        path=path,
-                        seq=seq + 1,
-                    )
-            except UnsupportedFormat:
-                raise
-            except LogCorruption as exc:
-                if not recover:
-                    raise
-                logger.error("event log: %s; falling back to an older state", exc)
-                self.report.notes.append(str(exc))
-                self.report.recovered_from_corruption = True
-                rejected.append(path)
-                continue
-            self._set_aside(rejected)
-            return seq, payload
-        if segments and segments[0][0] != 1:
-            raise LogCorruption(
-                f"no usable snapshot and the oldest segment starts at seq {segments[0][0]}, "
-                "not 1: the state before it is lost",
-                path=segments[0][1],
-                seq=1,
-            )
-        self._set_aside(rejected)
-        return 0, None
-
-    def _read_snapshot(self, path: Path, seq: int) -> tuple[bytes, int]:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise _storage_error(exc, "reading a snapshot", path) from exc
-        if len(data) < _SNAP_HEADER.size:
-            raise LogCorruption("snapshot header is truncated", path=path, offset=0, seq=seq)
-        magic, version, hseq, length, crc = _SNAP_HEADER.unpack_from(data)
-        if magic != SNAPSHOT_MAGIC:
-            raise LogCorruption(f"bad snapshot magic {magic!r}", path=path, offset=0, seq=seq)
-        if not migrations.readable(version):
-            raise UnsupportedFormat(version, "the snapshot", path=path, seq=seq)
-        if hseq != seq:
-            raise LogCorruption(f"header says seq {hseq}, file name says {seq}", path=path)
-        if length != len(data) - _SNAP_HEADER.size:
-            raise LogCorruption(
-                f"snapshot length {length} but {len(data) - _SNAP_HEADER.size} payload bytes",
-                path=path,
-                offset=_SNAP_HEADER.size,
-                seq=seq,
-            )
-        body = memoryview(data)[_SNAP_HEADER.size :]
-        if zlib.crc32(body, zlib.crc32(data[8:22])) != crc:
-            raise LogCorruption("snapshot checksum mismatch", path=path, offset=0, seq=seq)
-        self.report.formats.add(version)
-        return bytes(body), version
-
     def _replay(
-        self, segments: list[tuple[int, Path]], base: int, recover: bool
+        self, reader: Replay, segments: list[tuple[int, Path]], base: int, recover: bool
     ) -> Iterator[tuple[int, bytes, int]]:
         report = self.report
-        start = 0
-        for i, (first, _) in enumerate(segments):
-            if first <= base + 1:
-                start = i
-        relevant = segments[start:]
-        expect = relevant[0][0] if relevant else base + 1
-        tail: tuple[int, Path] | None = None  # the segment appends may continue
-        for idx, (first, path) in enumerate(relevant):
-            is_last = idx == len(relevant) - 1
-            if first != expect:
-                problem = LogCorruption(
-                    f"seq gap: segment starts at seq {first}, expected {expect}",
-                    path=path,
-                    offset=0,
-                    seq=expect,
-                )
-                self._corrupt(problem, recover, None, 0, [p for _, p in relevant[idx:]])
-                break
-            scanner = self._scan_segment(path, expect, base, is_last)
-            bad, expect = yield from scanner
-            if bad is not None and bad.header_only and recover:
-                self._repair_magic(path, bad.reason)
-                bad, expect = yield from self._scan_segment(path, expect, base, is_last)
-            if bad is None:
-                tail = (first, path)
-                continue
-            if not bad.certain:
-                size = path.stat().st_size
-                side = self._cut(path, bad.offset, keep_required=False)
-                logger.warning(
-                    "event log: torn tail in %s at offset %d (%s); truncating %d bytes%s",
-                    path,
-                    bad.offset,
-                    bad.reason,
-                    size - bad.offset,
-                    f" (kept in {side})" if side else "",
-                )
-                report.truncated_bytes += size - bad.offset
-                report.truncated_file = str(path)
-                tail = (first, path)
-                break
-            problem = LogCorruption(bad.reason, path=path, offset=bad.offset, seq=expect)
-            later = [p for _, p in relevant[idx + 1 :]]
-            if bad.offset < _SEG_HEADER.size:
-                self._corrupt(problem, recover, None, 0, [path, *later])
-            else:
-                self._corrupt(problem, recover, path, bad.offset, later)
-                tail = (first, path)
-            break
+        expect, tail = yield from reader.records(segments, base, recover)
         self._last_seq = max(expect - 1, base)
         if tail is not None and tail[1].exists() and expect - 1 == self._last_seq:
-            self._use_segment(tail[1], tail[0], _header_format(tail[1]))
+            self._use_segment(tail[1], tail[0], header_format(tail[1]))
         if self._fd is None or self._segment_format != self.format:
             # never append records of one format to a segment of another: an older release
             # must meet this segment's header (and refuse), not misread its records
@@ -406,7 +180,7 @@ class EventLog:
                 )
             self._start_segment(self._last_seq + 1)
         report.last_seq = self._last_seq
-        report.segments = len(self._list_segments())
+        report.segments = len(list_segments(self.path))
         self._ready = True
         logger.info(
             "event log: opened at seq %d (snapshot %s, %d records replayed)",
@@ -414,150 +188,6 @@ class EventLog:
             report.snapshot_seq,
             report.records_replayed,
         )
-
-    def _scan_segment(
-        self, path: Path, expect: int, base: int, is_last: bool
-    ) -> Iterator[tuple[int, bytes, int]]:
-        """Yield the valid records of one segment; return (problem or None, next seq)."""
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            header = f.read(_SEG_HEADER.size)
-            if len(header) < _SEG_HEADER.size:
-                return _Bad(0, "segment header is truncated", True), expect
-            magic, version, _reserved = _SEG_HEADER.unpack(header)
-            if magic != SEGMENT_MAGIC:
-                if migrations.readable(version) and _first_record_intact(f, size, expect):
-                    # one damaged header in front of good records: --recover rewrites it
-                    reason = f"bad segment magic {magic!r}; the records after it are intact"
-                    return _Bad(0, reason, True, header_only=True), expect
-                return _Bad(0, f"bad segment magic {magic!r}: not a pushy log", True), expect
-            if not migrations.readable(version):
-                raise UnsupportedFormat(version, "the log segment", path=path)
-            self.report.formats.add(version)
-            if size == _SEG_HEADER.size:
-                return None, expect
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        mv = memoryview(mm)
-        bad = None
-        try:
-            unpack = _REC_HEADER.unpack_from
-            crc32 = zlib.crc32
-            off = _SEG_HEADER.size
-            while off < size:
-                if size - off < _REC_HEADER.size:
-                    bad = _Bad(off, "partial record header", False)
-                    break
-                length, crc, seq = unpack(mm, off)
-                end = off + _REC_HEADER.size + length
-                if end > size:
-                    bad = _Bad(off, f"record length {length} runs past the end of file", False)
-                    break
-                if crc32(mv[off + 8 : end]) != crc:
-                    bad = _Bad(off, "record checksum mismatch", False)
-                    break
-                if seq != expect:
-                    bad = _Bad(off, f"record has seq {seq}, expected {expect}", True)
-                    break
-                if seq > base:
-                    self.report.records_replayed += 1
-                    yield seq, mm[off + _REC_HEADER.size : end], version
-                expect += 1
-                off = end
-            if bad is not None and not bad.certain:
-                if not is_last:
-                    bad.certain = True
-                else:
-                    found = _find_frame(mv, bad.offset + 1, size, expect - 1)
-                    if found is not None:
-                        bad.certain = True
-                        bad.reason += f"; a valid record follows at offset {found}"
-            return bad, expect
-        finally:
-            mv.release()
-            mm.close()
-
-    def _corrupt(
-        self,
-        problem: LogCorruption,
-        recover: bool,
-        cut_path: Path | None,
-        cut_offset: int,
-        drop: list[Path],
-    ) -> None:
-        """Raise `problem`, or (recover) cut the log at it, keeping the cut bytes aside."""
-        if not recover:
-            raise problem
-        logger.error("event log: %s; recovering to the last good record", problem)
-        self.report.notes.append(str(problem))
-        self.report.recovered_from_corruption = True
-        if cut_path is not None:
-            size = cut_path.stat().st_size
-            side = self._cut(cut_path, cut_offset, keep_required=True)
-            logger.error(
-                "event log: dropped %d bytes (seq %s and after) at offset %d of %s; they are "
-                "kept in %s",
-                size - cut_offset,
-                problem.seq,
-                cut_offset,
-                cut_path,
-                side,
-            )
-            self.report.notes.append(f"dropped {size - cut_offset} bytes, kept in {side}")
-            self.report.truncated_bytes += size - cut_offset
-            self.report.truncated_file = str(cut_path)
-        self._set_aside(drop)
-
-    def _cut(self, path: Path, offset: int, *, keep_required: bool) -> str | None:
-        """Truncate ``path`` at ``offset``, keeping the cut bytes in ``NAME.corrupt-OFFSET``;
-        returns that name. A torn tail (``keep_required`` False: never acknowledged) is cut even
-        when the copy cannot be written, e.g. on a full disk."""
-        side = path.with_name(f"{path.name}.corrupt-{offset}")
-        try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                tail = f.read()
-            # the cut records may hold session keys: as private as the log itself
-            fd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                os.fchmod(fd, 0o600)
-                out.write(tail)
-        except OSError as exc:
-            if keep_required:
-                raise
-            logger.warning("event log: cannot keep the cut bytes in %s: %s", side.name, exc)
-            side.unlink(missing_ok=True)
-            self._truncate(path, offset)
-            return None
-        self._truncate(path, offset)
-        return side.name
-
-    def _repair_magic(self, path: Path, reason: str) -> None:
-        logger.error("event log: %s: %s; rewriting the header (recover)", path, reason)
-        self.report.notes.append(f"rewrote the damaged header of {path.name}")
-        self.report.recovered_from_corruption = True
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.pwrite(fd, SEGMENT_MAGIC, 0)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def _set_aside(self, paths: list[Path]) -> None:
-        for path in paths:
-            aside = path.with_name(path.name + ".corrupt")
-            logger.error("event log: dropped %s: moved aside to %s", path, aside.name)
-            self.report.notes.append(f"moved {path.name} aside to {aside.name}")
-            os.replace(path, aside)
-        if paths:
-            _fsync_dir(self.path)
-
-    def _truncate(self, path: Path, offset: int) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.ftruncate(fd, offset)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     # -- appends ---------------------------------------------------------------------------
 
@@ -586,7 +216,7 @@ class EventLog:
                 raise ValueError(f"append: seq {seq}, expected {expect}")
             if len(payload) > MAX_PAYLOAD:
                 raise ValueError(f"append: payload of {len(payload)} bytes is too large")
-            parts.append(_frame(seq, payload))
+            parts.append(frame(seq, payload))
             expect += 1
         data = b"".join(parts)
         self._write_all(data)
@@ -616,7 +246,7 @@ class EventLog:
             self._fdatasync(self._fd)
         except OSError as exc:
             self._rollback()
-            raise _storage_error(exc, "appending to the event log", self._segment or "") from exc
+            raise storage_error(exc, "appending to the event log", self._segment or "") from exc
 
     def _rollback(self) -> None:
         """Cut the file back to the last good record so no later write lands after garbage."""
@@ -658,12 +288,12 @@ class EventLog:
             raise ValueError(f"write_snapshot: seq {seq} is not the last seq {self._last_seq}")
         if len(payload) >= 2**32:
             raise ValueError("write_snapshot: payload too large")
-        final = self.path / _snapshot_name(seq)
+        final = self.path / snapshot_name(seq)
         head = struct.pack("<HQI", self.format, seq, len(payload))
         crc = zlib.crc32(payload, zlib.crc32(head))
         data = SNAPSHOT_MAGIC + head + struct.pack("<I", crc) + payload
         self._write_file_atomically(final, data, "writing a snapshot")
-        if not (self._segment_first == seq + 1 and self._end == _SEG_HEADER.size):
+        if not (self._segment_first == seq + 1 and self._end == SEG_HEADER.size):
             self._start_segment(seq + 1)
         self._prune(seq)
 
@@ -683,17 +313,17 @@ class EventLog:
             finally:
                 os.close(fd)
             os.replace(tmp, final)
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
         except OSError as exc:
             try:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
-            raise _storage_error(exc, what, final) from exc
+            raise storage_error(exc, what, final) from exc
 
     def _start_segment(self, first: int) -> None:
-        path = self.path / _segment_name(first)
-        header = _SEG_HEADER.pack(SEGMENT_MAGIC, self.format, 0)
+        path = self.path / segment_name(first)
+        header = SEG_HEADER.pack(SEGMENT_MAGIC, self.format, 0)
         self._write_file_atomically(path, header, "creating a log segment")
         self._use_segment(path, first, self.format)
 
@@ -701,7 +331,7 @@ class EventLog:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         except OSError as exc:
-            raise _storage_error(exc, "opening a log segment", path) from exc
+            raise storage_error(exc, "opening a log segment", path) from exc
         if self._fd is not None:
             os.close(self._fd)
         self._fd = fd
@@ -713,24 +343,24 @@ class EventLog:
 
     def _prune(self, newest: int) -> None:
         """Delete what neither the newest nor the previous snapshot needs."""
-        snapshots = [s for s, _ in self._list_snapshots()]
+        snapshots = [s for s, _ in list_snapshots(self.path)]
         older = [s for s in snapshots if s < newest]
         if not older:
             return
         keep_from = older[-1]
         removed = False
-        for seq, path in self._list_snapshots():
+        for seq, path in list_snapshots(self.path):
             if seq < keep_from:
                 path.unlink(missing_ok=True)
                 removed = True
-        segments = self._list_segments()
+        segments = list_segments(self.path)
         for (_, path), (next_first, _) in zip(segments, segments[1:], strict=False):
             if next_first <= keep_from + 1 and path != self._segment:
                 path.unlink(missing_ok=True)
                 removed = True
         if removed:
             try:
-                _fsync_dir(self.path)
+                fsync_dir(self.path)
             except OSError as exc:
                 logger.warning("event log: fsync of %s failed: %s", self.path, exc)
 
@@ -742,36 +372,3 @@ class EventLog:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-
-
-def _header_format(path: Path) -> int:
-    """The format named in a segment's header (already checked by the replay)."""
-    with open(path, "rb") as f:
-        return _SEG_HEADER.unpack(f.read(_SEG_HEADER.size))[1]
-
-
-def _first_record_intact(f, size: int, expect: int) -> bool:  # noqa: ANN001 (a binary file)
-    """Whether the segment ``f`` is empty or starts with a valid record of seq ``expect``."""
-    if size == _SEG_HEADER.size:
-        return True
-    f.seek(_SEG_HEADER.size)
-    head = f.read(_REC_HEADER.size)
-    if len(head) < _REC_HEADER.size:
-        return False
-    length, crc, seq = _REC_HEADER.unpack(head)
-    if seq != expect or length > size - _SEG_HEADER.size - _REC_HEADER.size:
-        return False
-    return zlib.crc32(f.read(length), zlib.crc32(head[8:])) == crc
-
-
-def _find_frame(buf: memoryview, start: int, size: int, after_seq: int) -> int | None:
-    """Offset of a plausible valid record at or after `start` (sane length, CRC, seq), or None."""
-    limit = after_seq + (size - start) // _REC_HEADER.size + 1
-    unpack = _REC_HEADER.unpack_from
-    for p in range(start, size - _REC_HEADER.size + 1):
-        length, crc, seq = unpack(buf, p)
-        if after_seq < seq <= limit:
-            end = p + _REC_HEADER.size + length
-            if end <= size and zlib.crc32(buf[p + 8 : end]) == crc:
-                return p
-    return None

@@ -7,7 +7,7 @@ A route added to the app without a row fails ``test_matrix_covers_every_served_r
 
 Expected values come from server-protocol.md §6.1–6.9 and DESIGN.md ("never hand a node's
 session key to anyone but that node (or the superuser)"; "authenticate before validating a
-body"), and from the permission table of appliance/core/identity.py for the identity API; they
+body"), and from the permission table of appliance/core/identity/__init__.py for the identity API; they
 are written out per route class below, never derived from the server's answers.
 
 Identities (org ``mx`` has the groups ``pushy_job_readers`` = {reader} and

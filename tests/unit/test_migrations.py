@@ -13,7 +13,8 @@ import pytest
 from appliance.core import migrations
 from appliance.core.state import State, apply, to_records
 from appliance.server.store import Store
-from appliance.store.log import EventLog, UnsupportedFormat
+from appliance.store.errors import UnsupportedFormat
+from appliance.store.log import EventLog
 from tests.unit.test_state import build
 from tests.unit.test_state_replay_speed import old_job_restore_records
 

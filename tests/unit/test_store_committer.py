@@ -13,7 +13,8 @@ import trio
 import trio.testing
 
 from appliance.store.committer import Committer, CommitterClosed
-from appliance.store.log import EventLog, StorageError
+from appliance.store.errors import StorageError
+from appliance.store.log import EventLog
 
 
 class Disk:

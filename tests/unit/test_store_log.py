@@ -15,12 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.core.migrations import FORMAT
-from appliance.store.log import (
-    EventLog,
-    LogCorruption,
-    StorageError,
-    UnsupportedFormat,
-)
+from appliance.store.errors import LogCorruption, StorageError, UnsupportedFormat
+from appliance.store.log import EventLog
 
 HEADER = 12
 REC = 16
