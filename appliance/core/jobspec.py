@@ -21,6 +21,9 @@ top-level key (which the original resolved silently) is refused up front.
 
 A quorum larger than the node count is accepted, as in the original: the job simply ends
 ``quorum_failed``.
+
+The field list, the JSON types, the limits and the order of the type checks come from
+``core.jobschema.JOB_REQUEST``, the schema the API document shows; the messages are here.
 """
 
 from __future__ import annotations
@@ -29,8 +32,11 @@ import base64
 import binascii
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
+
+from appliance.core.jobschema import COUNT, JOB_REQUEST, NODE_NAME
 
 __all__ = [
     "MAX_COUNT",
@@ -42,13 +48,14 @@ __all__ = [
 ]
 
 #: Largest run_timeout / quorum accepted: fits every timer and an int32 column.
-MAX_COUNT = 2**31 - 1
+MAX_COUNT: int = COUNT["maximum"]
 #: Node names end up in URL paths and log records.
-MAX_NODE_NAME_CHARS = 255
+MAX_NODE_NAME_CHARS: int = NODE_NAME["maxLength"]
 
-_ALLOWED_KEYS = frozenset(
-    {"command", "nodes", "run_timeout", "quorum", "user", "dir", "env", "file", "capture_output"}
-)
+_FIELDS: dict[str, Any] = JOB_REQUEST["properties"]  # in the original's type-check order
+_REQUIRED = frozenset(JOB_REQUEST["required"])
+_ALLOWED_KEYS = frozenset(_FIELDS)
+_NODE_NAME = re.compile(NODE_NAME["pattern"])  # fullmatch: '$' alone would allow a final \n
 
 MSG_COMMAND = "invalid command supplied"
 MSG_NODES = "at least one node must be supplied"
@@ -165,37 +172,44 @@ def _as_count(value: int | float, name: str) -> int:
     return int(value)
 
 
+#: The original's message for a field of the wrong type; any other field: MSG_UNKNOWN.
+_TYPE_MESSAGES = {
+    "command": MSG_COMMAND,
+    "nodes": MSG_NODES,
+    "run_timeout": MSG_RUN_TIMEOUT_TYPE,
+    "quorum": MSG_QUORUM_TYPE,
+    "capture_output": MSG_CAPTURE_TYPE,
+}
+
+
+def _has_type(schema: dict[str, Any], value: Any) -> bool:
+    """Whether ``value`` has the schema's JSON type (items and map values too). An integer
+    field takes any number here: fractions are refused later, with their own message."""
+    kind = schema["type"]
+    if kind == "string":
+        return isinstance(value, str)
+    if kind in ("integer", "number"):
+        return _is_number(value)
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind == "array":
+        return isinstance(value, list) and all(_has_type(schema["items"], v) for v in value)
+    if kind == "object":
+        values = schema["additionalProperties"]
+        return isinstance(value, dict) and all(_has_type(values, v) for v in value.values())
+    raise AssertionError(f"jobschema: type {kind!r} has no check")
+
+
 def _check_types(doc: dict[str, Any]) -> None:
-    command = doc.get("command")
-    if not isinstance(command, str):
-        raise JobRequestError(MSG_COMMAND)
-    nodes = doc.get("nodes")
-    if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
-        raise JobRequestError(MSG_NODES)
-    if "run_timeout" in doc and not _is_number(doc["run_timeout"]):
-        raise JobRequestError(MSG_RUN_TIMEOUT_TYPE)
-    if "quorum" in doc and not _is_number(doc["quorum"]):
-        raise JobRequestError(MSG_QUORUM_TYPE)
-    if "capture_output" in doc and not isinstance(doc["capture_output"], bool):
-        raise JobRequestError(MSG_CAPTURE_TYPE)
-    for key in ("user", "dir", "file"):
-        if key in doc and not isinstance(doc[key], str):
-            raise JobRequestError(MSG_UNKNOWN)
-    if "env" in doc:
-        env = doc["env"]
-        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
-            raise JobRequestError(MSG_UNKNOWN)
+    for key, schema in _FIELDS.items():
+        if (key in doc or key in _REQUIRED) and not _has_type(schema, doc.get(key)):
+            raise JobRequestError(_TYPE_MESSAGES.get(key, MSG_UNKNOWN))
 
 
 def _check_node_names(nodes: list[str]) -> None:
     seen: set[str] = set()
     for name in nodes:
-        if (
-            not name
-            or len(name) > MAX_NODE_NAME_CHARS
-            or "/" in name
-            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name)
-        ):
+        if len(name) > MAX_NODE_NAME_CHARS or not _NODE_NAME.fullmatch(name):
             raise JobRequestError(f"invalid node name {name!r}")
         if name in seen:
             raise JobRequestError(f"duplicate node name {name!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any, cast
 
 import orjson
 import trio
@@ -10,7 +11,16 @@ from quart import Response, current_app, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from appliance.server import identity_routes, pushy_routes, search_routes, ws_routes
+from appliance.core.settings import Settings
+from appliance.server import (
+    feed_routes,
+    identity_routes,
+    openapi,
+    pushy_routes,
+    search_routes,
+    status_routes,
+    ws_routes,
+)
 from appliance.server.context import ServerContext
 from appliance.server.stalls import abort_connection
 
@@ -24,11 +34,12 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app = QuartTrio("pushy", static_folder=None)  # no /static/ route serving files from the cwd
     app.config["MAX_CONTENT_LENGTH"] = MAX_REST_BODY
     app.config["BODY_TIMEOUT"] = 30
-    app.register_blueprint(pushy_routes.status_blueprint(ctx))
+    app.register_blueprint(status_routes.blueprint(ctx))
     app.register_blueprint(pushy_routes.blueprint(ctx))
+    app.register_blueprint(feed_routes.blueprint(ctx))
+    app.register_blueprint(ws_routes.blueprint(ctx))
     app.register_blueprint(identity_routes.blueprint(ctx))
     app.register_blueprint(search_routes.blueprint(ctx))
-    app.register_blueprint(ws_routes.blueprint(ctx))
 
     @app.before_request
     async def read_body_first() -> None:
@@ -75,6 +86,20 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         return Response(orjson.dumps(body), status=500, content_type="application/json")
 
     return app
+
+
+class _Unserved:
+    """What building the app reads of a context (handlers read the rest per request)."""
+
+    settings = Settings()
+
+    def __init__(self) -> None:
+        self.shutdown = trio.Event()
+
+
+def api_document() -> dict[str, Any]:
+    """The OpenAPI document of every route, without a server (tests, docs)."""
+    return openapi.document(create_app(cast(ServerContext, _Unserved())))
 
 
 async def _abort_later(scope: dict) -> None:

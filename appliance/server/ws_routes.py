@@ -44,10 +44,12 @@ from quart import Blueprint, websocket
 
 from appliance.core import identity, render
 from appliance.core.state import OrgEvent
+from appliance.server.apidoc import json_reply, operation, ref, register
 from appliance.server.auth import forbidden, verify
 from appliance.server.context import ServerContext
 from appliance.server.feeds import Subscriber
 from appliance.server.pushy_routes import PREFIX
+from appliance.server.schemas import ORG, WS_SERVER_MESSAGES
 from appliance.server.stalls import WATCH_SECONDS, abort_connection, peer, stall_limit
 
 log = logging.getLogger("pushy.ws")
@@ -99,17 +101,45 @@ def parse_subscription(text: str | bytes, current: Subscription) -> Subscription
     return Subscription(jobs, nodes)
 
 
+@operation(
+    "GET",
+    "statusWebsocket",
+    "feeds",
+    "Websocket status stream (GET with Upgrade: websocket)",
+    {
+        "101": {
+            "description": "Switched to the websocket protocol; messages are JSON text "
+            "(x-websocket lists them). Close codes: 1001 server shutting down, 1008 "
+            "reader too slow (more than 1024 messages behind)."
+        },
+        "400": json_reply("Not a websocket handshake, or bad X-Ops headers.", ref("Error")),
+    },
+    description="The handshake is signed like any request (GET of the path, empty "
+    "body) and needs read access; a refused handshake gets the usual status and JSON "
+    "error and is not upgraded. The server sends hello first (online nodes, live "
+    "jobs), then job_event, org_event and node messages, keepalive after "
+    "keep_alive_time seconds of silence. The client may send a subscribe message at "
+    "any time.",
+    parameters=[ORG],
+    websocket=True,
+    extra={
+        "x-websocket": {
+            "server-messages": {name: ref(f"WsServer_{name}") for name in WS_SERVER_MESSAGES},
+            "client-messages": {"subscribe": ref("WsClientSubscribe")},
+        }
+    },
+)
+async def status_stream(ctx: ServerContext, org: str) -> None:
+    auth = verify(ctx, org, websocket.headers, "GET", websocket.path, b"")
+    if not identity.can_read_jobs(ctx.state.identity, org, auth.principal):
+        forbidden(auth.principal.name)
+    await websocket.accept()
+    await _Stream(ctx, org).run()
+
+
 def blueprint(ctx: ServerContext) -> Blueprint:
     bp = Blueprint("pushy_ws", __name__)
-
-    @bp.websocket(PREFIX + "/ws")
-    async def status_stream(org: str) -> None:
-        auth = verify(ctx, org, websocket.headers, "GET", websocket.path, b"")
-        if not identity.can_read_jobs(ctx.state.identity, org, auth.principal):
-            forbidden(auth.principal.name)
-        await websocket.accept()
-        await _Stream(ctx, org).run()
-
+    register(bp, [(PREFIX + "/ws", status_stream)], ctx)
     return bp
 
 

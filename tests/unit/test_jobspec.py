@@ -430,3 +430,41 @@ def test_any_bytes_give_a_spec_or_a_request_error(raw: bytes) -> None:
         parse_job_request(raw)
     except JobRequestError:
         pass
+
+
+# ------------------------------------------------------------------ one schema, two readers
+
+
+def test_the_validator_and_the_document_read_one_schema():
+    from appliance.core import jobschema
+    from appliance.server.app import api_document
+
+    doc = api_document()["components"]["schemas"]["JobRequest"]
+    assert doc == jobschema.JOB_REQUEST
+    props = jobschema.JOB_REQUEST["properties"]
+    assert MAX_COUNT == props["run_timeout"]["maximum"] == props["quorum"]["maximum"]
+    assert (
+        error_of(json.dumps({"command": "x", "nodes": ["n"], "nope": 1})) == "invalid key supplied"
+    )
+    every = {
+        "command": "x",
+        "nodes": ["n"],
+        "run_timeout": 1,
+        "quorum": 1,
+        "capture_output": True,
+        "user": "u",
+        "dir": "/",
+        "file": "raw:x",
+        "env": {"A": "b"},
+    }
+    assert set(every) == set(props)
+    parse_job_request(json.dumps(every))
+
+
+def test_type_faults_keep_the_original_order_and_a_final_newline_is_no_name():
+    both = {"command": "x", "nodes": ["n"], "user": 3, "capture_output": "yes"}
+    assert (
+        error_of(json.dumps(both))
+        == "invalid type supplied for capture_output (expected a boolean)"
+    )
+    assert error_of(json.dumps({"command": "x", "nodes": ["n\n"]})) == "invalid node name 'n\\n'"
