@@ -249,7 +249,8 @@ class Lexer:
                 yield tok
                 return
             if tok is not None:
-                prev = tok
+                if tok.kind != "op" or tok.text != ";":  # inside brackets: no statement end
+                    prev = tok
                 yield tok
         if nested:
             self.problems.append(
@@ -575,6 +576,8 @@ class Lexer:
         after = text[self.i : self.i + 1]
         if after and (after.isalnum() or after == "_"):
             self._problem("malformed number")
+            while self.i < len(text) and text[self.i] in "0123456789_":  # ``1__`` is one token
+                self.i += 1
         elif len(word) > MAX_NUMBER_CHARS:
             self._problem("number too long")
         digits = word.replace("_", "").lower()
@@ -590,7 +593,7 @@ class Lexer:
         else:
             value = int(digits)
         kind = "float" if isinstance(value, float) else "int"
-        return self._tok(kind, word, line, start, value=value)
+        return self._tok(kind, text[start : self.i], line, start, value=value)
 
 
 #: The kind of the token a fatal problem interrupted, by its first character.

@@ -12,7 +12,7 @@ rather than a silent guess.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,11 +41,14 @@ def _continues(tok: Token) -> bool:
     return tok.kind in ("op", "name") and tok.text in _CONTINUE_OPS
 
 
+_VALUE_KINDS = frozenset({"name", "const", "var", "int", "float", "str", "sym", "xstr", "regex"})
+
+
 def _tokens(text: str, shown: str) -> list[Token]:
     """The file's tokens up to ``__END__``; only what stops any Ruby reader is an error."""
     out: list[Token] = []
-    lexer = Lexer(text.replace("\r\n", "\n"))
-    for tok in join_lines(lexer.tokens(), _continues):
+    text = text.replace("\r\n", "\n")
+    for tok in join_lines(_colons_split(Lexer(text).tokens(), text), _continues):
         fatal = tok.fatal
         if fatal is not None:
             raise RubyConfigError(shown, fatal.end_line, fatal.message)
@@ -55,6 +58,29 @@ def _tokens(text: str, shown: str) -> list[Token]:
             continue
         out.append(tok)
     return out
+
+
+def _colons_split(tokens: Iterable[Token], text: str) -> Iterator[Token]:
+    """A label (``a:``, ``"a":``) and a symbol glued to a value (``x:y``) are read here as the
+    value and an operator ``:``: this reader finds settings by name, so ``node_name`` in
+    ``if x then node_name:...`` must still be a name, and a line ending in ``:`` goes on."""
+    prev: Token | None = None
+    for tok in tokens:
+        colon = tok._replace(kind="op", text=":", value=None, parts=(), problems=(), spaced=False)
+        glued = prev is not None and prev.kind in _VALUE_KINDS and text[tok.start - 1] not in " (,"
+        if tok.kind == "label" and tok.text in ("'", '"'):
+            yield tok._replace(kind="str")
+            yield colon
+        elif tok.kind == "label":
+            yield tok._replace(kind="const" if tok.text[0].isupper() else "name")
+            yield colon._replace(start=tok.start + len(tok.text))
+        elif tok.kind == "sym" and tok.text != ":" and glued:
+            yield colon
+            kind = "const" if tok.text[0].isupper() else "name"
+            yield tok._replace(kind=kind, start=tok.start + 1, spaced=False, value=None)
+        else:
+            yield tok
+        prev = tok
 
 
 class _Nil:
