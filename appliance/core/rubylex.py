@@ -182,7 +182,7 @@ class Lexer:
 
     # -- the main loop --
 
-    def _scan(self, nested: bool) -> Iterator[Token]:  # noqa: C901 - one dispatch on the char
+    def _scan(self, nested: bool) -> Iterator[Token]:
         text, n = self.text, len(self.text)
         stack: list[tuple[str, int]] = []
         prev: Token | None = None
