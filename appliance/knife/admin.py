@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from appliance.client.bootstrap import client_config_text
+from appliance.knife.credentials import connect
 from appliance.knife.output import emit
-from appliance.knife.session import Api, ApiError, CliError, connect
+from appliance.knife.session import Api, ApiError, CliError
 
 PUSHY_GROUPS = ("pushy_job_readers", "pushy_job_writers")
 CONFIG_NAME = "push-jobs-client.rb"

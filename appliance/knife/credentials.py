@@ -64,8 +64,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from appliance.knife.rubyconf import read_knife_config
-from appliance.knife.session import CliError, Credentials
+from appliance.knife.rubyconf import RubyConfigError, read_knife_config
+from appliance.knife.session import Api, CliError, Credentials
 
 DEFAULT_URL = "http://127.0.0.1:10003"
 DEFAULT_USER = "pivotal"
@@ -77,6 +77,7 @@ __all__ = [
     "DEFAULT_KEY",
     "DEFAULT_URL",
     "DEFAULT_USER",
+    "connect",
     "find_knife_config",
     "read_knife_config",
     "resolve",
@@ -302,9 +303,12 @@ def _url_org(layer: _Layer) -> None:
 def _knife_layer(path: Path, env: Mapping[str, str], cwd: Path, home: Path) -> _Layer:
     shown = _tilde(path, home)
     absolute = path if path.is_absolute() else cwd / path
-    values = read_knife_config(
-        _read(absolute, shown), str(path), shown=shown, env=env, cwd=cwd, home=home
-    )
+    try:
+        values = read_knife_config(
+            _read(absolute, shown), str(path), shown=shown, env=env, cwd=cwd, home=home
+        )
+    except RubyConfigError as exc:
+        raise CliError(exc.message) from None
     layer = _Layer(shown, path=absolute, key_dirs=[absolute.parent, home / ".chef"])
     if "chef_server_url" in values:
         url, line = values["chef_server_url"]
@@ -453,3 +457,8 @@ def _default_key(user: str, found: list[_Layer]) -> tuple[str, _Layer | None]:
         f"no key for {user!r}: set client_key in {where}, or give --key / PUSHY_KEY "
         f"(looked for {user}.pem and user.pem in {', '.join(str(d) for d in dirs)})"
     )
+
+
+def connect(args: argparse.Namespace) -> Api:
+    """A signed connection for a command, with the credentials its flags and files give."""
+    return Api(resolve(args))

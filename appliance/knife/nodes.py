@@ -13,7 +13,8 @@ import urllib.parse
 from typing import Any
 
 from appliance.knife import output
-from appliance.knife.session import Api, ApiError, CliError, connect, error_text
+from appliance.knife.credentials import connect
+from appliance.knife.session import Api, ApiError, CliError, error_text
 
 SEARCH_PAGE_ROWS = 1000
 MAX_SEARCH_PAGES = 10_000

@@ -12,319 +12,75 @@ rather than a silent guess.
 from __future__ import annotations
 
 import posixpath
-import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from appliance.knife.session import CliError
+from appliance.core.rubylex import Lexer, Token, join_lines
 
 NEEDED = ("chef_server_url", "node_name", "client_key")
 
 
-class RubyConfigError(CliError):
+class RubyConfigError(ValueError):
+    """A knife.rb this reader cannot take; ``str()`` is ``FILE:LINE: message``. The CLI turns
+    it into its own error (same text, same exit status) where it reads the file."""
+
     def __init__(self, shown: str, line: int, message: str) -> None:
         super().__init__(f"{shown}:{line}: {message}")
+        self.message = f"{shown}:{line}: {message}"
         self.line = line
-
-
-@dataclass
-class _Tok:
-    kind: str  # name const var sym num str op other nl
-    text: str
-    line: int
-    parts: tuple[Any, ...] = ()  # str: literal text pieces and token lists (``#{...}``)
 
 
 _CONTINUE_OPS = frozenset(
     "+ - * / % , . &. || && = += -= *= ||= &&= => ( [ { << == != ? : ! and or not".split()
 )
-_OPS = sorted(
-    "... ** ||= &&= :: || && == != =~ => <= >= += -= *= << .. &. ->".split(), key=len, reverse=True
-)
-_PAIRS = {"(": ")", "[": "]", "{": "}", "<": ">"}
-_ESCAPES = {
-    "n": "\n",
-    "t": "\t",
-    "s": " ",
-    "r": "\r",
-    "e": "\x1b",
-    "0": "\0",
-    "a": "\a",
-    "b": "\b",
-    "f": "\f",
-    "v": "\v",
-}
-_VALUE_KINDS = frozenset({"name", "const", "var", "num", "str", "sym", "other"})
 
 
-class _Lexer:
-    """Ruby tokens, enough to find statements, strings (with ``#{}``) and comments."""
+def _continues(tok: Token) -> bool:
+    """Whether a line ending in ``tok`` goes on (after an operator, ``and``, ``or``...)."""
+    return tok.kind in ("op", "name") and tok.text in _CONTINUE_OPS
 
-    def __init__(self, text: str, shown: str) -> None:
-        self.s = text.replace("\r\n", "\n")
-        self.shown = shown
-        self.i = 0
-        self.line = 1
-        self.heredocs: list[tuple[str, bool]] = []
 
-    def error(self, message: str, line: int | None = None) -> RubyConfigError:
-        return RubyConfigError(self.shown, line or self.line, message)
+_VALUE_KINDS = frozenset({"name", "const", "var", "int", "float", "str", "sym", "xstr", "regex"})
 
-    def tokens(self, nested: bool = False) -> list[_Tok]:
-        s, out, depth = self.s, [], 0
-        at_line_start = True
-        for _ in range(len(s) + 1):  # every pass consumes at least one character
-            if self.i >= len(s):
-                if nested:
-                    raise self.error("unterminated #{...} interpolation")
-                return out
-            c = s[self.i]
-            if at_line_start and not nested:
-                at_line_start = False
-                if s.startswith("=begin", self.i):
-                    end = re.compile(r"^=end\b.*$", re.M).search(s, self.i)
-                    if end is None:
-                        raise self.error("=begin without =end")
-                    self.line += s.count("\n", self.i, end.end())
-                    self.i = end.end()
-                    continue
-                end_of_line = s.find("\n", self.i)
-                if s[self.i : len(s) if end_of_line < 0 else end_of_line].rstrip() == "__END__":
-                    return out
-            if c == "\n":
-                self.i += 1
-                self.line += 1
-                self._skip_heredocs()
-                at_line_start = True
-                last = out[-1] if out else None
-                if nested or depth > 0 or last is None or last.kind == "nl":
-                    continue
-                if last.kind in ("op", "name") and last.text in _CONTINUE_OPS:
-                    continue
-                out.append(_Tok("nl", "\n", self.line - 1))
-                continue
-            if c in " \t\f\v":
-                self.i += 1
-                continue
-            if c == "\\" and s.startswith("\\\n", self.i):
-                self.i += 2
-                self.line += 1
-                continue
-            if c == "#":
-                end = s.find("\n", self.i)
-                self.i = len(s) if end < 0 else end
-                continue
-            if c == ";":
-                self.i += 1
-                if depth == 0 and not nested and out and out[-1].kind != "nl":
-                    out.append(_Tok("nl", ";", self.line))
-                continue
-            start_line = self.line
-            if c == "'":
-                self.i += 1
-                out.append(_Tok("str", "'", start_line, (self._single("'", ""),)))
-                continue
-            if c in '"`':
-                self.i += 1
-                parts = self._double(c, "")  # `command` runs a program: not a value here
-                out.append(_Tok("str" if c == '"' else "other", c, start_line, parts))
-                continue
-            if c == "%" and self._percent(out):
-                continue
-            if c == ":" and not s.startswith("::", self.i):
-                m = re.compile(r":([A-Za-z_]\w*[?!=]?|\"|')").match(s, self.i)
-                if m and (not out or out[-1].kind not in _VALUE_KINDS or s[self.i - 1] in " (,"):
-                    if m.group(1) in "\"'":
-                        self.i = m.end()
-                        if m.group(1) == "'":
-                            self._single("'", "")
-                        else:
-                            self._double('"', "")
-                        out.append(_Tok("sym", ":", start_line))
-                    else:
-                        self.i = m.end()
-                        out.append(_Tok("sym", m.group(1), start_line))
-                    continue
-            if c == "<" and self._heredoc(out):
-                continue
-            if c == "/" and self._regex_starts(out):
-                self.i += 1
-                self._double("/", "")
-                while self.i < len(s) and s[self.i] in "imxounse":
-                    self.i += 1
-                out.append(_Tok("other", "/regex/", start_line))
-                continue
-            m = re.compile(r"(@@?|\$)?[A-Za-z_]\w*[?!]?").match(s, self.i)
-            if m:
-                self.i = m.end()
-                word = m.group(0)
-                if (
-                    word.endswith(("?", "!"))
-                    and s.startswith("=", self.i)
-                    and not s.startswith("==", self.i)
-                ):
-                    word = word[:-1]
-                    self.i -= 1
-                kind = "var" if m.group(1) else "const" if word[0].isupper() else "name"
-                out.append(_Tok(kind, word, start_line))
-                continue
-            m = re.compile(r"\d[\d_]*(\.\d[\d_]*)?([eE][+-]?\d+)?|0[xXbBoO][\da-fA-F_]+").match(
-                s, self.i
-            )
-            if m:
-                self.i = m.end()
-                out.append(_Tok("num", m.group(0), start_line))
-                continue
-            if c == "?" and re.compile(r"\?[A-Za-z0-9_](?![\w])").match(s, self.i):
-                if out and out[-1].kind not in _VALUE_KINDS:
-                    self.i += 2
-                    out.append(_Tok("str", "?", start_line, (s[self.i - 1],)))
-                    continue
-            if c in "([{":
-                depth += 1
-            elif c in ")]}":
-                if nested and depth == 0 and c == "}":
-                    self.i += 1
-                    return out
-                depth = max(0, depth - 1)
-            op = next((o for o in _OPS if s.startswith(o, self.i)), c)
-            self.i += len(op)
-            out.append(_Tok("op", op, start_line))
-        raise self.error("cannot tokenize")  # unreachable: the loop is bounded by the text
 
-    def _regex_starts(self, out: list[_Tok]) -> bool:
-        """``/`` opens a regex after an operator, or as a method argument (``x /re/``)."""
-        if not out or out[-1].kind in ("op", "nl"):
-            return True
-        after = self.s[self.i + 1 : self.i + 2]
-        return out[-1].kind == "name" and self.s[self.i - 1] == " " and after not in (" ", "=")
+def _tokens(text: str, shown: str) -> list[Token]:
+    """The file's tokens up to ``__END__``; only what stops any Ruby reader is an error."""
+    out: list[Token] = []
+    text = text.replace("\r\n", "\n")
+    for tok in join_lines(_colons_split(Lexer(text).tokens(), text), _continues):
+        fatal = tok.fatal
+        if fatal is not None:
+            raise RubyConfigError(shown, fatal.end_line, fatal.message)
+        if tok.kind in ("data", "eof"):
+            break
+        if tok.kind == "op" and tok.text == ";":  # inside brackets: ignored
+            continue
+        out.append(tok)
+    return out
 
-    def _skip_heredocs(self) -> None:
-        s = self.s
-        while self.heredocs:
-            ident, indented = self.heredocs.pop(0)
-            for _ in range(len(s) + 1):
-                if self.i >= len(s):
-                    raise self.error(f"heredoc {ident} is not terminated")
-                end = s.find("\n", self.i)
-                end = len(s) if end < 0 else end
-                text = s[self.i : end]
-                self.i = min(len(s), end + 1)
-                self.line += 1
-                if (text.strip() if indented else text) == ident:
-                    break
 
-    def _heredoc(self, out: list[_Tok]) -> bool:
-        m = re.compile(r"<<([~-]?)(?:([A-Za-z_]\w*)|(['\"`])([^'\"`\n]+)\3)").match(self.s, self.i)
-        if m is None:
-            return False
-        ident = m.group(2) or m.group(4)
-        if not m.group(1) and not m.group(3) and not ident.isupper():
-            return False  # ``list <<value`` is an append
-        self.heredocs.append((ident, bool(m.group(1))))
-        self.i = m.end()
-        out.append(_Tok("other", "<<heredoc", self.line))
-        return True
-
-    def _percent(self, out: list[_Tok]) -> bool:
-        m = re.compile(r"%([qQwWiIrsx]?)([^\w\s])").match(self.s, self.i)
-        if m is None:
-            return False
-        if out and out[-1].kind in _VALUE_KINDS and self.s[self.i + 1 : self.i + 2] in " =":
-            return False  # ``a % b`` / ``a %= b``
-        if not m.group(1) and out and out[-1].kind in _VALUE_KINDS and self.s[self.i - 1] != " ":
-            return False
-        kind, opener = m.group(1), m.group(2)
-        closer = _PAIRS.get(opener, opener)
-        line = self.line
-        self.i = m.end()
-        if kind in ("q", "w", "i", "s"):
-            text = self._single(closer, opener if closer != opener else "")
-            parts: tuple[Any, ...] = (text,)
+def _colons_split(tokens: Iterable[Token], text: str) -> Iterator[Token]:
+    """A label (``a:``, ``"a":``) and a symbol glued to a value (``x:y``) are read here as the
+    value and an operator ``:``: this reader finds settings by name, so ``node_name`` in
+    ``if x then node_name:...`` must still be a name, and a line ending in ``:`` goes on."""
+    prev: Token | None = None
+    for tok in tokens:
+        colon = tok._replace(kind="op", text=":", value=None, parts=(), problems=(), spaced=False)
+        glued = prev is not None and prev.kind in _VALUE_KINDS and text[tok.start - 1] not in " (,"
+        if tok.kind == "label" and tok.text in ("'", '"'):
+            yield tok._replace(kind="str")
+            yield colon
+        elif tok.kind == "label":
+            yield tok._replace(kind="const" if tok.text[0].isupper() else "name")
+            yield colon._replace(start=tok.start + len(tok.text))
+        elif tok.kind == "sym" and tok.text != ":" and glued:
+            yield colon
+            kind = "const" if tok.text[0].isupper() else "name"
+            yield tok._replace(kind=kind, start=tok.start + 1, spaced=False, value=None)
         else:
-            parts = self._double(closer, opener if closer != opener else "")
-        if kind in ("", "Q", "q"):
-            out.append(_Tok("str", "%", line, parts))
-        else:
-            out.append(_Tok("other", f"%{kind}", line))
-        return True
-
-    def _single(self, closer: str, opener: str) -> str:
-        s, buf, level = self.s, [], 0
-        while self.i < len(s):
-            c = s[self.i]
-            self.i += 1
-            if c == "\n":
-                self.line += 1
-            if c == "\\" and self.i < len(s) and s[self.i] in (closer, "\\", opener or closer):
-                buf.append(s[self.i])
-                self.i += 1
-            elif opener and c == opener:
-                level += 1
-                buf.append(c)
-            elif c == closer and level:
-                level -= 1
-                buf.append(c)
-            elif c == closer:
-                return "".join(buf)
-            else:
-                buf.append(c)
-        raise self.error("unterminated string")
-
-    def _double(self, closer: str, opener: str) -> tuple[Any, ...]:
-        s, parts, buf, level = self.s, [], [], 0
-        while self.i < len(s):
-            c = s[self.i]
-            self.i += 1
-            if c == "\n":
-                self.line += 1
-            if c == "\\" and self.i < len(s):
-                buf.append(self._escape())
-            elif c == "#" and s.startswith("{", self.i):
-                self.i += 1
-                parts.append("".join(buf))
-                buf = []
-                parts.append(self.tokens(nested=True))
-            elif opener and c == opener:
-                level += 1
-                buf.append(c)
-            elif c == closer and level:
-                level -= 1
-                buf.append(c)
-            elif c == closer:
-                parts.append("".join(buf))
-                return tuple(p for p in parts if p != "")
-            else:
-                buf.append(c)
-        raise self.error("unterminated string")
-
-    def _escape(self) -> str:
-        s = self.s
-        d = s[self.i]
-        self.i += 1
-        if d in _ESCAPES and not (d == "0" and s[self.i : self.i + 1].isdigit()):
-            return _ESCAPES[d]
-        if d == "\n":
-            self.line += 1
-            return ""
-        if d == "u":
-            m = re.compile(r"\{([0-9a-fA-F ]+)\}|([0-9a-fA-F]{4})").match(s, self.i)
-            if m:
-                self.i = m.end()
-                codes = (m.group(1) or m.group(2)).split()
-                return "".join(chr(int(code, 16)) for code in codes)
-        if d == "x":
-            m = re.compile(r"[0-9a-fA-F]{1,2}").match(s, self.i)
-            if m:
-                self.i = m.end()
-                return chr(int(m.group(0), 16))
-        if d in "01234567":
-            m = re.compile(r"[0-7]{0,2}").match(s, self.i)
-            self.i = m.end() if m else self.i
-            return chr(int(d + (m.group(0) if m else ""), 8))
-        return d
+            yield tok
+        prev = tok
 
 
 class _Nil:
@@ -353,12 +109,12 @@ class _Scope:
 class _Parser:
     """Expressions over one statement's tokens, evaluated straight away."""
 
-    def __init__(self, toks: list[_Tok], scope: _Scope) -> None:
+    def __init__(self, toks: list[Token], scope: _Scope) -> None:
         self.toks = toks
         self.pos = 0
         self.scope = scope
 
-    def peek(self, offset: int = 0) -> _Tok | None:
+    def peek(self, offset: int = 0) -> Token | None:
         index = self.pos + offset
         return self.toks[index] if index < len(self.toks) else None
 
@@ -366,7 +122,7 @@ class _Parser:
         tok = self.peek(offset)
         return tok is not None and tok.kind == kind and (text is None or tok.text == text)
 
-    def take(self, kind: str, text: str | None = None) -> _Tok:
+    def take(self, kind: str, text: str | None = None) -> Token:
         tok = self.peek()
         if tok is None or tok.kind != kind or (text is not None and tok.text != text):
             found = "the end of the line" if tok is None else repr(tok.text)
@@ -515,7 +271,7 @@ class _Parser:
             raise _Unsupported(f"ENV.fetch({key!r}): {key} is not set")
         return _Nil(f"ENV[{key!r}] is not set")
 
-    def interpolate(self, tok: _Tok) -> str:
+    def interpolate(self, tok: Token) -> str:
         out = []
         for part in tok.parts:
             if isinstance(part, str):
@@ -523,7 +279,7 @@ class _Parser:
                 continue
             if not part:
                 continue
-            inner = _Parser(part, self.scope)
+            inner = _Parser([t for t in part if not (t.kind == "op" and t.text == ";")], self.scope)
             value = inner.expr()
             if not inner.done():
                 raise _Unsupported(f"{inner.peek().text!r} inside #{{...}}")  # type: ignore[union-attr]
@@ -570,9 +326,9 @@ _BLOCK_OPENERS = frozenset({"if", "unless", "case", "while", "until", "begin", "
 _BLOCK_OPENERS |= {"module", "for"}
 
 
-def _statements(toks: list[_Tok]) -> list[list[_Tok]]:
-    out: list[list[_Tok]] = []
-    current: list[_Tok] = []
+def _statements(toks: list[Token]) -> list[list[Token]]:
+    out: list[list[Token]] = []
+    current: list[Token] = []
     for tok in toks:
         if tok.kind == "nl":
             if current:
@@ -582,7 +338,7 @@ def _statements(toks: list[_Tok]) -> list[list[_Tok]]:
             current.append(tok)
     if current:
         out.append(current)
-    merged: list[list[_Tok]] = []
+    merged: list[list[Token]] = []
     for statement in out:  # a line starting with ``.method`` continues the previous one
         if merged and statement[0].kind == "op" and statement[0].text in (".", "&."):
             merged[-1].extend(statement)
@@ -591,7 +347,7 @@ def _statements(toks: list[_Tok]) -> list[list[_Tok]]:
     return merged
 
 
-def _depth_change(statement: list[_Tok]) -> tuple[int, int]:
+def _depth_change(statement: list[Token]) -> tuple[int, int]:
     """(blocks opened, blocks closed) by one statement."""
     opened = closed = 0
     for index, tok in enumerate(statement):
@@ -625,7 +381,7 @@ def read_knife_config(
     scope = _Scope(path, cwd, home, env)
     found: dict[str, tuple[str, int]] = {}
     depth = 0
-    for statement in _statements(_Lexer(text, shown).tokens()):
+    for statement in _statements(_tokens(text, shown)):
         first, line = statement[0], statement[0].line
         opened, closed = _depth_change(statement)
         assigns = len(statement) > 1 and statement[1].kind == "op" and statement[1].text == "="
@@ -655,7 +411,7 @@ def read_knife_config(
     return found
 
 
-def _no_nested_setting(statement: list[_Tok], shown: str) -> None:
+def _no_nested_setting(statement: list[Token], shown: str) -> None:
     """``if prod then chef_server_url "..." end`` on one line: refuse, do not guess."""
     for index in range(1, len(statement) - 1):
         tok, before, after = statement[index], statement[index - 1], statement[index + 1]
@@ -670,7 +426,7 @@ def _no_nested_setting(statement: list[_Tok], shown: str) -> None:
             )
 
 
-def _setting(statement: list[_Tok], scope: _Scope, shown: str) -> str:
+def _setting(statement: list[Token], scope: _Scope, shown: str) -> str:
     name, line = statement[0].text, statement[0].line
     for tok in statement[1:]:
         if tok.kind == "name" and tok.text in ("if", "unless", "rescue", "while", "until"):
@@ -694,7 +450,7 @@ def _setting(statement: list[_Tok], scope: _Scope, shown: str) -> str:
     return value
 
 
-def _closing(toks: list[_Tok]) -> int:
+def _closing(toks: list[Token]) -> int:
     """Index of the bracket that closes ``toks[0]``."""
     level = 0
     for index, tok in enumerate(toks):

@@ -6,7 +6,6 @@ dispatcher in ``knife.cli`` prints them as knife does (``ERROR: …``) and exits
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from http.client import HTTPResponse
@@ -161,9 +160,3 @@ class Api:
 
 def _reason(exc: OSError) -> str:
     return str(getattr(exc, "reason", None) or exc.strerror or exc)
-
-
-def connect(args: argparse.Namespace) -> Api:
-    from appliance.knife.credentials import resolve
-
-    return Api(resolve(args))

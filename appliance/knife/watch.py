@@ -24,7 +24,8 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from appliance.knife.session import Api, CliError, connect, error_text
+from appliance.knife.credentials import connect
+from appliance.knife.session import Api, CliError, error_text
 
 REDRAW_SECONDS = 0.25  # at most four redraws a second
 FIRST_BACKOFF, MAX_BACKOFF = 1.0, 30.0

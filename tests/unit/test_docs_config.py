@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from appliance.client import config as client_config
+from appliance.client import settings_table
 from appliance.core import settings as server_settings
 from appliance.server.app import api_document
 
@@ -83,7 +83,7 @@ def test_every_server_setting_is_documented_with_its_default():
 def test_every_client_setting_and_flag_is_documented():
     text = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
     rows = _rows(text, "### Settings")
-    assert set(rows) == set(client_config._CHECKS)
+    assert set(rows) == set(settings_table.CHECKS)
     client_part = text.split("## Node client", 1)[1]
     for flag in ("--node-name", "--server", "--client_key", "--allow_unencrypted", "-M"):
         assert f"`{flag}`" in client_part

@@ -19,6 +19,7 @@ from appliance.knife.credentials import (
     resolve,
     split_server_url,
 )
+from appliance.knife.rubyconf import RubyConfigError
 from appliance.knife.session import Api, CliError
 
 URL = "https://chef.example/organizations/acme"
@@ -406,23 +407,27 @@ client_key "after the end"
 
 
 def test_a_value_that_needs_ruby_is_an_error_naming_the_line():
-    with pytest.raises(CliError, match=r"^/r/knife.rb:2: cannot evaluate client_key .*`?"):
+    with pytest.raises(RubyConfigError, match=r"^/r/knife.rb:2: cannot evaluate client_key .*`?"):
         read('x = 1\nclient_key `whoami`.strip + ".pem"\n', "/r/knife.rb")
-    with pytest.raises(CliError, match=r"knife.rb:1: cannot evaluate node_name .*'who'"):
+    with pytest.raises(RubyConfigError, match=r"knife.rb:1: cannot evaluate node_name .*'who'"):
         read("node_name who", "/r/knife.rb")
-    with pytest.raises(CliError, match=r"knife.rb:3: cannot evaluate chef_server_url .*line 1"):
+    with pytest.raises(
+        RubyConfigError, match=r"knife.rb:3: cannot evaluate chef_server_url .*line 1"
+    ):
         read('u = Socket.gethostname\n\nchef_server_url "https://#{u}"\n', "/r/knife.rb")
-    with pytest.raises(CliError, match=r"knife.rb:1: node_name is nil: ENV\['NOPE'\] is not set"):
+    with pytest.raises(
+        RubyConfigError, match=r"knife.rb:1: node_name is nil: ENV\['NOPE'\] is not set"
+    ):
         read("node_name ENV['NOPE']", "/r/knife.rb")
 
 
 def test_conditional_settings_are_refused_not_guessed():
     text = "if ENV['PROD']\n  chef_server_url 'https://prod'\nelse\n  chef_server_url 'https://dev'\nend\n"
-    with pytest.raises(CliError, match=r"knife.rb:2: chef_server_url is set inside a block"):
+    with pytest.raises(RubyConfigError, match=r"knife.rb:2: chef_server_url is set inside a block"):
         read(text, "/r/knife.rb")
-    with pytest.raises(CliError, match=r"knife.rb:1: node_name is set conditionally \(if\)"):
+    with pytest.raises(RubyConfigError, match=r"knife.rb:1: node_name is set conditionally \(if\)"):
         read("node_name 'x' if ENV['X']", "/r/knife.rb")
-    with pytest.raises(CliError, match=r"knife.rb:1: node_name is set inside a block"):
+    with pytest.raises(RubyConfigError, match=r"knife.rb:1: node_name is set inside a block"):
         read("if true then node_name 'x' end", "/r/knife.rb")
 
 
@@ -476,7 +481,7 @@ _PIECES = [
 def test_any_text_gives_values_or_a_config_error(text):
     try:
         values = read_knife_config(text, "/r/k.rb", env={"X": "x"}, cwd=Path("/c"), home=Path("/h"))
-    except CliError as exc:
+    except RubyConfigError as exc:
         assert str(exc).startswith("/r/k.rb:")
     else:
         assert set(values) <= {"chef_server_url", "node_name", "client_key"}
