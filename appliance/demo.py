@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from appliance.client.bootstrap import client_config_text
+from appliance.client.bootstrap import write_node_dir
 from appliance.localserver import LocalServer, pushy_command
 from appliance.signedhttp import signed_request
 
@@ -37,22 +37,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _start_client(root: Path, url: str, name: str, key_pem: str) -> subprocess.Popen:
     """A real ``pushy client`` with a config file in the push-jobs cookbook's format."""
-    node_dir = root / name
-    node_dir.mkdir(mode=0o700)
-    key = node_dir / "client.pem"
-    key.write_text(key_pem)
-    key.chmod(0o600)
-    config = node_dir / "push-jobs-client.rb"
-    config.write_text(
-        client_config_text(
-            chef_server_url=f"{url}/organizations/demo",
-            node_name=name,
-            client_key=str(key),
-            whitelist=WHITELIST,
-            file_dir=str(node_dir / "files"),
-        )
+    config = write_node_dir(
+        root,
+        name,
+        chef_server_url=f"{url}/organizations/demo",
+        key_pem=key_pem,
+        whitelist=WHITELIST,
     )
-    log = open(node_dir / "client.log", "wb")
+    log = open(config.parent / "client.log", "wb")
     return subprocess.Popen(
         [*pushy_command(), "client", "-c", str(config)],
         stdout=log,

@@ -1,27 +1,44 @@
-"""Chef-signed HTTP requests (protocol 1.3), shared by the node client, ``pushy raw``, the demo
-and the operator CLI: one place that signs, sends and reads a reply.
+"""Chef-signed HTTP requests (protocol 1.3): the one client of the node agent, ``pushy raw``,
+the demo, the operator CLI and the benchmarks.
 
-Plain ``urllib`` (blocking): callers inside trio run it in a worker thread. A streaming reply
-(SSE) is returned open so that the caller can read it line by line.
+One pooled ``httpx.Client`` per server origin, shared by every thread of the process, keeps
+connections alive between requests (a benchmark makes thousands; the CLI's follow makes one
+GET per event burst). It is blocking: callers inside trio run it in a worker thread. A 200
+reply to a streaming GET (SSE) comes back open as a `Stream`.
+
+Errors: an HTTP error status is a `Reply` like any other; a server that cannot be reached (or
+drops the connection) raises `Unreachable`, an ``OSError`` whose text is the one urllib gave,
+which the client's log line and docs/troubleshooting.md quote.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from http.client import HTTPResponse
 from typing import Any
 
+import httpx
+import orjson
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from appliance.core import chefauth
 from appliance.core.keys import load_private_pem
+from appliance.sse import SseEvent, SseParser
 
 JSON = "application/json"
+DEFAULT_TIMEOUT = 30.0
+KEEPALIVE_SECONDS = 4.0  # under hypercorn's 5 s, so that we rarely reuse a closing connection
+MAX_IDLE_CONNECTIONS = 64  # per server; the load generator runs tens of threads
+_RETRY_ANY = (httpx.RemoteProtocolError, httpx.WriteError)  # the server never answered
+_RETRY_IDEMPOTENT = (httpx.ReadError,)  # reset: maybe answered, so only where repeating is safe
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 
 @dataclass(frozen=True)
@@ -41,6 +58,40 @@ class Reply:
         return self.data.decode("utf-8", "replace")
 
 
+class Unreachable(OSError):
+    """The server could not be reached or dropped the connection. ``reason`` is the socket
+    error (or httpx's text); ``str()`` is what urllib printed (``<urlopen error ...>`` when
+    nothing could be sent)."""
+
+    def __init__(self, reason: OSError | str, *, before_sending: bool) -> None:
+        super().__init__(str(reason))
+        self.reason = reason
+        self.before_sending = before_sending
+        if isinstance(reason, OSError):
+            self.errno, self.strerror = reason.errno, reason.strerror
+
+    def __str__(self) -> str:
+        return f"<urlopen error {self.reason}>" if self.before_sending else str(self.reason)
+
+
+class HttpError(Exception):
+    """A status the caller did not expect (`SignedClient.json`)."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"HTTP {status}: {str(body)[:300]}")
+        self.status = status
+        self.body = body
+
+
+def unreachable(exc: httpx.TransportError) -> Unreachable:
+    """httpx's transport error as `Unreachable`, keeping the socket error underneath."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    before = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.WriteError)
+    return Unreachable(cause if isinstance(cause, OSError) else str(exc), before_sending=before)
+
+
 def signed_headers(
     key: RSAPrivateKey, user: str, method: str, path: str, body: bytes
 ) -> dict[str, str]:
@@ -55,24 +106,223 @@ def signed_headers(
     )
 
 
-def _build(
-    base_url: str,
+def request_headers(
+    key: RSAPrivateKey,
+    user: str,
     method: str,
     path: str,
     body: bytes,
-    user: str,
-    key: RSAPrivateKey,
-    accept: str,
-    headers: dict[str, str] | None,
-) -> urllib.request.Request:
+    *,
+    accept: str = JSON,
+    headers: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Every header of a signed request: the signature, Accept, the body's type, extras."""
     all_headers = signed_headers(key, user, method, path, body)
     all_headers["Accept"] = accept
+    all_headers["Accept-Encoding"] = "identity"  # replies byte for byte as the server sent them
     if body:
         all_headers["Content-Type"] = JSON
     all_headers.update(headers or {})
-    return urllib.request.Request(
-        base_url.rstrip("/") + path, data=body or None, method=method, headers=all_headers
+    return all_headers
+
+
+def content_type(value: str | None) -> str:
+    """The media type alone, lower case; ``text/plain`` when absent or malformed (urllib's
+    ``get_content_type`` rule, which `Reply.body` relies on)."""
+    media = (value or "").split(";", 1)[0].strip().lower()
+    return media if media.count("/") == 1 else "text/plain"
+
+
+def _reply(response: httpx.Response) -> Reply:
+    raw = {k.decode("latin-1"): v.decode("latin-1") for k, v in response.headers.raw}
+    return Reply(
+        response.status_code,
+        content_type(response.headers.get("content-type")),
+        response.content,
+        raw,
     )
+
+
+class Stream:
+    """An open streaming reply: `chunks` as they arrive, or `events` through an SSE parser.
+    `interrupt` may be called from another thread to wake a blocked read."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.status = response.status_code
+        self.headers = response.headers
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body as it arrives; a dropped or silent connection raises `Unreachable`."""
+        try:
+            yield from self.response.iter_raw()
+        except httpx.TransportError as exc:
+            raise unreachable(exc) from None
+
+    def events(self, parser: SseParser) -> Iterator[SseEvent]:
+        """The SSE events of the body (ValueError on a line over the parser's limit)."""
+        for chunk in self.chunks():
+            yield from parser.feed_bytes(chunk)
+
+    def interrupt(self) -> None:
+        """Shut the socket down: a read blocked in another thread returns at once."""
+        stream = self.response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        with contextlib.suppress(httpx.HTTPError, OSError):
+            self.response.close()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SignedClient:
+    """Signed requests to one server over pooled keep-alive connections; thread-safe.
+
+    ``base_url`` may carry a path prefix (``http://host/api``): request paths are appended to
+    it and the whole path is signed."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,  # tests: httpx.MockTransport
+    ) -> None:
+        parts = urllib.parse.urlsplit(base_url)
+        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.prefix = parts.path.rstrip("/")
+        self.timeout = timeout
+        self._http = httpx.Client(
+            timeout=timeout,
+            follow_redirects=False,
+            transport=transport,
+            limits=httpx.Limits(
+                max_connections=None,
+                max_keepalive_connections=MAX_IDLE_CONNECTIONS,
+                keepalive_expiry=KEEPALIVE_SECONDS,
+            ),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        user: str,
+        key: RSAPrivateKey,
+        accept: str,
+        headers: dict[str, str] | None,
+        timeout: float | None,
+    ) -> httpx.Request:
+        full = self.prefix + path
+        return self._http.build_request(
+            method,
+            self.origin + full,
+            content=body or None,
+            headers=request_headers(key, user, method, full, body, accept=accept, headers=headers),
+            timeout=self.timeout if timeout is None else timeout,
+        )
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        user: str,
+        key: RSAPrivateKey,
+        *,
+        accept: str = JSON,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Reply:
+        """One signed request; HTTP errors are returned as replies. Raises `Unreachable`.
+        A connection the server dropped meanwhile is retried once on a fresh one."""
+        for attempt in (1, 2):
+            request = self._request(method, path, body, user, key, accept, headers, timeout)
+            try:
+                return _reply(self._http.send(request))
+            except httpx.TransportError as exc:
+                retry = isinstance(exc, _RETRY_ANY) or (
+                    isinstance(exc, _RETRY_IDEMPOTENT) and method in _IDEMPOTENT
+                )
+                if attempt == 2 or not retry:
+                    raise unreachable(exc) from None
+        raise AssertionError("unreachable")
+
+    def open_stream(
+        self,
+        path: str,
+        user: str,
+        key: RSAPrivateKey,
+        *,
+        accept: str = "text/event-stream",
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Stream | Reply:
+        """A signed GET whose 200 reply is returned open (the caller reads and closes it); any
+        other status comes back as a `Reply`. Raises `Unreachable`."""
+        request = self._request("GET", path, b"", user, key, accept, headers, timeout)
+        try:
+            response = self._http.send(request, stream=True)
+            if response.status_code != 200:
+                try:
+                    response.read()
+                finally:
+                    response.close()
+                return _reply(response)
+        except httpx.TransportError as exc:
+            raise unreachable(exc) from None
+        return Stream(response)
+
+    def json(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        user: str,
+        key: RSAPrivateKey,
+        *,
+        ok: tuple[int, ...] = (200, 201),
+    ) -> Any:
+        """A JSON request; the parsed reply (text if it does not parse), `HttpError` unless
+        the status is in ``ok``."""
+        raw = b"" if body is None else orjson.dumps(body)
+        reply = self.send(method, path, raw, user, key)
+        try:
+            parsed = orjson.loads(reply.data) if reply.data else None
+        except orjson.JSONDecodeError:
+            parsed = reply.data.decode("utf-8", "replace")
+        if reply.status not in ok:
+            raise HttpError(reply.status, parsed)
+        return parsed
+
+
+_clients: dict[str, SignedClient] = {}
+_clients_lock = threading.Lock()
+MAX_CLIENTS = 32  # servers one process talks to (tests start many); the oldest is dropped
+
+
+def client_for(base_url: str) -> SignedClient:
+    """The process's shared client for ``base_url`` (each request says its own timeout)."""
+    key = base_url.rstrip("/")
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            if len(_clients) >= MAX_CLIENTS:  # dropped, not closed: a thread may be using it
+                _clients.pop(next(iter(_clients)))
+            client = _clients[key] = SignedClient(key)
+        return client
 
 
 def send(
@@ -85,24 +335,13 @@ def send(
     *,
     accept: str = JSON,
     headers: dict[str, str] | None = None,
-    timeout: float = 30.0,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> Reply:
-    """One signed request; HTTP errors are returned as replies. Raises OSError (including
-    ``urllib.error.URLError``) when the server cannot be reached."""
-    request = _build(base_url, method, path, body, user, key, accept, headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return Reply(
-                response.status,
-                response.headers.get_content_type(),
-                response.read(),
-                dict(response.headers.items()),
-            )
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return Reply(
-                exc.code, exc.headers.get_content_type(), exc.read(), dict(exc.headers.items())
-            )
+    """One signed request on the shared client; HTTP errors are returned as replies. Raises
+    `Unreachable` (an OSError) when the server cannot be reached."""
+    return client_for(base_url).send(
+        method, path, body, user, key, accept=accept, headers=headers, timeout=timeout
+    )
 
 
 def open_stream(
@@ -113,27 +352,12 @@ def open_stream(
     *,
     accept: str = "text/event-stream",
     headers: dict[str, str] | None = None,
-    timeout: float = 30.0,
-) -> HTTPResponse | Reply:
-    """A signed GET whose 200 reply is returned open (the caller reads and closes it); any
-    other status comes back as a `Reply`. Raises OSError when the server cannot be reached."""
-    request = _build(base_url, "GET", path, b"", user, key, accept, headers)
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return Reply(
-                exc.code, exc.headers.get_content_type(), exc.read(), dict(exc.headers.items())
-            )
-    if response.status != 200:
-        with response:
-            return Reply(
-                response.status,
-                response.headers.get_content_type(),
-                response.read(),
-                dict(response.headers.items()),
-            )
-    return response
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Stream | Reply:
+    """`SignedClient.open_stream` on the shared client."""
+    return client_for(base_url).open_stream(
+        path, user, key, accept=accept, headers=headers, timeout=timeout
+    )
 
 
 @lru_cache(maxsize=16)
@@ -151,10 +375,10 @@ def signed_request(
     key_pem: str,
     *,
     accept: str = JSON,
-    timeout: float = 30.0,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> tuple[int, Any]:
-    """One signed JSON request; returns (status, parsed JSON or text). Raises OSError if
-    unreachable."""
+    """One signed JSON request; returns (status, parsed JSON or text). Raises `Unreachable`
+    (an OSError) if unreachable."""
     raw = b"" if body is None else json.dumps(body).encode("utf-8")
     reply = send(
         url, method, path, raw, user, _private_key(key_pem), accept=accept, timeout=timeout

@@ -218,9 +218,9 @@ def run_bench(args: argparse.Namespace) -> int:
         args.ramp = min(20.0, max(1.0, args.nodes / 500))
     if not args.workers:
         args.workers = os.cpu_count() or 1
-    from appliance.bench import scenarios
+    from appliance.bench import harness, scenarios
 
-    return scenarios.main_guard(getattr(scenarios, name), args)
+    return harness.main_guard(getattr(scenarios, name), args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,6 @@ import trio
 import zmq
 
 from appliance.bench import procstat, provision
-from appliance.bench.httpc import KeepAlive, fast_private_key
 from appliance.bench.simnode import (
     BACKOFF_FIRST_SECONDS,
     SEND_FAILURE_DEADLINE_SECONDS,
@@ -47,8 +46,10 @@ from appliance.bench.simnode import (
 )
 from appliance.client import jobstate
 from appliance.client.agent import command_sockets
+from appliance.client.serverwatch import ServerWatch
 from appliance.core import wire
-from appliance.core.keys import decrypt_session_key, load_public_pem
+from appliance.core.keys import decrypt_session_key, load_private_pem, load_public_pem
+from appliance.signedhttp import SignedClient
 from appliance.zmqio import TrioSocket
 
 TICK = 0.02
@@ -93,7 +94,7 @@ class Worker:
         self.spec = spec
         self.ctx = zmq.Context(io_threads=1)
         self.ctx.max_sockets = 2 * len(spec.names) + 64
-        self.api = KeepAlive(spec.server_url, timeout=FETCH_TIMEOUT)
+        self.api = SignedClient(spec.server_url, timeout=FETCH_TIMEOUT)
         self.fetch_limiter = trio.CapacityLimiter(spec.fetch_threads)
         self.whitelist = FakeWhitelist(frozenset(spec.whitelist))
         self.nodes: list[SimNode] = []
@@ -117,7 +118,7 @@ class Worker:
                     index=i,
                     name=name,
                     org=self.spec.org,
-                    key=fast_private_key(pems[self.spec.key_indices[i]]),
+                    key=load_private_pem(pems[self.spec.key_indices[i]], trusted=True),
                     start_at=t0 + self.spec.start_offsets[i],
                 )
             )
@@ -248,10 +249,10 @@ class Worker:
         )
 
         def fetch() -> tuple[dict[str, Any], bytes]:
-            status, data = self.api.request("GET", path, None, node.name, node.key)
-            if status != 200:
-                raise ValueError(f"HTTP {status}: {data[:200]!r}")
-            body = orjson.loads(data)
+            reply = self.api.send("GET", path, b"", node.name, node.key)
+            if reply.status != 200:
+                raise ValueError(f"HTTP {reply.status}: {reply.data[:200]!r}")
+            body = orjson.loads(reply.data)
             key = decrypt_session_key(node.key, body["encoded_session_key"]["key"])
             return body, key
 
@@ -266,8 +267,6 @@ class Worker:
             server_key=load_public_pem(body["public_key"]),
             incarnation=str(body["incarnation_id"]),
             interval=float(hb["interval"]),
-            offline_threshold=int(hb.get("offline_threshold", 3)),
-            online_threshold=int(hb.get("online_threshold", 2)),
             max_skew=float(body.get("max_message_skew", 300)),
             lifetime=float(body.get("lifetime", 3600)),
         )
@@ -284,7 +283,7 @@ class Worker:
         node.reconfigure_due = None
         node.request_reconfigure(conn.lifetime * (1 - _random() * 0.1))
         self.at(node.reconfigure_due, self._wake, node)
-        node.online, node.offline_counter, node.online_counter = True, 0, 0
+        node.watch = ServerWatch.from_heartbeat_config(hb)
         node.heartbeat_due = now
         self.at(now, self._heartbeat, node, conn.generation)
         self.at(now + WATCHDOG_SECONDS, self._watchdog, node, conn.generation)
@@ -322,10 +321,10 @@ class Worker:
             return
         if conn.dealer.closed:
             return
-        send, went_offline = node.heartbeat_tick(conn)
-        if went_offline:
+        tick = node.watch.tick()
+        if tick.went_offline:
             self._reconfigure(node, "server_offline")
-        if send:
+        if tick.send:
             if node.unsent is not None and node.unsent[1] != conn.generation:
                 self.counters["results_resent"] += 1
                 self._send_result(node, conn, node.unsent[0])

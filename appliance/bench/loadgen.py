@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.bench.httpc import KeepAlive
 from appliance.core.keys import load_private_pem
+from appliance.signedhttp import SignedClient
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class LoadSpec:
 
 def run_load(spec: LoadSpec) -> dict[str, Any]:
     """{label: {"latency": [...], "service": [...], "errors": n}} plus "sent" and "seconds"."""
-    api = KeepAlive(spec.base_url, timeout=30)
+    api = SignedClient(spec.base_url, timeout=30)
     key = load_private_pem(spec.key_pem)
     slots = itertools.count()
     lock = threading.Lock()
@@ -58,7 +58,7 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
             label, path = spec.paths[k % len(spec.paths)]
             sent = time.monotonic()
             try:
-                status, _ = api.request("GET", path, None, spec.user, key)
+                status = api.send("GET", path, b"", spec.user, key).status
             except OSError:
                 status = 0
             done = time.monotonic()
@@ -69,13 +69,13 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
                 record["statuses"][status] = record["statuses"].get(status, 0) + 1
                 if status != 200:
                     record["errors"] += 1
-        api.close()
 
     threads = [threading.Thread(target=loop, daemon=True) for _ in range(spec.threads)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(spec.seconds + 120)
+    api.close()
     out["sent"] = sum(len(v["latency"]) for k, v in out.items() if isinstance(v, dict))
     out["seconds"] = time.monotonic() - t0
     return out

@@ -42,10 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from appliance.bench import report
-from appliance.client.bootstrap import client_config_text
+from appliance.client.bootstrap import write_node_dir
 from appliance.core.keys import load_private_pem
 from appliance.localserver import LocalServer, pushy_command
-from appliance.signedhttp import open_stream, send, signed_request
+from appliance.signedhttp import Stream, open_stream, send, signed_request
+from appliance.sse import SseParser
 
 SCENARIO = "salt"
 SALT_VERSION = "3008.4"
@@ -422,13 +423,12 @@ def _job_through_feed(url: str, key: Any, names: list[str], timeout: float) -> d
     feed = open_stream(
         url, f"/organizations/{ORG}/pushy/job_status_feed/{job_id}", "pivotal", key, timeout=timeout
     )
-    if not hasattr(feed, "readline"):
-        raise RuntimeError(f"job feed: {feed.status} {feed.body()}")  # type: ignore[union-attr]
+    if not isinstance(feed, Stream):
+        raise RuntimeError(f"job feed: {feed.status} {feed.body()}")
     deadline = time.monotonic() + timeout
-    with feed:  # type: ignore[union-attr]
-        while time.monotonic() < deadline:
-            line = feed.readline()  # type: ignore[union-attr]
-            if not line or line.strip() in (b"event: job_complete", b"event: summary"):
+    with feed:
+        for event in feed.events(SseParser()):
+            if event.event in ("job_complete", "summary") or time.monotonic() >= deadline:
                 break
     seconds = time.perf_counter() - t0
     job = send(url, "GET", f"{jobs}/{job_id}", b"", "pivotal", key, timeout=timeout).body()
@@ -463,20 +463,12 @@ def run_pushy(root: Path, m: int, r: int, job_timeout: float) -> dict[str, Any]:
             )
             if status != 201:
                 raise RuntimeError(f"creating client {name}: {status} {body}")
-            node_dir = root / name
-            node_dir.mkdir(mode=0o700)
-            pem = node_dir / "client.pem"
-            pem.write_text(body["chef_key"]["private_key"])
-            pem.chmod(0o600)
-            config = node_dir / "push-jobs-client.rb"
-            config.write_text(
-                client_config_text(
-                    chef_server_url=f"{url}/organizations/{ORG}",
-                    node_name=name,
-                    client_key=str(pem),
-                    whitelist=WHITELIST,
-                    file_dir=str(node_dir / "files"),
-                )
+            config = write_node_dir(
+                root,
+                name,
+                chef_server_url=f"{url}/organizations/{ORG}",
+                key_pem=body["chef_key"]["private_key"],
+                whitelist=WHITELIST,
             )
             groups.append(
                 Group(name, [*pushy_command(), "client", "-c", str(config)], root / f"{name}.log")

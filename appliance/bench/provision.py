@@ -17,8 +17,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from appliance.bench.httpc import HttpError, KeepAlive, fast_private_key
-from appliance.core.keys import generate_rsa, private_pem, public_pem
+from appliance.core.keys import generate_rsa, load_private_pem, private_pem, public_pem
+from appliance.signedhttp import HttpError, SignedClient
 
 END_MARK = "-----END RSA PRIVATE KEY-----"
 KEYS_PER_TASK = 25
@@ -83,7 +83,7 @@ def ensure_keys(count: int, cache_dir: Path, *, processes: int | None = None) ->
     return path
 
 
-def create_org(api: KeepAlive, admin: str, admin_key: RSAPrivateKey, org: str) -> None:
+def create_org(api: SignedClient, admin: str, admin_key: RSAPrivateKey, org: str) -> None:
     """Create ``org`` unless it exists."""
     try:
         api.json("POST", "/organizations", {"name": org, "full_name": org}, admin, admin_key)
@@ -93,7 +93,7 @@ def create_org(api: KeepAlive, admin: str, admin_key: RSAPrivateKey, org: str) -
 
 
 def register_clients(
-    api: KeepAlive,
+    api: SignedClient,
     admin: str,
     admin_key: RSAPrivateKey,
     org: str,
@@ -113,7 +113,7 @@ def register_clients(
 
     def one(index: int) -> None:
         name = names[index]
-        body = {"name": name, "public_key": public_pem(fast_private_key(pems[index]))}
+        body = {"name": name, "public_key": public_pem(load_private_pem(pems[index], trusted=True))}
         try:
             api.json("POST", path, body, admin, admin_key)
         except HttpError as exc:

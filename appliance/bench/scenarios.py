@@ -1,308 +1,42 @@
 """The fleet scenarios of ``pushy bench``: hold, fanout, storm and api.
 
 Each one: a server (started here unless ``--server-url``), N provisioned nodes, the simulated
-fleet and the websocket monitor; then the measurement; then a table on stdout and the JSON file.
-The server is a separate process (ours by default), so its CPU and memory come from /proc.
+fleet and the websocket monitor (``harness``); then the measurement; then a table on stdout and
+the JSON file. The server is a separate process (ours by default), so its CPU and memory come
+from /proc.
 """
 
 from __future__ import annotations
 
 import argparse
 import calendar
-import shutil
 import statistics
-import sys
-import tempfile
 import time
-import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
 import trio
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from appliance.bench import loadgen, procstat, provision, report
-from appliance.bench.fleet import FDS_PER_NODE, Fleet
-from appliance.bench.httpc import KeepAlive
-from appliance.bench.monitor import NodeMonitor
+from appliance.bench import loadgen, procstat, report
+from appliance.bench.harness import (
+    PROGRESS_SECONDS,
+    Run,
+    Sampler,
+    Setup,
+    common_params,
+    finish,
+    heartbeats_received,
+    mib,
+    prepare,
+    rounded,
+    server_status,
+    wait_available,
+    with_fleet,
+)
 from appliance.bench.provision import progress
-from appliance.core.keys import load_private_pem
-from appliance.localserver import LocalServer
-from appliance.signedhttp import open_stream
-
-PROGRESS_SECONDS = 2.0
-MONITOR_CONNECT_SECONDS = 30.0
-
-
-# Setup ---------------------------------------------------------------------------------------
-@dataclass
-class Setup:
-    args: argparse.Namespace
-    url: str
-    org: str
-    user: str
-    key_pem: str
-    key: RSAPrivateKey
-    api: KeepAlive
-    names: list[str]
-    key_file: Path
-    server: LocalServer | None = None
-    root: Path | None = None
-    provision_seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def server_pid(self) -> int | None:
-        if self.server is not None and self.server.proc is not None:
-            return self.server.proc.pid
-        return self.args.server_pid
-
-    def close(self) -> None:
-        if self.server is not None:
-            try:
-                self.server.stop(timeout=30)
-            except Exception:  # a wedged server: killed by stop()
-                pass
-        if self.root is not None and not self.args.keep:
-            shutil.rmtree(self.root, ignore_errors=True)
-        elif self.root is not None:
-            progress(f"kept the server state and log in {self.root}")
-
-
-def server_settings(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
-    settings: dict[str, Any] = {"heartbeat_interval": args.interval, "log_level": "info"}
-    settings.update(extra)
-    for item in args.server_setting or ():
-        name, _, value = item.partition("=")
-        try:
-            settings[name] = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            settings[name] = value
-    return settings
-
-
-def prepare(args: argparse.Namespace, **extra: Any) -> Setup:
-    """Server, keys, org and clients (blocking; progress on stderr)."""
-    n = args.nodes
-    procstat.raise_open_files(n * (FDS_PER_NODE + 1) + 1024)
-    key_file = provision.ensure_keys(n, Path(args.key_cache))
-    server = root = None
-    if args.server_url:
-        url, user = args.server_url.rstrip("/"), args.user
-        if args.key is None:
-            raise SystemExit("pushy bench: --server-url needs --key (the admin's private key)")
-        key_pem = Path(args.key).read_text()
-        org = args.org or time.strftime("bench-%Y%m%d%H%M%S")
-    else:
-        root = Path(tempfile.mkdtemp(prefix="pushy-bench-"))
-        server = LocalServer(root / "state", **server_settings(args, **extra))
-        progress(f"starting a server (state and log in {root})")
-        server.start()
-        url, user = server.url, "pivotal"
-        key_pem = server.pivotal_key.read_text()
-        org = args.org or "bench"
-    setup = Setup(
-        args=args,
-        url=url,
-        org=org,
-        user=user,
-        key_pem=key_pem,
-        key=load_private_pem(key_pem),
-        api=KeepAlive(url),
-        names=provision.node_names(n),
-        key_file=key_file,
-        server=server,
-        root=root,
-    )
-    pid = setup.server_pid
-    if pid is not None:
-        limit = procstat.open_files_limit(pid)
-        if limit is not None and limit < 2 * n + 256:
-            note = f"the server's open-files limit ({limit}) is below 2 per node ({2 * n})"
-            setup.notes.append(note)
-            progress(f"WARNING: {note}")
-    try:
-        provision.create_org(setup.api, user, setup.key, org)
-        pems = provision.read_keys(key_file, n)
-        setup.provision_seconds = provision.register_clients(
-            setup.api, user, setup.key, org, setup.names, pems
-        )
-    except BaseException:
-        setup.close()
-        raise
-    return setup
-
-
-def server_status(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{url}/pushy/_status?counters=true", timeout=10) as r:
-        return orjson.loads(r.read())
-
-
-def heartbeats_received(status: dict[str, Any]) -> int | None:
-    counters = status.get("counters")
-    if not isinstance(counters, dict):
-        return None
-    return int(counters.get("received", {}).get("heartbeat", 0))
-
-
-# Running a fleet -----------------------------------------------------------------------------
-@dataclass
-class Run:
-    setup: Setup
-    fleet: Fleet
-    monitor: NodeMonitor
-    t0: float = 0.0
-    all_available_at: float | None = None
-
-
-async def with_fleet(
-    setup: Setup, body: Callable[[Run], Awaitable[dict[str, Any]]]
-) -> dict[str, Any]:
-    """Start the fleet, wait until every node is available, run ``body``, stop the fleet."""
-    args = setup.args
-    fleet = Fleet(
-        server_url=setup.url,
-        org=setup.org,
-        names=setup.names,
-        key_file=setup.key_file,
-        workers=args.workers,
-        ramp=args.ramp,
-        job_seconds=args.job_seconds,
-        whitelist=("true", "sleep", "chef-client"),
-        fetch_threads=args.fetch_threads,
-    )
-    monitor = NodeMonitor(setup.url, setup.org, setup.user, setup.key)
-    run = Run(setup, fleet, monitor)
-    progress(f"spawning {fleet.workers} fleet workers for {len(setup.names)} nodes")
-    await trio.to_thread.run_sync(fleet.spawn)
-    results: dict[str, Any] = {}
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(fleet.pump)
-        nursery.start_soon(monitor.run)
-        with trio.move_on_after(MONITOR_CONNECT_SECONDS):
-            await monitor.connected.wait()
-        try:
-            run.t0 = fleet.start()
-            progress(f"starting {len(setup.names)} nodes over {args.ramp:g} s")
-            await wait_available(run, args.available_timeout + args.ramp, "connecting")
-            results = await body(run)
-        finally:
-            with trio.CancelScope(shield=True):
-                progress("stopping the fleet")
-                await fleet.stop()
-            nursery.cancel_scope.cancel()
-    results["fleet"] = fleet_summary(run)
-    return results
-
-
-async def wait_available(run: Run, seconds: float, phase: str) -> float | None:
-    """Seconds (from the fleet start) until every node was available; None on timeout."""
-    n = len(run.setup.names)
-    deadline = time.monotonic() + seconds
-    last = 0.0
-    while time.monotonic() < deadline:
-        available = run.monitor.available()
-        if available >= n:
-            run.all_available_at = time.time()
-            progress(f"{phase}: all {n} nodes available")
-            return run.all_available_at - run.t0
-        if not run.fleet.alive():
-            raise RuntimeError("a fleet worker died: " + "; ".join(run.fleet.errors)[-2000:])
-        if time.monotonic() - last >= PROGRESS_SECONDS:
-            last = time.monotonic()
-            progress(
-                f"{phase}: started {len(run.fleet.started)}, channel up {len(run.fleet.up)}, "
-                f"available {available}/{n}"
-            )
-        await trio.sleep(0.1)
-    progress(f"{phase}: only {run.monitor.available()}/{n} available after {seconds:.0f} s")
-    return None
-
-
-def fleet_summary(run: Run) -> dict[str, Any]:
-    fleet = run.fleet
-    reasons = Counter(reason for _, _, reason in fleet.reconfigures)
-    ups = sorted(t - fleet.started[name] for name, t in fleet.up.items() if name in fleet.started)
-    avail = [
-        t - run.fleet.started[name]
-        for name, t in run.monitor.first_available.items()
-        if name in run.fleet.started
-    ]
-    return {
-        "workers": fleet.workers,
-        "heartbeats_sent": fleet.total("heartbeats"),
-        "config_fetches": fleet.total("config_fetches"),
-        "fetch_failures": fleet.total("fetch_failures"),
-        "send_failures": fleet.total("send_failures"),
-        "invalid_commands": fleet.total("invalid_commands"),
-        "reconfigures": dict(reasons),
-        "cpu_seconds": round(fleet.cpu_seconds(), 2),
-        "node_start_to_channel_up_p50_s": report.percentile(ups, 50),
-        "node_start_to_available_p50_s": report.percentile(avail, 50),
-        "node_start_to_available_p99_s": report.percentile(avail, 99),
-        "errors": fleet.errors,
-    }
-
-
-def finish(
-    setup: Setup, scenario: str, params: dict[str, Any], results: dict[str, Any], rows: list
-) -> int:
-    if setup.notes:
-        results["notes"] = setup.notes
-    path = report.write(scenario, params, results, directory=setup.args.results_dir)
-    print(report.table([("metric", "value"), *rows]))
-    print(f"\nresults: {path}")
-    return 0
-
-
-def common_params(setup: Setup) -> dict[str, Any]:
-    a = setup.args
-    return {
-        "nodes": a.nodes,
-        "workers": a.workers or None,
-        "heartbeat_interval_ms": a.interval,
-        "ramp_s": a.ramp,
-        "job_seconds": a.job_seconds,
-        "server": "external" if a.server_url else "local",
-        "server_settings": server_settings(a) if not a.server_url else None,
-        "provision_seconds": round(setup.provision_seconds, 2),
-    }
-
-
-class Sampler:
-    """Server CPU % per period and RSS, sampled while a phase runs."""
-
-    def __init__(self, pid: int | None) -> None:
-        self.pid = pid
-        self.cpu: list[float] = []
-        self.rss_kib: list[int] = []
-
-    async def run(self, period: float = 1.0) -> None:
-        if self.pid is None:
-            return
-        meter = procstat.CpuMeter(self.pid)
-        meter.mark()
-        while True:
-            await trio.sleep(period)
-            value = meter.read()
-            meter.mark()
-            if value is not None:
-                self.cpu.append(value)
-            rss = procstat.memory_kib(self.pid).get("VmRSS")
-            if rss is not None:
-                self.rss_kib.append(rss)
-
-
-def mib(kib: int | None) -> float | None:
-    return None if kib is None else round(kib / 1024, 1)
-
-
-def rounded(value: float | None, digits: int = 3) -> float | None:
-    return None if value is None else round(value, digits)
+from appliance.signedhttp import Stream
+from appliance.sse import SseParser
 
 
 # hold ----------------------------------------------------------------------------------------
@@ -416,31 +150,20 @@ def read_job_feed(
     while time.monotonic() < deadline:
         resumed += 1
         headers = {"Last-Event-ID": last_id} if last_id else None
-        stream = open_stream(
-            setup.url, path, setup.user, setup.key, headers=headers, timeout=seconds
+        stream = setup.api.open_stream(
+            path, setup.user, setup.key, headers=headers, timeout=seconds
         )
-        if not hasattr(stream, "readline"):
-            raise RuntimeError(f"job feed: HTTP {getattr(stream, 'status', '?')}")
-        name = data = ident = None
+        if not isinstance(stream, Stream):
+            raise RuntimeError(f"job feed: HTTP {stream.status}")
         with stream:
-            while time.monotonic() < deadline:
-                line = stream.readline()
-                if not line:
+            for event in stream.events(SseParser()):
+                events.append((event.event, orjson.loads(event.data), time.time()))
+                if event.id and event.id.startswith("job-"):
+                    last_id = event.id
+                if event.event in ("job_complete", "summary"):
+                    return events, resumed
+                if time.monotonic() >= deadline:
                     break
-                text = line.decode("utf-8").rstrip("\r\n")
-                if text.startswith("event: "):
-                    name = text[7:]
-                elif text.startswith("id: "):
-                    ident = text[4:]
-                elif text.startswith("data: "):
-                    data = orjson.loads(text[6:])
-                elif text == "" and name is not None:
-                    events.append((name, data or {}, time.time()))
-                    if ident and ident.startswith("job-"):
-                        last_id = ident
-                    if name in ("job_complete", "summary"):
-                        return events, resumed
-                    name = data = ident = None
         time.sleep(0.05)
     return events, resumed
 
@@ -822,14 +545,3 @@ async def _api_body(run: Run) -> dict[str, Any]:
             "statuses": record["statuses"],
         }
     return out
-
-
-def main_guard(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a scenario; a setup failure is one line and exit 1, not a traceback."""
-    try:
-        return fn(args)
-    except KeyboardInterrupt:
-        return 130
-    except (RuntimeError, OSError) as exc:
-        print(f"pushy bench: {exc}", file=sys.stderr)
-        return 1

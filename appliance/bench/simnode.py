@@ -2,8 +2,9 @@
 
 The bytes it sends are the client's: ``wire.node_message`` in the client's key order, HMAC-signed
 two-frame messages on a CURVE DEALER with SNDHWM 3, one SUB for the server's heartbeats. Its
-behaviour follows the agent: heartbeat every interval while the server is online (stop after
-``offline_threshold`` missed server beats, start again after ``online_threshold``), reconfigure
+behaviour follows the agent: heartbeat every interval while the server is online (the agent's
+own `ServerWatch`: stop after ``offline_threshold`` missed server beats, start again after
+``online_threshold``), reconfigure
 (new config fetch, new session key, new sockets; same incarnation and CURVE key) after a server
 restart (random splay within one interval), when the watchdog sees no command message within
 4 s, when a send cannot be queued (after 60 s) and when the config's lifetime ends; never while a
@@ -28,6 +29,7 @@ import zmq
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
 from appliance.client import jobstate
+from appliance.client.serverwatch import ServerWatch
 from appliance.client.whitelist import Resolved
 from appliance.core import wire
 from appliance.zmqio import TrioSocket
@@ -48,8 +50,6 @@ class Connection:
     server_key: RSAPublicKey
     incarnation: str
     interval: float
-    offline_threshold: int
-    online_threshold: int
     max_skew: float
     lifetime: float
     dealer: TrioSocket | None = None
@@ -77,9 +77,7 @@ class SimNode:
     curve_secret: bytes = b""
     conn: Connection | None = None
     generation: int = 0
-    online: bool = True
-    offline_counter: int = 0
-    online_counter: int = 0
+    watch: ServerWatch = field(default_factory=ServerWatch)  # reset with each connection
     reconfigure_due: float | None = None
     heartbeat_due: float | None = None  # monotonic
     jobs: jobstate.JobState = field(default_factory=jobstate.JobState)
@@ -140,27 +138,10 @@ class SimNode:
     # Server heartbeats (the agent's _receive_heartbeats) ---------------------------------------
     def on_server_heartbeat(self, conn: Connection, body: dict[str, Any]) -> float | None:
         """Returns a reconfigure delay when the server restarted, else None."""
-        self.offline_counter = 0
-        if not self.online:
-            self.online_counter += 1
-            if self.online_counter > conn.online_threshold:
-                self.online = True
+        self.watch.server_heartbeat()
         if body.get("incarnation_id") != conn.incarnation:
             return random.random() * conn.interval
         return None
-
-    # Our heartbeat tick (the agent's _heartbeat loop body) ------------------------------------
-    def heartbeat_tick(self, conn: Connection) -> tuple[bool, bool]:
-        """(send a heartbeat now, the server just went offline: reconfigure)."""
-        went_offline = False
-        if self.online:
-            if self.offline_counter > conn.offline_threshold:
-                self.online = False
-                self.online_counter = 0
-                went_offline = True
-            else:
-                self.offline_counter += 1
-        return self.online, went_offline
 
 
 @dataclass

@@ -27,6 +27,7 @@ from appliance import sdnotify
 from appliance.client import facts, jobfile, jobstate, reach, runner, whitelist
 from appliance.client.config import ClientConfig, ConfigError, load_config
 from appliance.client.probe import probe_address
+from appliance.client.serverwatch import ServerWatch
 from appliance.core import wire
 from appliance.core.jobspec import decode_job_file
 from appliance.core.keys import decrypt_session_key, load_private_pem, load_public_pem
@@ -118,6 +119,7 @@ class Agent:
         self.ctx = zmq.Context(io_threads=1)
         self.jobs = jobstate.JobState(max_body_size=config.max_body_size)
         self.conn: Connection | None = None
+        self.watch = ServerWatch()  # missed server heartbeats, per connection
         self.lock: runner.Lock | None = None
         # A job's result not known to have left: not queued (the send queue was full: None),
         # or queued on a connection that the server has not spoken on since, so a reconfigure
@@ -319,6 +321,7 @@ class Agent:
         self.reconfigure_due = None
         lifetime = float(conn.config.get("lifetime", 3600))
         self.reconfigure_due = time.monotonic() + lifetime * (1 - random.random() * 0.1)
+        self.watch = ServerWatch.from_heartbeat_config(hb)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive_commands, conn)
@@ -401,29 +404,21 @@ class Agent:
 
     async def _heartbeat(self, conn: Connection) -> None:
         """Send a heartbeat every interval while the server is online; detect it going away."""
-        self.online = True
-        self.offline_counter = 0
-        self.online_counter = 0
-        offline_threshold = int(conn.config["push_jobs"]["heartbeat"].get("offline_threshold", 3))
         sent = 0
         while True:
-            if self.online:
-                if self.offline_counter > offline_threshold:
-                    self.online = False
-                    self.online_counter = 0
-                    log.info(
-                        "[%s] Server has missed %d heartbeats in a row.  Considering it offline, "
-                        "and stopping heartbeat.",
-                        self.node,
-                        self.offline_counter,
-                    )
-                    if not conn.got_command_message.is_set():  # never heard: the address?
-                        await self._diagnose_once(conn)
-                    self.request_reconfigure("server offline")
-                    sdnotify.status(f"server {self._server_host()} offline, reconnecting")
-                else:
-                    self.offline_counter += 1
-            if self.online:
+            tick = self.watch.tick()
+            if tick.went_offline:
+                log.info(
+                    "[%s] Server has missed %d heartbeats in a row.  Considering it offline, "
+                    "and stopping heartbeat.",
+                    self.node,
+                    tick.missed,
+                )
+                if not conn.got_command_message.is_set():  # never heard: the address?
+                    await self._diagnose_once(conn)
+                self.request_reconfigure("server offline")
+                sdnotify.status(f"server {self._server_host()} offline, reconnecting")
+            if self.watch.online:  # read again: server heartbeats may have come meanwhile
                 sent += 1
                 if sent <= 3:
                     log.info("[%s] Sending heartbeat %d (logging first 3)", self.node, sent)
@@ -435,7 +430,6 @@ class Agent:
 
     async def _receive_heartbeats(self, conn: Connection) -> None:
         assert conn.sub is not None
-        online_threshold = int(conn.config["push_jobs"]["heartbeat"].get("online_threshold", 2))
         received = 0
         while True:
             frames = await conn.sub.recv_multipart()
@@ -450,12 +444,8 @@ class Agent:
                     body.get("sequence"),
                     received,
                 )
-            self.offline_counter = 0
-            if not self.online:
-                self.online_counter += 1
-                if self.online_counter > online_threshold:
-                    self.online = True
-                    log.info("[%s] Server is online again: starting to heartbeat", self.node)
+            if self.watch.server_heartbeat():
+                log.info("[%s] Server is online again: starting to heartbeat", self.node)
             if body.get("incarnation_id") != conn.incarnation:
                 log.info(
                     "[%s] Server restart detected (incarnation %s, was %s)",

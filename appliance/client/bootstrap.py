@@ -1,12 +1,17 @@
 """A node's client configuration, written the way the push-jobs cookbook writes it.
 
-Used by ``pushy demo`` (and later ``pushy admin node-bootstrap``): the file is in the original's
-format (docs-spec.md §10.2), so the original Ruby client could read it too.
+Used by ``pushy demo``, ``pushy bench salt`` and ``pushy admin node-bootstrap``: the file is in
+the original's format (docs-spec.md §10.2), so the original Ruby client could read it too.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
+
+CONFIG_NAME = "push-jobs-client.rb"
+KEY_NAME = "client.pem"
 
 
 def ruby_string(text: str) -> str:
@@ -37,3 +42,33 @@ def client_config_text(
     lines.append(f"whitelist({{{pairs}}})")
     lines.append("Mixlib::Log::Formatter.show_time = true")
     return "\n".join(lines) + "\n"
+
+
+def write_node_dir(
+    root: Path,
+    name: str,
+    *,
+    chef_server_url: str,
+    key_pem: str,
+    whitelist: Mapping[str, str],
+) -> Path:
+    """``root/NAME/`` (mode 0700) holding the node's key (0600 from the first byte), its
+    config file and its ``files/`` job-file directory: what a local ``pushy client -c`` needs.
+    Returns the config file's path."""
+    node_dir = root / name
+    node_dir.mkdir(mode=0o700)
+    key = node_dir / KEY_NAME
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(key_pem)
+    config = node_dir / CONFIG_NAME
+    config.write_text(
+        client_config_text(
+            chef_server_url=chef_server_url,
+            node_name=name,
+            client_key=str(key),
+            whitelist=whitelist,
+            file_dir=str(node_dir / "files"),
+        )
+    )
+    return config

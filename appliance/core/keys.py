@@ -48,13 +48,17 @@ def _as_bytes(pem: str | bytes, what: str) -> bytes:
     raise KeyFormatError(f"{what} must be PEM text, not {type(pem).__name__}")
 
 
-def load_private_pem(pem: str | bytes) -> RSAPrivateKey:
-    """An unencrypted RSA private key, PKCS#1 or PKCS#8."""
+def load_private_pem(pem: str | bytes, *, trusted: bool = False) -> RSAPrivateKey:
+    """An unencrypted RSA private key, PKCS#1 or PKCS#8. ``trusted``: a key we generated
+    ourselves (the benchmarks' thousands), so OpenSSL's costly RSA consistency check is
+    skipped."""
     data = _as_bytes(pem, "private key")
     if b"-----BEGIN" not in data:
         raise KeyFormatError("private key is not PEM (no -----BEGIN line)")
     try:
-        key = serialization.load_pem_private_key(data, password=None)
+        key = serialization.load_pem_private_key(
+            data, password=None, unsafe_skip_rsa_key_validation=trusted
+        )
     except TypeError as exc:  # encrypted key and no password
         raise KeyFormatError("private key is encrypted; a passphrase is not supported") from exc
     except (ValueError, UnsupportedAlgorithm) as exc:

@@ -18,19 +18,17 @@ every poll) and requests.
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
 import queue
 import shutil
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from appliance.core.jobfsm import FINISHED, NODE_STATUSES
 from appliance.knife.session import Api, ApiError, CliError
+from appliance.signedhttp import Stream
+from appliance.sse import SseParser
 
 FINAL_STATUSES = FINISHED
 KNIFE_OK_NODE_STATES = frozenset({"succeeded", "nacked", "unavailable"})
@@ -46,12 +44,11 @@ STREAM_READ_TIMEOUT = 60.0  # the server sends a keepalive every 15 s; silence t
 MAX_RECONNECTS = 8  # consecutive failed (re)connections before giving up on the feed
 MAX_BACKOFF_SECONDS = 5.0
 FOLLOW_SLACK_SECONDS = 3600.0  # beyond the job's run_timeout, for voting and stragglers
-MAX_LINE_BYTES = 1 << 20
 CLEAR_LINE = "\r\x1b[K"
 
 
 # ---------------------------------------------------------------------------------------------
-# pure parts: knife's status line and exit code, the progress line, an SSE parser
+# pure parts: knife's status line and exit code, the progress line
 
 
 def status_line(job: dict[str, Any]) -> tuple[str, bool]:
@@ -113,59 +110,6 @@ def progress_line(job: dict[str, Any], elapsed: float, *, width: int = 80, shown
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-@dataclass(frozen=True)
-class SseEvent:
-    event: str
-    id: str | None  # the stream's last event id when this event was dispatched
-    data: str
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.data) if self.data else {}
-        except ValueError:
-            return self.data
-
-
-class SseParser:
-    """The W3C EventSource line parser: ``feed`` one line (without or with its line ending);
-    an event comes out at the blank line that ends it. Comments (``:...``) are skipped, data
-    lines are joined with ``\\n``, the last ``id`` sticks to later events (as EventSource's
-    "last event ID" does), an event with no data is dropped."""
-
-    def __init__(self) -> None:
-        self.last_id: str | None = None
-        self.retry_ms: int | None = None
-        self._event = ""
-        self._data: list[str] = []
-
-    def feed(self, line: str) -> SseEvent | None:
-        line = line.rstrip("\r\n")
-        if line == "":
-            event, data = self._event or "message", self._data
-            self._event, self._data = "", []
-            if not data:
-                return None
-            return SseEvent(event, self.last_id, "\n".join(data))
-        if line.startswith(":"):
-            return None
-        field, colon, value = line.partition(":")
-        if colon and value.startswith(" "):
-            value = value[1:]
-        if field == "event":
-            self._event = value
-        elif field == "data":
-            self._data.append(value)
-        elif field == "id":
-            if "\0" not in value:
-                self.last_id = value
-        elif field == "retry" and value.isdigit():
-            self.retry_ms = int(value)
-        return None
-
-    def feed_all(self, lines: Iterable[str]) -> list[SseEvent]:
-        return [ev for line in lines if (ev := self.feed(line)) is not None]
-
-
 # ---------------------------------------------------------------------------------------------
 # the feed reader thread
 
@@ -202,7 +146,7 @@ class EventStream:
         self.reconnects = 0
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._stop = threading.Event()
-        self._response: http.client.HTTPResponse | None = None
+        self._response: Stream | None = None
         self._thread = threading.Thread(target=self._run, name="pushy-sse", daemon=True)
 
     def start(self) -> EventStream:
@@ -220,10 +164,7 @@ class EventStream:
         self._stop.set()
         response = self._response
         if response is not None:
-            sock = getattr(getattr(getattr(response, "fp", None), "raw", None), "_sock", None)
-            if isinstance(sock, socket.socket):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+            response.interrupt()
 
     def _put(self, kind: str, payload: Any = None) -> None:
         if not self._stop.is_set():
@@ -250,6 +191,7 @@ class EventStream:
                 self._stop.wait(min(0.2 * 2**failures, MAX_BACKOFF_SECONDS))
                 continue
             opened = True
+            self.parser.restart()
             self._response = response
             try:
                 ended, got_any = self._read(response)
@@ -268,24 +210,21 @@ class EventStream:
             self._stop.wait(min(0.2 * 2**failures, MAX_BACKOFF_SECONDS))
         self._put("unavailable", CliError(f"the event feed {self.path} keeps dropping"))
 
-    def _read(self, response: http.client.HTTPResponse) -> tuple[bool, bool]:
+    def _read(self, response: Stream) -> tuple[bool, bool]:
         """Read until the stream ends: (ended for good, received any event)."""
         got_any = False
         try:
-            for _ in range(100_000_000):
-                raw = response.readline(MAX_LINE_BYTES)
-                if not raw or self._stop.is_set():
+            for chunk in response.chunks():
+                if self._stop.is_set():
                     break
-                event = self.parser.feed(raw.decode("utf-8", "replace"))
-                if event is None:
-                    continue
-                got_any = True
-                self._put("event", event)
-                if event.event in self.stop_on:
-                    self._put("ended")
-                    return True, True
-        except (OSError, http.client.HTTPException, ValueError):
-            pass  # dropped (a timeout is an OSError); the caller reconnects
+                for event in self.parser.feed_bytes(chunk):
+                    got_any = True
+                    self._put("event", event)
+                    if event.event in self.stop_on:
+                        self._put("ended")
+                        return True, True
+        except (OSError, ValueError):
+            pass  # dropped (a timeout is an OSError), or a line over the limit: reconnect
         return False, got_any
 
 

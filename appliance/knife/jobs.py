@@ -26,9 +26,10 @@ from typing import Any
 
 from appliance.knife import output
 from appliance.knife.credentials import connect
-from appliance.knife.follow import EventStream, Follower, SseEvent, exit_code
+from appliance.knife.follow import EventStream, Follower, exit_code
 from appliance.knife.nodes import search_node_names
 from appliance.knife.session import Api, ApiError, CliError, error_text
+from appliance.sse import SseEvent
 
 QUORUM_RE = re.compile(r"([0-9]+)(%?)")
 MSG_QUORUM = "Invalid Format please enter integer or percent"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from http.client import HTTPResponse
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +138,7 @@ class Api:
 
     def stream(
         self, path: str, *, last_event_id: str | None = None, timeout: float | None = None
-    ) -> HTTPResponse:
+    ) -> signedhttp.Stream:
         """An open SSE stream; an error status raises `ApiError`, no server `CliError`."""
         headers = {"Last-Event-ID": last_event_id} if last_event_id else None
         try:

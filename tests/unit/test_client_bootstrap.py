@@ -29,3 +29,25 @@ def test_generated_config_parses_back(tmp_path):
     config = load_config(str(path), {})
     for command, line in whitelist.items():
         assert resolve(config.whitelist, command).command_line == line
+
+
+def test_write_node_dir_makes_a_private_key_and_a_config_the_client_reads(tmp_path):
+    import stat
+
+    from appliance.client.bootstrap import write_node_dir
+
+    path = write_node_dir(
+        tmp_path,
+        "n1",
+        chef_server_url="http://127.0.0.1:1/organizations/o",
+        key_pem="PEM\n",
+        whitelist={"hello": "echo hi"},
+    )
+    node_dir = tmp_path / "n1"
+    assert path == node_dir / "push-jobs-client.rb"
+    assert stat.S_IMODE(node_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((node_dir / "client.pem").stat().st_mode) == 0o600
+    assert (node_dir / "client.pem").read_text() == "PEM\n"
+    config = load_config(str(path), {})
+    assert config.node_name == "n1" and config.client_key == str(node_dir / "client.pem")
+    assert config.file_dir == str(node_dir / "files")

@@ -37,6 +37,7 @@ from appliance.client import jobfile, runner
 from appliance.client.agent import Agent, Connection
 from appliance.client.config import WhitelistEntry
 from appliance.client.jobstate import MAX_ENV_ENTRY_BYTES, JobState, Log, Reply
+from appliance.client.serverwatch import ServerWatch
 from appliance.client.whitelist import UnsafeCapture, resolve
 from appliance.core import wire
 from appliance.core.keys import generate_rsa
@@ -100,7 +101,7 @@ def node(tmp_path, rsa_keys):
         sub=FakeSocket(),
     )
     agent.conn = conn
-    agent.online, agent.offline_counter, agent.online_counter = True, 3, 0
+    agent.watch = ServerWatch(online_threshold=2, offline_counter=3)
     yield agent, conn, tmp_path
     agent.ctx.destroy(linger=0)
 
@@ -282,7 +283,7 @@ async def test_the_skew_window_is_the_configs_max_message_skew(node):
 async def test_a_valid_server_heartbeat_counts(node, rsa_keys):
     agent, conn, _ = node
     await deliver_heartbeats(agent, conn, heartbeat(rsa_keys[1]))
-    assert agent.offline_counter == 0 and agent.reconfigure_due is None
+    assert agent.watch.offline_counter == 0 and agent.reconfigure_due is None
 
 
 @pytest.mark.parametrize("case", ["stranger", "tampered", "hmac-other", "stale", "future"])
@@ -301,7 +302,7 @@ async def test_a_bad_server_heartbeat_is_ignored(node, rsa_keys, case):
         "future": heartbeat(server_key, t=time.time() + SKEW + 60, incarnation=other),
     }[case]
     await deliver_heartbeats(agent, conn, frames)
-    assert agent.offline_counter == 3  # not reset: the server is not proven alive
+    assert agent.watch.offline_counter == 3  # not reset: the server is not proven alive
     assert agent.reconfigure_due is None  # no restart "detected"
 
 

@@ -15,8 +15,6 @@ from appliance.knife.follow import (
     CLEAR_LINE,
     Follower,
     ProgressLine,
-    SseEvent,
-    SseParser,
     StatusLines,
     exit_code,
     progress_line,
@@ -34,6 +32,7 @@ from appliance.knife.nodes import search_node_names
 from appliance.knife.output import format_json, format_text
 from appliance.knife.session import ApiError, CliError
 from appliance.signedhttp import Reply
+from appliance.sse import SseEvent, SseParser
 
 # ---------------------------------------------------------------------------------------------
 # job start: quorum, body, file, env
@@ -470,7 +469,24 @@ class FeedApi(FakeApi):
         self.last_ids.append(last_event_id)
         if not self.pieces:
             raise ApiError(204, "", "GET", path)
-        return io.BytesIO(self.pieces.pop(0))
+        return FakeStream(self.pieces.pop(0))
+
+
+class FakeStream:
+    """A `signedhttp.Stream` whose body arrives in a few small chunks, then ends."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def chunks(self) -> Any:
+        for i in range(0, len(self.data), 7):
+            yield self.data[i : i + 7]
+
+    def interrupt(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def sse(n: int, name: str, data: str = "{}") -> bytes:
