@@ -23,13 +23,53 @@ _org_numbers = itertools.count(1)
 
 
 class Node(WireNode):
-    """A WireNode that heartbeats while the test waits and keeps every message it receives."""
+    """A WireNode that heartbeats on its own and keeps every message it receives.
+
+    A thread sends its heartbeats every ``BEAT`` while ``beating`` (a test sets it False to play
+    a dead node): they must not depend on how fast the test's own HTTP calls are, or a loaded
+    machine makes the server rightly mark the node down mid-test. The socket is shared with the
+    test's thread under a lock (ZeroMQ sockets may move between threads, never be used by two
+    at once)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.inbox: list[dict[str, Any]] = []
         self.last_beat = 0.0
         self.beating = True
+        self.lock = threading.RLock()
+        self._beater: threading.Thread | None = None
+
+    def connect(self, *, curve: bool = True) -> Node:
+        with self.lock:
+            super().connect(curve=curve)
+        if self._beater is None or not self._beater.is_alive():
+            self._beater = threading.Thread(target=self._beat, name=f"beat-{self.name}", daemon=True)
+            self._beater.start()
+        return self
+
+    def close(self) -> None:
+        """Close the sockets; the heartbeat thread ends with them (``connect`` starts another)."""
+        with self.lock:
+            super().close()
+
+    def _beat(self) -> None:
+        while True:
+            time.sleep(BEAT / 2)
+            with self.lock:
+                if self.dealer is None:
+                    return
+                if self.beating and self.due():
+                    self.send("heartbeat")
+
+    def due(self) -> bool:
+        if time.monotonic() - self.last_beat < BEAT:
+            return False
+        self.last_beat = time.monotonic()
+        return True
+
+    def send(self, kind: str, **extra: Any) -> None:
+        with self.lock:
+            super().send(kind, **extra)
 
     def send_frames(self, frames: list[bytes]) -> None:
         """Never block: while the server is away the DEALER's queue may be full."""
@@ -39,11 +79,24 @@ class Node(WireNode):
         except zmq.Again:
             pass
 
+    def recv(
+        self, timeout: float = 5.0, *, types: tuple[str, ...] | None = None
+    ) -> dict[str, Any] | None:
+        """As WireNode's, in short polls so that the heartbeat thread gets the socket between."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                if self.dealer is None:
+                    return None
+                msg = super().recv(min(0.01, max(0.0, deadline - time.monotonic())), types=types)
+            if msg is not None or time.monotonic() >= deadline:
+                return msg
+
     def tick(self) -> None:
-        """Heartbeat when due, then move everything received into the inbox."""
-        if self.beating and time.monotonic() - self.last_beat >= BEAT:
-            self.last_beat = time.monotonic()
-            self.send("heartbeat")
+        """Heartbeat when due (the thread does too), then move what was received to the inbox."""
+        with self.lock:
+            if self.beating and self.dealer is not None and self.due():
+                self.send("heartbeat")
         for _ in range(1000):
             msg = self.recv(0.003)
             if msg is None:

@@ -34,6 +34,7 @@ import pytest
 import trio
 import zmq
 
+from appliance.server.clock import Clock
 from appliance.server.store import Store
 from appliance.store.log import EventLog
 from tests.campaigns.kill import (
@@ -458,7 +459,7 @@ async def test_barrier_waits_for_the_sync_but_not_for_a_failing_disk(tmp_path):
     store.log = EventLog(tmp_path, segment_max_bytes=1 << 20, fdatasync=fdatasync)
     store.load()
     async with trio.open_nursery() as nursery:
-        await nursery.start(store.run)
+        await nursery.start(store.run, Clock())
         read = trio.Event()
 
         async def reader() -> None:
