@@ -6,7 +6,6 @@ shape, calls ``decide`` and writes the records it returns before answering.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 from appliance.core import records
 from appliance.core.state import State
@@ -29,14 +28,15 @@ def decide(
     org: str,
     node: str,
     *,
-    principal: tuple[Literal["user", "client"] | str, str],
+    principal: tuple[str, str],
     ccpk: str | None,
     curve: bool,
     fresh_key: bytes,
     now: float,
     grace: float,
 ) -> Refused | Granted:
-    """What a permitted fetch of ``node``'s config by ``principal`` (kind, name) does.
+    """What a permitted fetch of ``node``'s config by ``principal`` (kind "user" or "client",
+    name) does.
 
     - With CURVE on, the fetch must carry the node's CURVE public key (``ccpk``, already
       checked to be 40 Z85 characters). Another node's key is refused: taking it over would

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterator
 
 import trio
 
@@ -30,7 +31,8 @@ class LiveJobs:
     def __contains__(self, job_id: str) -> bool:
         return job_id in self.changed
 
-    def __iter__(self):  # noqa: ANN204 - the live job ids
+    def __iter__(self) -> Iterator[str]:
+        """The live job ids."""
         return iter(self.changed)
 
     def is_live(self, job_id: str) -> bool:
