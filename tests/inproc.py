@@ -16,6 +16,7 @@ timing and ordering, where a real clock would make a test slow or flaky.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,18 +28,22 @@ import orjson
 import trio
 import trio.testing
 
-from appliance.core import records, wire
+from appliance.core import identity, records, wire
 from appliance.core.jobspec import JobSpec
+from appliance.core.keys import generate_rsa, public_pem
 from appliance.core.settings import Settings
 from appliance.server.advertise import Advertiser
+from appliance.server.app import create_app
 from appliance.server.clock import Clock
 from appliance.server.context import ServerContext
 from appliance.server.main import build_context
 from appliance.server.store import Store
+from tests.support import sign
 
 EPOCH = 1_750_000_000.0  # the server clock's reading at trio time 0
 ORG = "acme"
-ORG_GUID = "0123456789abcdef0123456789abcdef"
+ORG_GUID = "0123456789abcdef0123456789abcdef"  # jobs made without the HTTP side
+SUPERUSER_KEY = generate_rsa(2048)  # one per test session: making a key takes a while
 
 
 class FakeRouter:
@@ -123,6 +128,7 @@ class InProc:
     ctx: ServerContext
     router: FakeRouter
     nodes: dict[str, InNode] = field(default_factory=dict)
+    http: Any = None  # the Quart test client of the real app (``inproc_server(http=True)``)
 
     async def node(self, name: str) -> InNode:
         """A node with a session key (as after its config fetch), online and available."""
@@ -147,18 +153,70 @@ class InProc:
             quorum=len(names) if quorum is None else quorum,
             run_timeout=run_timeout,
         )
-        job = await self.ctx.dispatcher.create_job(ORG, ORG_GUID, spec, "pivotal")
+        org = self.ctx.state.identity.orgs.get(ORG)
+        guid = org.guid if org is not None else ORG_GUID
+        job = await self.ctx.dispatcher.create_job(ORG, guid, spec, "pivotal")
         return job.id
 
     def status(self, job_id: str) -> tuple[str, dict[str, str]]:
         job = self.ctx.state.jobs[job_id]
         return job.status, dict(job.nodes)
 
+    def headers(self, method: str, path: str, body: bytes = b"", **extra: str) -> dict[str, str]:
+        """The superuser's signed headers, dated by the server's clock (a real clock would be
+        far outside the signature window of a server running in virtual time)."""
+        signed = sign(SUPERUSER_KEY, "pivotal", method, path, body, timestamp=self.ctx.clock.now())
+        return {**signed, "Accept": "application/json", **extra}
+
+    async def read_stream(
+        self, path: str, clock: trio.testing.MockClock, seconds: float, **headers: str
+    ) -> bytes:
+        """GET a streaming route (an SSE feed) through the real app; return what it sent while
+        ``seconds`` of server time passed. The stream is then ended as a server shutdown ends
+        it (the test client does not pass a reader's disconnect on to the app), and the
+        server's shutdown event is made new again for the next request."""
+        assert self.http is not None
+        chunks = bytearray()
+        done = trio.Event()
+        request = self.http.request(path, headers=self.headers("GET", path, **headers))
+
+        async def session() -> None:
+            async with request as conn:
+                await conn.send_complete()
+                with contextlib.suppress(trio.EndOfChannel):
+                    while not done.is_set():
+                        chunks.extend(await conn.receive())
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session)
+            await advance(clock, seconds)
+            seen = bytes(chunks)
+            self.ctx.shutdown.set()
+            for _ in range(10):
+                if done.is_set():
+                    break
+                await advance(clock, 0.5)
+            assert done.is_set(), "the stream did not end at the server's shutdown"
+        self.ctx.shutdown = trio.Event()
+        return seen
+
+
+async def _create_org(srv: InProc) -> None:
+    body = orjson.dumps({"name": ORG, "full_name": ORG})
+    headers = srv.headers("POST", "/organizations", body, **{"Content-Type": "application/json"})
+    response = await srv.http.post("/organizations", data=body, headers=headers)
+    assert response.status_code == 201, await response.get_data()
+
 
 @asynccontextmanager
-async def inproc_server(directory: Path, **settings: Any) -> AsyncIterator[InProc]:
+async def inproc_server(
+    directory: Path, *, http: bool = False, **settings: Any
+) -> AsyncIterator[InProc]:
     """The server's parts in this trio run (see the module docstring); ``settings`` override
-    the defaults. Leaves the log in ``directory``."""
+    the defaults. Leaves the log in ``directory``. With ``http``, the real Quart app answers
+    through ``InProc.http`` (its test client), the superuser ``pivotal`` and the org ``acme``
+    exist, and ``job`` is posted in that org."""
     s = Settings(state_dir=str(directory), **settings)
     store = Store(directory, segment_max_bytes=s.log_segment_max_bytes, retention_days=0)
     store.load()
@@ -171,7 +229,10 @@ async def inproc_server(directory: Path, **settings: Any) -> AsyncIterator[InPro
                     curve_secret="",
                     rsa_public_pem="",
                     t=EPOCH,
-                )
+                ),
+                *identity.bootstrap_superuser(
+                    store.state.identity, public_pem(SUPERUSER_KEY), name="pivotal"
+                ),
             ]
         )
     clock = Clock(start=EPOCH, follow_system=False)
@@ -186,7 +247,16 @@ async def inproc_server(directory: Path, **settings: Any) -> AsyncIterator[InPro
         async with trio.open_nursery() as services:
             ctx.dispatcher.resume(clock.now())
             await services.start(ctx.timers.run)
-            yield InProc(ctx, router)
+            srv = InProc(ctx, router)
+            if not http:
+                yield srv
+            else:
+                # without the app's lifespan: its one serving task, the SSE stall watch, runs
+                # until cancelled and is not what these tests are about
+                srv.http = create_app(ctx).test_client()
+                if ORG not in ctx.state.identity.orgs:
+                    await _create_org(srv)
+                yield srv
             services.cancel_scope.cancel()
         store.close()
     store.log.close()

@@ -126,3 +126,35 @@ async def test_a_restart_resumes_the_voting_timer_from_the_logged_start(tmp_path
         await advance(mock_clock, 2)
         assert srv.status(job_id) == ("quorum_failed", {"n1": "unavailable"})
         assert jobfsm.job_finished(srv.ctx.state.jobs[job_id])
+
+
+def feed_ids(raw: bytes) -> list[str]:
+    """The ``event:id`` of each SSE event in a feed's bytes (keepalive comments left out)."""
+    out = []
+    for block in raw.decode().split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in block.splitlines() if ": " in line and line[0] != ":"
+        )
+        if "event" in fields:
+            out.append(f"{fields['event']}:{fields.get('id')}")
+    return out
+
+
+async def test_the_org_feed_forgets_events_older_than_org_feed_expiration(tmp_path, mock_clock):
+    """A reader resuming from an event the server no longer keeps (older than
+    ``org_feed_expiration``) is told ``start_of_history`` first; a recent one resumes."""
+    settings = {**SETTINGS, "org_feed_expiration": 60.0}
+    feed = f"/organizations/{ORG}/pushy/jobs_status_feed"
+    sse = {"Accept": "text/event-stream"}
+    async with inproc_server(tmp_path, http=True, **settings) as srv:
+        await srv.job("gone")  # t=0: start, then quorum_failed at once (org-1, org-2)
+        await advance(mock_clock, 30)
+        await srv.job("gone")  # t=30: org-3, org-4
+        raw = await srv.read_stream(feed, mock_clock, 1, **sse, **{"Last-Event-ID": "org-2"})
+        assert feed_ids(raw) == ["start:org-3", "job_complete:org-4"]
+        await advance(mock_clock, 40)  # t=71: the first job's events are past the horizon
+        raw = await srv.read_stream(feed, mock_clock, 1, **sse, **{"Last-Event-ID": "org-2"})
+        assert feed_ids(raw) == ["start_of_history:start_id", "start:org-3", "job_complete:org-4"]
+        await advance(mock_clock, 40)  # t=112: all gone
+        raw = await srv.read_stream(feed, mock_clock, 1, **sse, **{"Last-Event-ID": "org-4"})
+        assert feed_ids(raw) == ["start_of_history:start_id"]
