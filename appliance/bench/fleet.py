@@ -45,7 +45,7 @@ from appliance.bench.simnode import (
     backoff,
 )
 from appliance.client import jobstate
-from appliance.client.agent import command_sockets
+from appliance.client.channel import command_sockets
 from appliance.client.serverwatch import ServerWatch
 from appliance.core import wire
 from appliance.core.keys import decrypt_session_key, load_private_pem, load_public_pem

@@ -84,3 +84,30 @@ class CpuMeter:
         if cpu is None or wall <= 0:
             return None
         return 100.0 * (cpu - self.cpu0) / wall
+
+
+def group_pss_mib(pgids: set[int]) -> float:
+    """Summed PSS of every process in these process groups, from /proc (RSS where the kernel
+    has no smaps_rollup): forked workers share pages, which RSS would count once per process."""
+    total_kib = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if int(stat[stat.rindex(")") + 2 :].split()[2]) in pgids:  # pgrp
+                total_kib += pss_kib(entry)
+        except (OSError, ValueError, IndexError):
+            continue
+    return total_kib / 1024
+
+
+def pss_kib(proc_dir: Path) -> int:
+    """PSS of the process at ``/proc/PID`` in KiB (RSS where there is no smaps_rollup)."""
+    try:
+        for line in (proc_dir / "smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return int((proc_dir / "statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024

@@ -1,9 +1,12 @@
-"""The node agent: configuration, the connection to the server, heartbeats, reconfigures, jobs.
+"""The node agent: the supervising loop of one client process (configuration, the connection
+to the server, heartbeats, reconfigures, jobs).
 
 One trio nursery per process. A *connection* is one fetched configuration with its session key
 and its two sockets (DEALER for commands, SUB for server heartbeats); a reconfigure replaces the
 whole connection (never two at once, never while a job is committed or running) and tears the
-old sockets down. The job state machine (``jobstate``) decides; this module carries it out.
+old sockets down. The job state machine (``jobstate``) decides; this module carries it out, with
+``fetch`` (the configuration), ``channel`` (sockets and messages), ``probe`` (why a channel is
+silent) and ``jobrun`` (one job's process).
 """
 
 from __future__ import annotations
@@ -16,90 +19,29 @@ import socket
 import time
 import urllib.parse
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 import zmq
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from appliance import sdnotify
-from appliance.client import facts, jobfile, jobstate, reach, runner, whitelist
+from appliance.client import fetch, jobfile, jobrun, jobstate, probe, runner, whitelist
+from appliance.client.channel import Connection, check_inbound, command_sockets, outbound_frames
 from appliance.client.config import ClientConfig, ConfigError, load_config
-from appliance.client.probe import probe_address
 from appliance.client.serverwatch import ServerWatch
-from appliance.core import wire
-from appliance.core.jobspec import decode_job_file
-from appliance.core.keys import decrypt_session_key, load_private_pem, load_public_pem
-from appliance.signedhttp import signed_request
+from appliance.core.keys import load_private_pem
 from appliance.zmqio import TrioSocket
 
 log = logging.getLogger("pushy.client")
 
-PROTOCOL_VERSION = "2.0"
-CONFIG_TIMEOUT_SECONDS = 5.0
-BACKOFF_FIRST_SECONDS = 1.0
-BACKOFF_MAX_SECONDS = 120.0
 WATCHDOG_SECONDS = 4.0
 POLL_SECONDS = 5.0
 SEND_FAILURE_DEADLINE_SECONDS = 60.0
 
 
-def command_sockets(
-    ctx: zmq.Context, hb: dict[str, Any], curve: tuple[dict[str, Any], bytes, bytes] | None
-) -> tuple[zmq.Socket, zmq.Socket]:
-    """The node's DEALER (command channel, CURVE unless legacy) and SUB (server heartbeats),
-    connected, with the original client's options: SNDHWM 3 bounds what piles up while the
-    server is away. ``curve`` is (config, our public key, our secret key)."""
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.linger = 0
-    dealer.sndhwm = 3
-    dealer.rcvhwm = 0
-    if curve is not None:
-        config, public, secret = curve
-        dealer.curve_serverkey = config["curve_public_key"].encode("ascii")
-        dealer.curve_publickey = public
-        dealer.curve_secretkey = secret
-    dealer.connect(hb["command_addr"])
-    sub = ctx.socket(zmq.SUB)
-    sub.linger = 0
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(hb["out_addr"])
-    return dealer, sub
-
-
-class FatalConfigError(Exception):
-    """The server's answer makes running impossible (exit with ``exit_status``)."""
-
-    def __init__(self, message: str, exit_status: int) -> None:
-        super().__init__(message)
-        self.exit_status = exit_status
-
-
-@dataclass
-class Connection:
-    """Everything that belongs to one fetched configuration."""
-
-    config: dict[str, Any]
-    session_key: bytes
-    server_key: RSAPublicKey
-    incarnation: str
-    interval: float
-    legacy: bool
-    dealer: TrioSocket | None = None
-    sub: TrioSocket | None = None
-    sequence: int = 0
-    got_command_message: trio.Event = field(default_factory=trio.Event)
-    channel_up: bool = False  # a valid message arrived on the command channel
-    diagnosed: trio.Event | None = None  # set once the silent addresses were probed and logged
-
-    def close(self) -> None:
-        for sock in (self.dealer, self.sub):
-            if sock is not None:
-                sock.close()
-
-
 class Agent:
+    """One node client: its identity and keys, the current connection, the job state."""
+
     def __init__(
         self,
         config: ClientConfig,
@@ -154,7 +96,9 @@ class Agent:
                 sdnotify.ready(f"connecting to {self._server_host()} as {self.node}")
                 published = False
                 while not self.stopping.is_set():
-                    conn = await self._fetch_config_until_it_works()
+                    conn = await fetch.fetch_until_it_works(
+                        self._fetch_config, self.node, self.stopping
+                    )
                     if conn is None:
                         break
                     if not published:
@@ -164,7 +108,7 @@ class Agent:
                         await self._serve(conn)
                     except zmq.ZMQError as exc:  # e.g. an address in the config zmq refuses
                         log.error("[%s] cannot open the connection: %s", self.node, exc)
-                        with trio.move_on_after(BACKOFF_MAX_SECONDS / 4):
+                        with trio.move_on_after(fetch.BACKOFF_MAX_SECONDS / 4):
                             await self.stopping.wait()
                 nursery.cancel_scope.cancel()
         finally:
@@ -205,109 +149,19 @@ class Agent:
             self._reconfigure_now.set()
 
     # Configuration ---------------------------------------------------------------------------
-    async def _fetch_config_until_it_works(self) -> Connection | None:
-        """Retry forever (capped exponential backoff with jitter): a node may boot first."""
-        delay = BACKOFF_FIRST_SECONDS
-        while not self.stopping.is_set():
-            try:
-                return await self._fetch_config()
-            except FatalConfigError:
-                raise
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.error("[%s] Could not download push jobs config: %s", self.node, exc)
-                why = "server unreachable" if isinstance(exc, OSError) else "no config"
-                sdnotify.status(f"{why}, retrying in {delay:.0f} s: {str(exc)[:200]}")
-            wait = delay * (1 - random.random() * 0.1)
-            with trio.move_on_after(wait):
-                await self.stopping.wait()
-            delay = min(delay * 2, BACKOFF_MAX_SECONDS)
-        return None
-
     async def _fetch_config(self) -> Connection:
-        base = self.config.chef_server_url.rstrip("/")
-        path_prefix = urllib.parse.urlsplit(base).path
-        ccpk = urllib.parse.quote_plus(self.curve_public.decode("ascii"))
-        path = f"{path_prefix}/pushy/config/{self.node}?ccpk={ccpk}&version={PROTOCOL_VERSION}"
-        origin = base[: len(base) - len(path_prefix)] if path_prefix else base
-        log.info("[%s] Retrieving configuration from %s%s", self.node, origin, path)
-        status, body = await trio.to_thread.run_sync(
-            lambda: signed_request(
-                origin, "GET", path, None, self.node, self.key_pem, timeout=CONFIG_TIMEOUT_SECONDS
-            )
-        )
-        if status != 200 or not isinstance(body, dict):
-            raise ValueError(f"HTTP {status}: {body}")
-        legacy = "curve_public_key" not in body
-        if legacy and not self.config.allow_unencrypted:
-            raise FatalConfigError(
-                "Exiting: No key returned from server; server may be using 1.x protocol. "
-                "Set allow_unencrypted to true (or pass --allow_unencrypted) to connect to it "
-                "without encryption.",
-                1,
-            )
-        if legacy:
-            log.warning(
-                "[%s] No key returned from server; falling back to 1.x protocol (no encryption)",
-                self.node,
-            )
-        try:
-            session_key = decrypt_session_key(self.private_key, body["encoded_session_key"]["key"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FatalConfigError(f"No session key found in config: {exc}", 255) from exc
-        hb = body["push_jobs"]["heartbeat"]
-        return Connection(
-            config=body,
-            session_key=session_key,
-            server_key=load_public_pem(body["public_key"]),
-            incarnation=str(body["incarnation_id"]),
-            interval=float(hb["interval"]),
-            legacy=legacy,
+        """One fetch with the configuration of now (a HUP may have re-read it since)."""
+        return await fetch.fetch_config(
+            self.config,
+            node=self.node,
+            key_pem=self.key_pem,
+            private_key=self.private_key,
+            curve_public=self.curve_public,
         )
 
     async def _publish_node_record(self) -> None:
         """PUT (or create) this node's record so the server can search nodes."""
-        base = self.config.chef_server_url.rstrip("/")
-        prefix = urllib.parse.urlsplit(base).path
-        origin = base[: len(base) - len(prefix)] if prefix else base
-        record = facts.node_record(
-            self.node,
-            facts.automatic_attributes(base),
-            attributes=dict(self.config.node_attributes),
-            tags=self.config.tags,
-            roles=self.config.roles,
-        )
-
-        def publish() -> int:
-            status, _ = signed_request(
-                origin,
-                "PUT",
-                f"{prefix}/nodes/{self.node}",
-                record,
-                self.node,
-                self.key_pem,
-                timeout=CONFIG_TIMEOUT_SECONDS,
-            )
-            if status == 404:
-                status, _ = signed_request(
-                    origin,
-                    "POST",
-                    f"{prefix}/nodes",
-                    record,
-                    self.node,
-                    self.key_pem,
-                    timeout=CONFIG_TIMEOUT_SECONDS,
-                )
-            return status
-
-        try:
-            status = await trio.to_thread.run_sync(publish)
-        except OSError as exc:
-            log.info("[%s] node record not published: %s", self.node, exc)
-            return
-        if status in (200, 201):
-            log.info("[%s] published the node record for search", self.node)
-        else:
-            log.info("[%s] the server did not take the node record (HTTP %d)", self.node, status)
+        await fetch.publish_node_record(self.config, node=self.node, key_pem=self.key_pem)
 
     # One connection --------------------------------------------------------------------------
     async def _serve(self, conn: Connection) -> None:
@@ -384,22 +238,9 @@ class Agent:
             conn.diagnosed.set()
 
     async def _diagnose_addresses(self, conn: Connection) -> None:
-        """Probe both addresses of the config at once (at most one TCP connection each, a few
-        seconds at most) and log whether this node can reach them."""
+        """Log whether this node can reach both addresses of the config."""
         hb = conn.config["push_jobs"]["heartbeat"]
-        addresses = {"command": str(hb["command_addr"]), "heartbeat": str(hb["out_addr"])}
-        outcomes: dict[str, reach.Outcome] = {}
-
-        async def probe(role: str) -> None:
-            outcomes[role] = await probe_address(addresses[role])
-
-        async with trio.open_nursery() as nursery:
-            for role in addresses:
-                nursery.start_soon(probe, role)
-        for level, text in reach.report(
-            (addresses["command"], outcomes["command"]),
-            (addresses["heartbeat"], outcomes["heartbeat"]),
-        ):
+        for level, text in await probe.diagnose(str(hb["command_addr"]), str(hb["out_addr"])):
             log.log(level, "[%s] %s", self.node, text)
 
     async def _heartbeat(self, conn: Connection) -> None:
@@ -482,40 +323,26 @@ class Agent:
                 log.warning("[%s] Missing type in ZMQ message: %r", self.node, kind)
 
     def _check(self, conn: Connection, frames: list[bytes]) -> dict[str, Any] | None:
-        if len(frames) != 2:
-            log.warning("[%s] dropped a message of %d frames", self.node, len(frames))
-            return None
-        try:
-            return wire.check_client_inbound(
-                frames[0],
-                frames[1],
-                session_key=conn.session_key,
-                server_public_key=conn.server_key,
-                now=time.time(),
-                max_skew=float(conn.config.get("max_message_skew", 300)),
-            )
-        except wire.MessageError as exc:
-            log.warning("[%s] Received invalid message (%s)", self.node, exc)
-            return None
+        return check_inbound(conn, frames, self.node)
 
     # Sending ---------------------------------------------------------------------------------
     def send(self, conn: Connection | None, kind: str, job_id: str | None, **extra: Any) -> bool:
+        """Queue a message on ``conn``; a full queue schedules a reconfigure (the original's
+        "enqueue error"), as the server is then not taking our messages."""
         if conn is None or conn.dealer is None:
             log.warning("[%s] not connected: %s for %s not sent", self.node, kind, job_id)
             return False
-        conn.sequence += 1
-        body = wire.node_message(
+        frames = outbound_frames(
+            conn,
+            kind,
+            job_id,
             node=self.node,
             client=self.hostname,
             org=self.org,
-            type=kind,
-            sequence=conn.sequence,
-            t=time.time(),
             incarnation=self.incarnation,
-            job_id=job_id,
             **extra,
         )
-        if conn.dealer.send_nowait(wire.hmac_frames(conn.session_key, body)):
+        if conn.dealer.send_nowait(frames):
             return True
         log.error("[%s] ZMQ socket enqueue error. Triggering reconfigure", self.node)
         self.request_reconfigure(
@@ -581,36 +408,15 @@ class Agent:
             self._reconfigure_now.set()  # a deferred reconfigure may go ahead now
 
     async def _run_job(self, job: jobstate.Job, kill: trio.Event) -> None:
-        path = None
         try:
-            if job.file is not None:
-                uid, gid = jobfile.ids_of(job.user)
-                path = jobfile.write_job_file(
-                    self.config.file_dir, job.id, decode_job_file(job.file), uid=uid, gid=gid
-                )
-            env = jobfile.build_env(
-                os.environ,
-                job.env,
-                allowed_overwritable=self.config.allowed_overwritable_env_vars,
-                node_name=self.node,
-                job_id=job.id,
-                job_file=path,
-            )
-            outcome = await runner.run_job(
-                job.command_line,
-                env=env,
-                user=job.user,
-                dir=job.dir,
-                capture=job.capture,
-                kill_event=kill,
+            outcome = await jobrun.run(
+                job,
+                self.config,
+                node=self.node,
+                kill=kill,
                 on_started=lambda: self._execute(self.jobs.on_started(job.id)),
             )
-        except Exception as exc:  # a job that cannot be set up ends failed, never stuck
-            log.exception("[%s] job %s could not be started", self.node, job.id)
-            outcome = runner.Outcome(None, None, b"", b"", False, str(exc))
         finally:
-            if path is not None:
-                jobfile.remove_job_file(path)
             self.kill_events.pop(job.id, None)
         self._execute(
             self.jobs.on_finished(

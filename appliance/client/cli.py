@@ -55,8 +55,9 @@ def client_main(argv: list[str] | None = None) -> int:
 
 
 def run_client(args: argparse.Namespace) -> int:
-    from appliance.client.agent import Agent, FatalConfigError
+    from appliance.client.agent import Agent
     from appliance.client.config import ConfigError, find_config, load_config
+    from appliance.client.fetch import FatalConfigError
 
     flags = {
         key: getattr(args, key)

@@ -1,6 +1,6 @@
 """The shell half of ``reach``: resolve a ``tcp://HOST:PORT`` the server advertised and open
 (then close) one TCP connection to it, each step bounded, so the agent can say why its command
-channel is silent. ``reach`` turns the outcome into log lines."""
+channel is silent. ``reach`` turns the outcomes into log lines."""
 
 from __future__ import annotations
 
@@ -45,6 +45,24 @@ async def probe_address(address: str) -> reach.Outcome:
     finally:
         sock.close()
     return reach.Connected(host, ip, port)
+
+
+async def diagnose(command_addr: str, heartbeat_addr: str) -> list[tuple[int, str]]:
+    """Probe both addresses of a config at once (at most one TCP connection each, a few
+    seconds at most): the (log level, text) lines saying whether this node can reach them."""
+    addresses = {"command": command_addr, "heartbeat": heartbeat_addr}
+    outcomes: dict[str, reach.Outcome] = {}
+
+    async def probe(role: str) -> None:
+        outcomes[role] = await probe_address(addresses[role])
+
+    async with trio.open_nursery() as nursery:
+        for role in addresses:
+            nursery.start_soon(probe, role)
+    return reach.report(
+        (addresses["command"], outcomes["command"]),
+        (addresses["heartbeat"], outcomes["heartbeat"]),
+    )
 
 
 async def _ipv6_addresses(host: str, port: int) -> tuple[str, ...]:

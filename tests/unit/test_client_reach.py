@@ -20,7 +20,8 @@ import pytest
 import trio
 
 from appliance.client import reach
-from appliance.client.agent import WATCHDOG_SECONDS, Agent, Connection
+from appliance.client.agent import WATCHDOG_SECONDS, Agent
+from appliance.client.channel import Connection
 from appliance.client.probe import probe_address
 from appliance.core.keys import generate_rsa
 from tests.support import make_agent
@@ -272,7 +273,7 @@ async def test_a_message_in_time_means_no_probe(agent, node_key, autojump_clock,
         probed.append(address)
         return reach.NotChecked()
 
-    monkeypatch.setattr("appliance.client.agent.probe_address", fake_probe)
+    monkeypatch.setattr("appliance.client.probe.probe_address", fake_probe)
     conn = connection(node_key, "tcp://s:10002", "tcp://s:10000")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(agent._watchdog, conn)
@@ -321,7 +322,7 @@ async def test_two_tasks_noticing_the_silence_probe_once(agent, node_key, monkey
         await trio.sleep(0.05)  # the other task asks meanwhile
         return reach.Unresolved("vm", "[Errno -2] Name or service not known")
 
-    monkeypatch.setattr("appliance.client.agent.probe_address", fake_probe)
+    monkeypatch.setattr("appliance.client.probe.probe_address", fake_probe)
     conn = connection(node_key, "tcp://vm:10002", "tcp://vm:10000")
     done: list[int] = []
 

@@ -34,7 +34,8 @@ from hypothesis import strategies as st
 
 from appliance.client import agent as agent_module
 from appliance.client import jobfile, runner
-from appliance.client.agent import Agent, Connection
+from appliance.client.agent import Agent
+from appliance.client.channel import Connection
 from appliance.client.config import WhitelistEntry
 from appliance.client.jobstate import MAX_ENV_ENTRY_BYTES, JobState, Log, Reply
 from appliance.client.serverwatch import ServerWatch

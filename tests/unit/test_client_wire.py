@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from appliance.client import agent as agent_module
-from appliance.client.agent import Connection
+from appliance.client.channel import Connection
 from appliance.core.keys import generate_rsa
 from tests.support import make_agent
 from tests.unit.vectors import (

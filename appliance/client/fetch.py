@@ -1,0 +1,162 @@
+"""The push jobs configuration, fetched from the server (signed GET /pushy/config/NODE) and
+retried with backoff until it works; and the node record published for search.
+
+The server's answer becomes a ``Connection`` (its sockets not open yet); an answer that makes
+running impossible is a ``FatalConfigError`` with the exit status the original client used.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import urllib.parse
+from collections.abc import Awaitable, Callable
+
+import trio
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+from appliance import sdnotify
+from appliance.client import facts
+from appliance.client.channel import Connection
+from appliance.client.config import ClientConfig
+from appliance.core.keys import decrypt_session_key, load_public_pem
+from appliance.core.wire import PROTOCOL_VERSION
+from appliance.signedhttp import signed_request
+
+log = logging.getLogger("pushy.client")
+
+CONFIG_TIMEOUT_SECONDS = 5.0
+BACKOFF_FIRST_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 120.0
+
+
+class FatalConfigError(Exception):
+    """The server's answer makes running impossible (exit with ``exit_status``)."""
+
+    def __init__(self, message: str, exit_status: int) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+def server_origin(chef_server_url: str) -> tuple[str, str]:
+    """(origin, path prefix) of the Chef server URL: requests are signed with the full path,
+    prefix included, and sent to the origin."""
+    base = chef_server_url.rstrip("/")
+    prefix = urllib.parse.urlsplit(base).path
+    origin = base[: len(base) - len(prefix)] if prefix else base
+    return origin, prefix
+
+
+async def fetch_until_it_works(
+    fetch: Callable[[], Awaitable[Connection]], node: str, stopping: trio.Event
+) -> Connection | None:
+    """Retry ``fetch`` forever (capped exponential backoff with jitter): a node may boot first.
+    None once ``stopping`` is set; a ``FatalConfigError`` goes through."""
+    delay = BACKOFF_FIRST_SECONDS
+    while not stopping.is_set():
+        try:
+            return await fetch()
+        except FatalConfigError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("[%s] Could not download push jobs config: %s", node, exc)
+            why = "server unreachable" if isinstance(exc, OSError) else "no config"
+            sdnotify.status(f"{why}, retrying in {delay:.0f} s: {str(exc)[:200]}")
+        wait = delay * (1 - random.random() * 0.1)
+        with trio.move_on_after(wait):
+            await stopping.wait()
+        delay = min(delay * 2, BACKOFF_MAX_SECONDS)
+    return None
+
+
+async def fetch_config(
+    config: ClientConfig,
+    *,
+    node: str,
+    key_pem: str,
+    private_key: RSAPrivateKey,
+    curve_public: bytes,
+) -> Connection:
+    """One signed GET of the node's configuration, offering our CURVE public key."""
+    origin, path_prefix = server_origin(config.chef_server_url)
+    ccpk = urllib.parse.quote_plus(curve_public.decode("ascii"))
+    path = f"{path_prefix}/pushy/config/{node}?ccpk={ccpk}&version={PROTOCOL_VERSION}"
+    log.info("[%s] Retrieving configuration from %s%s", node, origin, path)
+    status, body = await trio.to_thread.run_sync(
+        lambda: signed_request(
+            origin, "GET", path, None, node, key_pem, timeout=CONFIG_TIMEOUT_SECONDS
+        )
+    )
+    if status != 200 or not isinstance(body, dict):
+        raise ValueError(f"HTTP {status}: {body}")
+    legacy = "curve_public_key" not in body
+    if legacy and not config.allow_unencrypted:
+        raise FatalConfigError(
+            "Exiting: No key returned from server; server may be using 1.x protocol. "
+            "Set allow_unencrypted to true (or pass --allow_unencrypted) to connect to it "
+            "without encryption.",
+            1,
+        )
+    if legacy:
+        log.warning(
+            "[%s] No key returned from server; falling back to 1.x protocol (no encryption)",
+            node,
+        )
+    try:
+        session_key = decrypt_session_key(private_key, body["encoded_session_key"]["key"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FatalConfigError(f"No session key found in config: {exc}", 255) from exc
+    hb = body["push_jobs"]["heartbeat"]
+    return Connection(
+        config=body,
+        session_key=session_key,
+        server_key=load_public_pem(body["public_key"]),
+        incarnation=str(body["incarnation_id"]),
+        interval=float(hb["interval"]),
+        legacy=legacy,
+    )
+
+
+async def publish_node_record(config: ClientConfig, *, node: str, key_pem: str) -> None:
+    """PUT (or create) this node's record so the server can search nodes."""
+    base = config.chef_server_url.rstrip("/")
+    origin, prefix = server_origin(base)
+    record = facts.node_record(
+        node,
+        facts.automatic_attributes(base),
+        attributes=dict(config.node_attributes),
+        tags=config.tags,
+        roles=config.roles,
+    )
+
+    def publish() -> int:
+        status, _ = signed_request(
+            origin,
+            "PUT",
+            f"{prefix}/nodes/{node}",
+            record,
+            node,
+            key_pem,
+            timeout=CONFIG_TIMEOUT_SECONDS,
+        )
+        if status == 404:
+            status, _ = signed_request(
+                origin,
+                "POST",
+                f"{prefix}/nodes",
+                record,
+                node,
+                key_pem,
+                timeout=CONFIG_TIMEOUT_SECONDS,
+            )
+        return status
+
+    try:
+        status = await trio.to_thread.run_sync(publish)
+    except OSError as exc:
+        log.info("[%s] node record not published: %s", node, exc)
+        return
+    if status in (200, 201):
+        log.info("[%s] published the node record for search", node)
+    else:
+        log.info("[%s] the server did not take the node record (HTTP %d)", node, status)
