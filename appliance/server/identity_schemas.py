@@ -1,27 +1,19 @@
 """The component schemas of the identity API and node search (Chef's shapes), and search's
 query parameters.
 
-Request schemas are open where Chef lets the client add keys; names follow the patterns
-``core.identity`` enforces.
+The request bodies' schemas are the core's (``core.identity.schemas``): the handlers' checks
+read them too.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from appliance.core.identity.schemas import REQUEST_SCHEMAS
 from appliance.server.apidoc import query, ref
 from appliance.server.schemas import NAME_LIST, STRING, URI, obj
 
 Schema = dict[str, Any]
-
-ACTOR_NAME = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,255}$"}  # users, clients, nodes
-GROUP_NAME = {"type": "string", "pattern": "^[a-z0-9_-]{1,255}$"}
-RUN_LIST_ITEM = {
-    "type": "string",
-    # x1c-x1f and x85 are whitespace to the server (Python's \s) but not to ECMA's
-    "pattern": "^((recipe|role)\\[[^\\[\\]\\s\\x1c-\\x1f\\x85]+\\]|[A-Za-z0-9_.:@-]+)$",
-    "description": "recipe[NAME], role[NAME], or a bare recipe name.",
-}
 
 IDENTITY_SCHEMAS: dict[str, Schema] = {
     "NameMap": {
@@ -30,14 +22,6 @@ IDENTITY_SCHEMAS: dict[str, Schema] = {
         "additionalProperties": URI,
     },
     "Created": obj({"uri": URI}, ["uri"]),
-    "OrgRequest": obj(
-        {
-            "name": {"type": "string", "pattern": "^[a-z0-9_-]{1,255}$"},
-            "full_name": {"type": "string", "minLength": 1, "maxLength": 1023},
-        },
-        ["name", "full_name"],
-        closed=False,
-    ),
     "OrgCreated": obj(
         {
             "uri": URI,
@@ -64,19 +48,6 @@ IDENTITY_SCHEMAS: dict[str, Schema] = {
         ["name", "public_key", "expiration_date"],
     ),
     "CreatedWithKey": obj({"uri": URI, "chef_key": ref("ChefKey")}, ["uri"]),
-    "UserRequest": obj(
-        {
-            "username": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,255}$"},
-            "display_name": STRING,
-            "email": STRING,
-            "first_name": STRING,
-            "last_name": STRING,
-            "create_key": {"type": "boolean"},
-            "public_key": {"type": "string", "description": "PEM; not with create_key."},
-        },
-        ["username"],
-        closed=False,
-    ),
     "User": obj(
         {
             "username": STRING,
@@ -87,30 +58,9 @@ IDENTITY_SCHEMAS: dict[str, Schema] = {
         },
         ["username", "display_name", "email", "first_name", "last_name"],
     ),
-    "Association": obj(
-        {"username": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,255}$"}},
-        ["username"],
-        closed=False,
-    ),
     "OrgUsers": {
         "type": "array",
         "items": obj({"user": obj({"username": STRING}, ["username"])}, ["user"]),
-    },
-    "ClientRequest": {
-        **obj(
-            {
-                "name": ACTOR_NAME,
-                "clientname": {"description": "Used (and must be a name) when name is absent."},
-                "validator": {"type": "boolean"},
-                "create_key": {"type": "boolean"},
-                "public_key": {"type": "string", "description": "PEM; not with create_key."},
-            },
-            closed=False,
-        ),
-        "anyOf": [
-            {"required": ["name"]},
-            {"required": ["clientname"], "properties": {"clientname": ACTOR_NAME}},
-        ],
     },
     "Client": obj(
         {
@@ -134,67 +84,10 @@ IDENTITY_SCHEMAS: dict[str, Schema] = {
         {"name": STRING, "public_key": STRING, "expiration_date": STRING},
         ["name", "public_key", "expiration_date"],
     ),
-    "KeyRequest": {
-        **obj(
-            {
-                "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,255}$"},
-                "expiration_date": {
-                    "type": "string",
-                    "pattern": "^(infinity|"
-                    "([1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])-(0[1-9]|1[0-2])-"
-                    "(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|6[01])Z)$",
-                    "default": "infinity",
-                    "description": "UTC; a day the month does not have (e.g. 02-30): 400.",
-                },
-                "create_key": {"type": "boolean"},
-                "public_key": {"type": "string", "description": "PEM; not with create_key."},
-            },
-            ["name"],
-            closed=False,
-        ),
-        "description": "A new key: create_key true (the server makes the pair) or public_key.",
-        "anyOf": [
-            {"required": ["create_key"], "properties": {"create_key": {"const": True}}},
-            {"required": ["public_key"]},
-        ],
-    },
     "KeyCreated": obj(
         {"uri": URI, "private_key": {"type": "string", "description": "With create_key."}},
         ["uri"],
     ),
-    "GroupRequest": obj(
-        {
-            "groupname": GROUP_NAME,
-            "name": {"description": "Used (and must be a name) when groupname is absent."},
-        },
-        closed=False,
-    )
-    | {
-        "anyOf": [
-            {"required": ["groupname"]},
-            {"required": ["name"], "properties": {"name": GROUP_NAME}},
-        ]
-    },
-    "GroupUpdate": {
-        "type": "object",
-        "description": "The members (each list replaces the old one; missing = empty), flat or "
-        'under "actors". Renaming is refused.',
-        "properties": {
-            "users": NAME_LIST,
-            "clients": NAME_LIST,
-            "groups": NAME_LIST,
-            "actors": {
-                "anyOf": [
-                    obj(
-                        {"users": NAME_LIST, "clients": NAME_LIST, "groups": NAME_LIST},
-                        closed=False,
-                    ),
-                    NAME_LIST,
-                ]
-            },
-            "groupname": STRING,
-        },
-    },
     "Group": obj(
         {
             "actors": NAME_LIST,
@@ -231,23 +124,6 @@ IDENTITY_SCHEMAS: dict[str, Schema] = {
             "override",
         ],
     ),
-    "NodeRequest": {
-        "type": "object",
-        "description": "Chef node JSON; missing parts get defaults (environment _default, "
-        "empty run list and attributes); bare run-list names become recipe[NAME]. On PUT, "
-        "name may be left out but must otherwise be the URL's (400 Node name mismatch).",
-        "properties": {
-            "name": ACTOR_NAME,
-            "chef_environment": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,255}$"},
-            "json_class": {"type": "string", "const": "Chef::Node"},
-            "chef_type": {"type": "string", "const": "node"},
-            "run_list": {"type": "array", "items": RUN_LIST_ITEM},
-            "automatic": {"type": "object"},
-            "normal": {"type": "object"},
-            "default": {"type": "object"},
-            "override": {"type": "object"},
-        },
-    },
     "SearchIndexes": {
         "type": "object",
         "description": "index name -> its search URL (only node).",
@@ -266,6 +142,7 @@ IDENTITY_SCHEMAS: dict[str, Schema] = {
         ["total", "start", "rows"],
     ),
     "PartialRow": obj({"url": URI, "data": {"type": "object"}}, ["url", "data"]),
+    **REQUEST_SCHEMAS,
     "PartialSearchRequest": {
         "description": 'alias -> attribute path, bare or as the only member "filter_result", '
         'e.g. {"name": ["name"], "ip": ["ipaddress"]}.',
@@ -278,8 +155,6 @@ IDENTITY_SCHEMAS: dict[str, Schema] = {
         ],
     },
 }
-
-IDENTITY_SCHEMAS["NodeCreateRequest"] = {**IDENTITY_SCHEMAS["NodeRequest"], "required": ["name"]}
 
 SEARCH_PARAMS = [
     query(

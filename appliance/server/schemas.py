@@ -11,24 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from appliance.core import advertise, jobfsm, jobschema
+from appliance.core.schemacheck import NAME_LIST, STRING, obj
 from appliance.server.apidoc import path_param, ref
 
 Schema = dict[str, Any]
 
 
-def obj(
-    props: dict[str, Schema], required: list[str] | None = None, *, closed: bool = True
-) -> Schema:
-    """An object schema; ``closed``: no key beyond ``props``."""
-    out: Schema = {"type": "object", "properties": props}
-    if required:
-        out["required"] = required
-    if closed:
-        out["additionalProperties"] = False
-    return out
-
-
-STRING = {"type": "string"}
 NAME = {"type": "string", "minLength": 1}
 URI = {"type": "string", "format": "uri"}
 JOB_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
@@ -47,7 +35,6 @@ JOB_STATUSES = list(jobfsm.JOB_STATUSES)
 NODE_JOB_STATUSES = list(jobfsm.NODE_STATUSES)
 AVAILABILITY = {"type": "string", "enum": ["available", "unavailable"]}
 STRING_MAP = jobschema.STRING_MAP
-NAME_LIST = {"type": "array", "items": {"type": "string"}}
 
 _JOB_FIELDS: dict[str, Schema] = {
     "id": JOB_ID,

@@ -43,13 +43,14 @@ import trio
 from quart import Blueprint, websocket
 
 from appliance.core import identity, render
+from appliance.core.schemacheck import first_problem
 from appliance.core.state import OrgEvent
 from appliance.server.apidoc import json_reply, operation, ref, register
 from appliance.server.auth import forbidden, verify
 from appliance.server.context import ServerContext
 from appliance.server.feeds import Subscriber
 from appliance.server.pushy_routes import PREFIX
-from appliance.server.schemas import ORG, WS_SERVER_MESSAGES
+from appliance.server.schemas import ORG, STREAM_SCHEMAS, WS_SERVER_MESSAGES
 from appliance.server.stalls import WATCH_SECONDS, abort_connection, peer, stall_limit
 
 log = logging.getLogger("pushy.ws")
@@ -79,26 +80,32 @@ class _Control:
     error: str | None = None
 
 
+#: The client's message as the document shows it; its field names and types are checked here.
+_SUBSCRIBE = STREAM_SCHEMAS["WsClientSubscribe"]
+_SPEC = _SUBSCRIBE["properties"]["subscribe"]
+_FIELD_ERRORS = {
+    "jobs": '"jobs" must be "*" or a list of job ids',
+    "nodes": '"nodes" must be true or false',
+}
+
+
 def parse_subscription(text: str | bytes, current: Subscription) -> Subscription:
     """The subscription a client message asks for; ValueError with a message if malformed."""
     try:
         message = orjson.loads(text)
     except orjson.JSONDecodeError:
         raise ValueError("messages must be JSON objects") from None
-    if not isinstance(message, dict) or set(message) != {"subscribe"}:
+    if not isinstance(message, dict) or message.keys() != _SUBSCRIBE["properties"].keys():
         raise ValueError('expected {"subscribe": {"jobs": [...] | "*", "nodes": true|false}}')
     spec = message["subscribe"]
-    if not isinstance(spec, dict) or not set(spec) <= {"jobs", "nodes"}:
+    if not isinstance(spec, dict) or not spec.keys() <= _SPEC["properties"].keys():
         raise ValueError('"subscribe" takes an object with "jobs" and/or "nodes"')
+    problem = first_problem(_SPEC, spec)
+    if problem is not None:
+        raise ValueError(_FIELD_ERRORS[problem.field])
     jobs = spec.get("jobs", current.jobs)
-    if isinstance(jobs, list) and all(isinstance(j, str) for j in jobs):
-        jobs = frozenset(jobs)
-    elif jobs != ALL and not isinstance(jobs, frozenset):
-        raise ValueError('"jobs" must be "*" or a list of job ids')
     nodes = spec.get("nodes", current.nodes)
-    if not isinstance(nodes, bool):
-        raise ValueError('"nodes" must be true or false')
-    return Subscription(jobs, nodes)
+    return Subscription(frozenset(jobs) if isinstance(jobs, list) else jobs, nodes)
 
 
 @operation(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from appliance.core import identity, search
-from appliance.core.identity import checks
+from appliance.core.identity import checks, schemas
 
 # the names callers used before the split (server routes, state, bench, tests)
 IDENTITY_NAMES = {
@@ -54,9 +54,9 @@ def test_error_replies_carry_chef_texts() -> None:
     assert checks.bad_field("groups", "cycle").body == {"error": ["Field 'groups' invalid: cycle"]}
     assert checks.not_found("client", "n1").body == {"error": ["client 'n1' not found"]}
     assert checks.exists("key", "k").status == 409
-    assert checks.name_field({"name": "a b"}, "name", checks.ACTOR_NAME).status == 400
-    assert checks.name_field({"name": "node-1.x"}, "name", checks.ACTOR_NAME) == "node-1.x"
-    assert checks.string_field({}, "email", required=False, default="") == ""
-    assert checks.string_field({}, "email", required=True).body == {
-        "error": ["Field 'email' missing"]
+    assert checks.body_problem(schemas.ASSOCIATION, {"username": "a b"}).status == 400
+    assert checks.body_problem(schemas.ASSOCIATION, {"username": "node-1.x"}) is None
+    assert checks.body_problem(schemas.USER_REQUEST, {"username": "u"}, only=("email",)) is None
+    assert checks.body_problem(schemas.ORG_REQUEST, {"name": "o"}).body == {
+        "error": ["Field 'full_name' missing"]
     }

@@ -1,18 +1,18 @@
-"""What every identity handler shares: the error replies, the org gate, body field checks.
+"""What every identity handler shares: the error replies, the org gate, body field checks
+(driven by ``identity.schemas``).
 
 The replies carry Chef's exact error texts; handlers build on these so a text is written once.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
+from typing import Any
 
 from appliance.core.identity.acl import is_org_member
 from appliance.core.identity.model import IdentityState, Org, Principal, Result
 from appliance.core.keys import KeyFormatError, load_public_pem
-
-ACTOR_NAME = re.compile(r"[A-Za-z0-9_.-]{1,255}")
+from appliance.core.schemacheck import Schema, first_problem
 
 
 def error_reply(status: int, message: str) -> Result:
@@ -55,34 +55,32 @@ def org_gate(state: IdentityState, org: str, requester: Principal) -> tuple[Org 
     return o, Result(200, {}, [])
 
 
-def string_field(body: dict, name: str, *, required: bool, default: str = "") -> str | Result:
-    if name not in body:
-        return missing_field(name) if required else default
-    value = body[name]
-    if not isinstance(value, str):
-        return bad_field(name)
-    return value
+def body_problem(
+    schema: Schema, body: dict[str, Any], *, only: Container[str] | None = None
+) -> Result | None:
+    """Chef's reply to the first field of ``body`` that ``schema`` (``identity.schemas``)
+    refuses, in the schema's order (``only``: some fields), or None when all fit."""
+    problem = first_problem(schema, body, only=only)
+    if problem is None:
+        return None
+    return missing_field(problem.field) if problem.missing else bad_field(problem.field)
 
 
-def name_field(body: dict, field_name: str, pattern: re.Pattern[str]) -> str | Result:
-    value = string_field(body, field_name, required=True)
-    if isinstance(value, Result):
-        return value
-    if not pattern.fullmatch(value):
-        return bad_field(field_name)
-    return value
+def with_alias_value(body: dict[str, Any], field: str, alias: str) -> dict[str, Any]:
+    """``body`` with ``alias``'s value standing in for a missing ``field`` (the document's
+    form of the same rule: ``schemas.with_alias``)."""
+    if field not in body and alias in body:
+        return {**body, field: body[alias]}
+    return body
 
 
 def key_material(
     body: dict, new_key: tuple[str, str] | None, *, allow_none: bool = True
 ) -> tuple[str | None, str | None] | Result:
-    """(private_pem or None, public_pem or None) from ``create_key`` / ``public_key``."""
+    """(private_pem or None, public_pem or None) from ``create_key`` / ``public_key``, whose
+    types the caller's schema has checked (``body_problem``)."""
     create = body.get("create_key", False)
-    if not isinstance(create, bool):
-        return bad_field("create_key")
     public = body.get("public_key")
-    if public is not None and not isinstance(public, str):
-        return bad_field("public_key")
     if create and public is not None:
         return bad_field("create_key", "cannot be combined with 'public_key'")
     if create:

@@ -11,17 +11,16 @@ from appliance.core.identity.acl import (
     is_validator,
 )
 from appliance.core.identity.checks import (
-    ACTOR_NAME,
-    bad_field,
+    body_problem,
     chef_key,
     exists,
     key_material,
     missing_perm,
-    name_field,
     name_map,
     not_found,
     not_object,
     org_gate,
+    with_alias_value,
 )
 from appliance.core.identity.model import (
     Actor,
@@ -31,6 +30,7 @@ from appliance.core.identity.model import (
     Result,
 )
 from appliance.core.identity.records import key_record
+from appliance.core.identity.schemas import CLIENT_REQUEST
 
 
 def _client_json(c: Actor) -> dict:
@@ -70,16 +70,16 @@ def create_client(
         return missing_perm("create")
     if not isinstance(body, dict):
         return not_object()
-    if "name" not in body and "clientname" in body:
-        body = {**body, "name": body["clientname"]}
-    name = name_field(body, "name", ACTOR_NAME)
-    if isinstance(name, Result):
-        return name
-    validator = body.get("validator", False)
-    if not isinstance(validator, bool):
-        return bad_field("validator")
+    body = with_alias_value(body, "name", "clientname")
+    problem = body_problem(CLIENT_REQUEST, body, only=("name", "validator"))
+    if problem is not None:
+        return problem
+    name, validator = body["name"], body.get("validator", False)
     if validator and not admin:
         return missing_perm("create")
+    problem = body_problem(CLIENT_REQUEST, body, only=("create_key", "public_key"))
+    if problem is not None:
+        return problem
     material = key_material(body, new_key)
     if isinstance(material, Result):
         return material

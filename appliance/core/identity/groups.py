@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import re
-
 from appliance.core.identity.acl import (
     is_org_admin,
     is_reader,
 )
 from appliance.core.identity.checks import (
     bad_field,
+    body_problem,
     exists,
     missing_perm,
-    name_field,
     name_map,
     not_found,
     not_object,
     org_gate,
+    with_alias_value,
 )
 from appliance.core.identity.model import (
     BUILTIN_GROUPS,
@@ -26,8 +25,8 @@ from appliance.core.identity.model import (
     Principal,
     Result,
 )
-
-_GROUP_NAME = re.compile(r"[a-z0-9_-]{1,255}")
+from appliance.core.identity.schemas import GROUP_ACTORS, GROUP_MEMBERS, GROUP_REQUEST
+from appliance.core.schemacheck import fits
 
 
 def _group_json(org: str, g: Group) -> dict:
@@ -62,11 +61,11 @@ def create_group(
         return missing_perm("create")
     if not isinstance(body, dict):
         return not_object()
-    if "groupname" not in body and "name" in body:
-        body = {**body, "groupname": body["name"]}
-    name = name_field(body, "groupname", _GROUP_NAME)
-    if isinstance(name, Result):
-        return name
+    body = with_alias_value(body, "groupname", "name")
+    problem = body_problem(GROUP_REQUEST, body)
+    if problem is not None:
+        return problem
+    name = body["groupname"]
     if name in o.groups:
         return exists("group", name)
     record = {"type": "group_created", "org": org, "name": name}
@@ -83,13 +82,6 @@ def get_group(state: IdentityState, requester: Principal, org: str, name: str) -
     if g is None:
         return not_found("group", name)
     return Result(200, _group_json(org, g), [])
-
-
-def name_list(container: dict, key: str) -> list[str] | Result:
-    value = container.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        return bad_field(key)
-    return value
 
 
 def _creates_cycle(o: Org, name: str, new_groups: set[str]) -> bool:
@@ -127,17 +119,15 @@ def put_group(
         return bad_field("groupname", "renaming a group is not supported")
     actors = body.get("actors")
     if isinstance(actors, dict):
-        source = actors
-    elif actors is None or isinstance(actors, list):
+        source = actors  # its lists are checked below, each with its own message
+    elif fits(GROUP_ACTORS, actors):
         source = body
     else:
         return bad_field("actors")
-    lists: dict[str, list[str]] = {}
-    for key in ("users", "clients", "groups"):
-        value = name_list(source, key)
-        if isinstance(value, Result):
-            return value
-        lists[key] = value
+    problem = body_problem(GROUP_MEMBERS, source)
+    if problem is not None:
+        return problem
+    lists: dict[str, list[str]] = {key: source.get(key, []) for key in GROUP_MEMBERS["properties"]}
     if name not in o.groups:
         return not_found("group", name)
     for u in lists["users"]:

@@ -13,17 +13,14 @@ from appliance.core.identity.acl import (
     is_validator,
 )
 from appliance.core.identity.checks import (
-    ACTOR_NAME,
-    bad_field,
+    body_problem,
     error_reply,
     exists,
     missing_perm,
-    name_field,
     name_map,
     not_found,
     not_object,
     org_gate,
-    string_field,
 )
 from appliance.core.identity.model import (
     IdentityState,
@@ -31,56 +28,42 @@ from appliance.core.identity.model import (
     Principal,
     Result,
 )
+from appliance.core.identity.schemas import (
+    NODE_CREATE_REQUEST,
+    NODE_REQUEST,
+    QUALIFIED_RUN_LIST_ITEM,
+)
 
-_ENV_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
-_RUN_LIST_ITEM = re.compile(r"(recipe|role)\[[^\[\]\s]+\]")
-_BARE_RECIPE = re.compile(r"[A-Za-z0-9_.:@-]+")
-
-
+_QUALIFIED = re.compile(QUALIFIED_RUN_LIST_ITEM)
+_ENVIRONMENT: str = NODE_REQUEST["properties"]["chef_environment"]["default"]
 _ATTRS = ("automatic", "normal", "default", "override")
+_AFTER_NAME = tuple(NODE_REQUEST["properties"])[1:]
 
 
 def _canonical_node(body: dict, url_name: str | None) -> dict | Result:
     """Chef node JSON with defaults filled in; bare run-list names become ``recipe[...]``."""
-    if "name" in body or url_name is None:
-        name = name_field(body, "name", ACTOR_NAME)
-        if isinstance(name, Result):
-            return name
-        if url_name is not None and name != url_name:
-            return error_reply(400, "Node name mismatch.")
-    else:
-        name = url_name
-    env = string_field(body, "chef_environment", required=False, default="_default")
-    if isinstance(env, Result):
-        return env
-    if not _ENV_NAME.fullmatch(env):
-        return bad_field("chef_environment")
-    for key, expected in (("json_class", "Chef::Node"), ("chef_type", "node")):
-        if key in body and body[key] != expected:
-            return bad_field(key)
-    run_list = body.get("run_list", [])
-    if not isinstance(run_list, list):
-        return bad_field("run_list")
-    items: list[str] = []
-    for item in run_list:
-        if isinstance(item, str) and _RUN_LIST_ITEM.fullmatch(item):
-            items.append(item)
-        elif isinstance(item, str) and _BARE_RECIPE.fullmatch(item):
-            items.append(f"recipe[{item}]")
-        else:
-            return bad_field("run_list")
+    schema = NODE_CREATE_REQUEST if url_name is None else NODE_REQUEST
+    problem = body_problem(schema, body, only=("name",))
+    if problem is not None:
+        return problem
+    name = body.get("name", url_name)
+    if url_name is not None and name != url_name:
+        return error_reply(400, "Node name mismatch.")
+    problem = body_problem(schema, body, only=_AFTER_NAME)
+    if problem is not None:
+        return problem
     node: dict[str, Any] = {
         "name": name,
-        "chef_environment": env,
+        "chef_environment": body.get("chef_environment", _ENVIRONMENT),
         "json_class": "Chef::Node",
         "chef_type": "node",
-        "run_list": items,
+        "run_list": [
+            item if _QUALIFIED.fullmatch(item) else f"recipe[{item}]"
+            for item in body.get("run_list", [])
+        ],
     }
     for attr in _ATTRS:
-        value = body.get(attr, {})
-        if not isinstance(value, dict):
-            return bad_field(attr)
-        node[attr] = copy.deepcopy(value)
+        node[attr] = copy.deepcopy(body.get(attr, {}))
     return node
 
 

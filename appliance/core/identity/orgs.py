@@ -8,17 +8,14 @@ from appliance.core.identity.acl import (
     is_reader,
 )
 from appliance.core.identity.checks import (
-    ACTOR_NAME,
-    bad_field,
+    body_problem,
     error_reply,
     exists,
     missing_perm,
-    name_field,
     name_map,
     not_found,
     not_object,
     org_gate,
-    string_field,
 )
 from appliance.core.identity.model import (
     IdentityState,
@@ -27,8 +24,8 @@ from appliance.core.identity.model import (
     Result,
 )
 from appliance.core.identity.records import key_record
+from appliance.core.identity.schemas import ASSOCIATION, ORG_REQUEST
 
-_ORG_NAME = re.compile(r"[a-z0-9_-]{1,255}")
 _GUID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -54,14 +51,10 @@ def create_org(
         return missing_perm("create")
     if not isinstance(body, dict):
         return not_object()
-    name = name_field(body, "name", _ORG_NAME)
-    if isinstance(name, Result):
-        return name
-    full_name = string_field(body, "full_name", required=True)
-    if isinstance(full_name, Result):
-        return full_name
-    if not full_name or len(full_name) > 1023:
-        return bad_field("full_name")
+    problem = body_problem(ORG_REQUEST, body)
+    if problem is not None:
+        return problem
+    name, full_name = body["name"], body["full_name"]
     if name in state.orgs:
         return exists("organization", name)
     validator = f"{name}-validator"
@@ -108,9 +101,10 @@ def associate_user(
         return missing_perm("create")
     if not isinstance(body, dict):
         return not_object()
-    name = name_field(body, "username", ACTOR_NAME)
-    if isinstance(name, Result):
-        return name
+    problem = body_problem(ASSOCIATION, body)
+    if problem is not None:
+        return problem
+    name = body["username"]
     if name not in state.users:
         return not_found("user", name)
     if name in o.users:

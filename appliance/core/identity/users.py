@@ -5,16 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from appliance.core.identity.checks import (
-    ACTOR_NAME,
+    body_problem,
     chef_key,
     exists,
     key_material,
     missing_perm,
-    name_field,
     name_map,
     not_found,
     not_object,
-    string_field,
 )
 from appliance.core.identity.model import (
     IdentityState,
@@ -23,6 +21,7 @@ from appliance.core.identity.model import (
     Result,
 )
 from appliance.core.identity.records import key_record
+from appliance.core.identity.schemas import USER_REQUEST
 
 
 def list_users(state: IdentityState, requester: Principal, *, base_url: str) -> Result:
@@ -43,15 +42,14 @@ def create_user(
         return missing_perm("create")
     if not isinstance(body, dict):
         return not_object()
-    name = name_field(body, "username", ACTOR_NAME)
-    if isinstance(name, Result):
-        return name
-    fields: dict[str, str] = {}
-    for f in ("display_name", "email", "first_name", "last_name"):
-        value = string_field(body, f, required=False, default=name if f == "display_name" else "")
-        if isinstance(value, Result):
-            return value
-        fields[f] = value
+    problem = body_problem(USER_REQUEST, body)
+    if problem is not None:
+        return problem
+    name = body["username"]
+    fields = {
+        f: body.get(f, name if f == "display_name" else "")
+        for f in ("display_name", "email", "first_name", "last_name")
+    }
     material = key_material(body, new_key)
     if isinstance(material, Result):
         return material
