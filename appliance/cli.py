@@ -82,7 +82,9 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(*, server_only: bool = False) -> argparse.ArgumentParser:
+    """The command line. ``server_only`` leaves out the other commands: ``pushy server`` must
+    not import the CLI's and the client's HTTP stack (a tenth of a second) at every start."""
     parser = argparse.ArgumentParser(
         prog="pushy",
         description="Push whitelisted commands to a fleet of nodes (Chef Push Jobs 2.1 compatible).",
@@ -115,6 +117,8 @@ def _parser() -> argparse.ArgumentParser:
         help="write the bound ports as JSON to this file once the server is ready",
     )
     server.add_argument("-l", "--log-level", help="debug, info, warning, error")
+    if server_only:
+        return parser
     raw = sub.add_parser(
         "raw",
         help="send one Chef-signed request to the server (like knife raw)",
@@ -168,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         from appliance.client.cli import client_main
 
         return client_main()
-    args = _parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    first = next((w for w in words if not w.startswith("-")), None)
+    args = _parser(server_only=first == "server").parse_args(argv)
     if args.command == "server":
         return _server(args)
     if args.command == "client":

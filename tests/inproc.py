@@ -17,6 +17,7 @@ timing and ordering, where a real clock would make a test slow or flaky.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -43,7 +44,12 @@ from tests.support import sign
 EPOCH = 1_750_000_000.0  # the server clock's reading at trio time 0
 ORG = "acme"
 ORG_GUID = "0123456789abcdef0123456789abcdef"  # jobs made without the HTTP side
-SUPERUSER_KEY = generate_rsa(2048)  # one per test session: making a key takes a while
+
+
+@functools.cache
+def superuser_key() -> Any:
+    """The superuser's key, one per test session: making a key takes a while."""
+    return generate_rsa(2048)
 
 
 class FakeRouter:
@@ -165,7 +171,9 @@ class InProc:
     def headers(self, method: str, path: str, body: bytes = b"", **extra: str) -> dict[str, str]:
         """The superuser's signed headers, dated by the server's clock (a real clock would be
         far outside the signature window of a server running in virtual time)."""
-        signed = sign(SUPERUSER_KEY, "pivotal", method, path, body, timestamp=self.ctx.clock.now())
+        signed = sign(
+            superuser_key(), "pivotal", method, path, body, timestamp=self.ctx.clock.now()
+        )
         return {**signed, "Accept": "application/json", **extra}
 
     async def read_stream(
@@ -231,7 +239,7 @@ async def inproc_server(
                     t=EPOCH,
                 ),
                 *identity.bootstrap_superuser(
-                    store.state.identity, public_pem(SUPERUSER_KEY), name="pivotal"
+                    store.state.identity, public_pem(superuser_key()), name="pivotal"
                 ),
             ]
         )

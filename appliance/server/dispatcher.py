@@ -117,7 +117,9 @@ class Dispatcher:
         self.hub.publish(("job", job.id), END)
 
     # Inputs from REST ------------------------------------------------------------------------
-    async def create_job(self, org: str, org_guid: str, spec: JobSpec, requestor: str) -> jobfsm.Job:
+    async def create_job(
+        self, org: str, org_guid: str, spec: JobSpec, requestor: str
+    ) -> jobfsm.Job:
         """Make the job durable (its record and start step in one synced batch), then send
         the commits. The reducer makes the job from the records, as at replay; the FSM plans
         the start step on a copy made from the same record."""
@@ -200,7 +202,11 @@ class Dispatcher:
 
     def _run(self, job: jobfsm.Job | None, effects: list, now: float) -> None:
         """Queue effects and, unless a drain is already under way further up, drain the queue."""
-        self._queue.extend((now, job, effect) for effect in effects)
+        if not effects:  # most heartbeats: nothing to do, nothing allocated
+            return
+        queue = self._queue
+        for effect in effects:
+            queue.append((now, job, effect))
         if self._draining:
             return
         self._draining = True

@@ -219,7 +219,10 @@ class _Stream:
             if scope.cancelled_caught:
                 if trio.current_time() - self.last_send_at >= keep_alive:
                     await self._send_now(
-                        {"type": "keepalive", "timestamp": render.sse_timestamp(self.ctx.clock.now())}
+                        {
+                            "type": "keepalive",
+                            "timestamp": render.sse_timestamp(self.ctx.clock.now()),
+                        }
                     )
                 continue
             if sub.dropped:

@@ -54,6 +54,7 @@ from appliance.server.dispatcher import Dispatcher
 from appliance.server.feeds import Hub
 from appliance.server.livejobs import LiveJobs
 from appliance.server.reactor import Reactor
+from tests.inproc import FakeRouter
 
 REPO = Path(__file__).resolve().parents[2]
 EPOCH = 1_700_000_000.0
@@ -420,17 +421,6 @@ class MessageMaker:
 # The server's node pipeline, in process
 
 
-class _FakeRouter:
-    """Stands in for the ROUTER socket: every reply is kept for the caller to check."""
-
-    def __init__(self) -> None:
-        self.sent: list[list[bytes]] = []
-
-    def send_nowait(self, frames: list[bytes]) -> bool:
-        self.sent.append(frames)
-        return True
-
-
 class _FakeStore:
     """Stands in for the event log: ``record`` applies at once, every record is encoded as the
     log would and replayed into a shadow state (a fuzzed message must never make an
@@ -490,7 +480,7 @@ class ServerPipeline:
         clock = Clock(start=EPOCH, follow_system=False)  # unused: every input carries its time
         self.reactor = Reactor(s, self.state, None, "fuzzhost", clock, self.table)  # type: ignore[arg-type]
         self.reactor.ctx.term()  # no sockets here; the context is not needed
-        self.router = _FakeRouter()
+        self.router = FakeRouter()
         self.reactor.router = self.router  # type: ignore[assignment]
         self.live = LiveJobs(self.state)
         self.dispatcher = Dispatcher(

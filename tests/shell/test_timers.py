@@ -92,9 +92,7 @@ async def test_a_node_that_stops_beating_goes_down_fails_its_job_and_comes_back(
         assert srv.available("n1")
 
 
-async def test_a_finished_job_lingers_for_wait_complete_time_then_is_retired(
-    tmp_path, mock_clock
-):
+async def test_a_finished_job_lingers_for_wait_complete_time_then_is_retired(tmp_path, mock_clock):
     async with inproc_server(tmp_path, **SETTINGS) as srv:
         n1 = await srv.node("n1")
         job_id = await srv.job("n1")

@@ -22,7 +22,14 @@ def state_with(node: str, *, key: bytes | None = None, ccpk: str | None = None) 
 
 def decide(state: State, node: str, principal: tuple[str, str], ccpk: str | None, curve=True):
     return configfetch.decide(
-        state, ORG, node, principal=principal, ccpk=ccpk, curve=curve, fresh_key=NEW, now=5.0,
+        state,
+        ORG,
+        node,
+        principal=principal,
+        ccpk=ccpk,
+        curve=curve,
+        fresh_key=NEW,
+        now=5.0,
         grace=60.0,
     )
 
