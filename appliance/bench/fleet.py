@@ -19,11 +19,9 @@ import itertools
 import multiprocessing
 import multiprocessing.connection
 import os
-import random
 import sys
 import time
 import traceback
-import urllib.parse
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,20 +33,27 @@ import trio
 import zmq
 
 from appliance.bench import procstat, provision
-from appliance.bench.simnode import (
-    BACKOFF_FIRST_SECONDS,
+from appliance.bench.simnode import FakeWhitelist, SimNode
+from appliance.client import jobstate
+from appliance.client.channel import (
     SEND_FAILURE_DEADLINE_SECONDS,
     WATCHDOG_SECONDS,
     Connection,
-    FakeWhitelist,
-    SimNode,
-    backoff,
+    command_sockets,
+    jittered,
+    lifetime_seconds,
+    verified_body,
 )
-from appliance.client import jobstate
-from appliance.client.channel import command_sockets
+from appliance.client.fetch import (
+    BACKOFF_FIRST_SECONDS,
+    FatalConfigError,
+    backoff,
+    config_path,
+    connection_from_answer,
+)
 from appliance.client.serverwatch import ServerWatch
 from appliance.core import wire
-from appliance.core.keys import decrypt_session_key, load_private_pem, load_public_pem
+from appliance.core.keys import load_private_pem
 from appliance.signedhttp import SignedClient
 from appliance.zmqio import TrioSocket
 
@@ -58,7 +63,6 @@ FETCH_TIMEOUT = 30.0
 FDS_PER_NODE = 5  # 2 TCP connections, 2 socket mailboxes, slack
 STOP_SECONDS = 30.0
 BACKOFF_MAX_WAIT = 30.0  # after a socket error (e.g. an address zmq refuses)
-PROTOCOL_VERSION = "2.0"
 
 
 @dataclass
@@ -105,8 +109,6 @@ class Worker:
         self.counters: Counter[str] = Counter()
         self.stopping = trio.Event()
         self.verified: dict[bytes, dict[str, Any] | None] = {}
-        parts = urllib.parse.urlsplit(spec.server_url)
-        self.path_prefix = parts.path.rstrip("/")
 
     async def run(self) -> None:
         pems = provision.read_keys(Path(self.spec.key_file))
@@ -224,7 +226,7 @@ class Worker:
         while not self.stopping.is_set():
             try:
                 conn = await self._fetch_config(node)
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+            except (OSError, ValueError, KeyError, TypeError, FatalConfigError) as exc:
                 self.counters["fetch_failures"] += 1
                 if self.counters["fetch_failures"] <= 5:
                     print(f"bench worker: {node.name}: config: {exc}", file=sys.stderr)
@@ -242,34 +244,20 @@ class Worker:
                     await self.stopping.wait()
 
     async def _fetch_config(self, node: SimNode) -> Connection:
-        ccpk = urllib.parse.quote_plus(node.curve_public.decode("ascii"))
-        path = (
-            f"/organizations/{node.org}/pushy/config/{node.name}"
-            f"?ccpk={ccpk}&version={PROTOCOL_VERSION}"
-        )
+        """The client's request and reading of the answer, over this worker's pooled client
+        (in a thread: the answer's RSA work stays off the loop)."""
+        path = config_path(f"/organizations/{node.org}", node.name, node.curve_public)
 
-        def fetch() -> tuple[dict[str, Any], bytes]:
+        def fetch() -> Connection:
             reply = self.api.send("GET", path, b"", node.name, node.key)
-            if reply.status != 200:
-                raise ValueError(f"HTTP {reply.status}: {reply.data[:200]!r}")
-            body = orjson.loads(reply.data)
-            key = decrypt_session_key(node.key, body["encoded_session_key"]["key"])
-            return body, key
+            body = orjson.loads(reply.data) if reply.status == 200 else reply.data[:200]
+            return connection_from_answer(
+                reply.status, body, node.key, allow_unencrypted=False, node=node.name
+            )
 
-        body, session_key = await trio.to_thread.run_sync(fetch, limiter=self.fetch_limiter)
+        conn = await trio.to_thread.run_sync(fetch, limiter=self.fetch_limiter)
         self.counters["config_fetches"] += 1
-        hb = body["push_jobs"]["heartbeat"]
-        node.generation += 1
-        return Connection(
-            generation=node.generation,
-            config=body,
-            session_key=session_key,
-            server_key=load_public_pem(body["public_key"]),
-            incarnation=str(body["incarnation_id"]),
-            interval=float(hb["interval"]),
-            max_skew=float(body.get("max_message_skew", 300)),
-            lifetime=float(body.get("lifetime", 3600)),
-        )
+        return conn
 
     async def _serve(self, node: SimNode, conn: Connection) -> None:
         hb = conn.config["push_jobs"]["heartbeat"]
@@ -281,12 +269,12 @@ class Worker:
             old.close()
         now = time.monotonic()
         node.reconfigure_due = None
-        node.request_reconfigure(conn.lifetime * (1 - _random() * 0.1))
+        node.request_reconfigure(lifetime_seconds(conn.config))
         self.at(node.reconfigure_due, self._wake, node)
         node.watch = ServerWatch.from_heartbeat_config(hb)
         node.heartbeat_due = now
-        self.at(now, self._heartbeat, node, conn.generation)
-        self.at(now + WATCHDOG_SECONDS, self._watchdog, node, conn.generation)
+        self.at(now, self._heartbeat, node, conn)
+        self.at(now + WATCHDOG_SECONDS, self._watchdog, node, conn)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive_commands, node, conn)
@@ -304,9 +292,8 @@ class Worker:
                 return
             await self.wakes[node.index].wait()
 
-    def _watchdog(self, node: SimNode, generation: int) -> None:
-        conn = node.conn
-        if conn is None or conn.generation != generation or conn.got_command_message:
+    def _watchdog(self, node: SimNode, conn: Connection) -> None:
+        if node.conn is not conn or conn.got_command_message.is_set():
             return
         self._reconfigure(node, "watchdog")
 
@@ -315,9 +302,8 @@ class Worker:
         due = node.heartbeat_due
         return due if due is not None and now - due < 1.0 else now
 
-    def _heartbeat(self, node: SimNode, generation: int) -> None:
-        conn = node.conn
-        if conn is None or conn.generation != generation or conn.dealer is None:
+    def _heartbeat(self, node: SimNode, conn: Connection) -> None:
+        if node.conn is not conn or conn.dealer is None:
             return
         if conn.dealer.closed:
             return
@@ -325,7 +311,7 @@ class Worker:
         if tick.went_offline:
             self._reconfigure(node, "server_offline")
         if tick.send:
-            if node.unsent is not None and node.unsent[1] != conn.generation:
+            if node.unsent is not None and node.unsent[1] is not conn:
                 self.counters["results_resent"] += 1
                 self._send_result(node, conn, node.unsent[0])
             self.counters["heartbeats"] += 1
@@ -334,16 +320,14 @@ class Worker:
         now = time.monotonic()
         due = max(self.due_of(node, now) + conn.interval, now)
         node.heartbeat_due = due
-        self.at(due, self._heartbeat, node, generation)
+        self.at(due, self._heartbeat, node, conn)
 
     def _send(self, node: SimNode, conn: Connection, frames: list[bytes]) -> bool:
         assert conn.dealer is not None
         if conn.dealer.send_nowait(frames):
             return True
         self.counters["send_failures"] += 1
-        self._reconfigure(
-            node, "send_failure", SEND_FAILURE_DEADLINE_SECONDS * (1 - _random() * 0.1)
-        )
+        self._reconfigure(node, "send_failure", jittered(SEND_FAILURE_DEADLINE_SECONDS))
         return False
 
     async def _receive_heartbeats(self, node: SimNode, conn: Connection) -> None:
@@ -367,14 +351,7 @@ class Worker:
         if cache_key in self.verified:
             return self.verified[cache_key]
         try:
-            body = wire.check_client_inbound(
-                frames[0],
-                frames[1],
-                session_key=None,
-                server_public_key=conn.server_key,
-                now=time.time(),
-                max_skew=conn.max_skew,
-            )
+            body = verified_body(conn, frames, session_key=False)
         except wire.MessageError:
             self.counters["invalid_server_heartbeats"] += 1
             body = None
@@ -388,13 +365,13 @@ class Worker:
         while True:
             frames = await conn.dealer.recv_multipart()
             if len(frames) == 2:
-                conn.got_command_message = True
+                conn.got_command_message.set()
             body = node.check_command(conn, frames)
             if body is None:
                 self.counters["invalid_commands"] += 1
                 continue
             self.counters["commands"] += 1
-            if node.unsent is not None and node.unsent[1] == conn.generation:
+            if node.unsent is not None and node.unsent[1] is conn:
                 node.unsent = None  # the server talks to us: what we queued went out before
             kind = body.get("type")
             if not conn.channel_up:
@@ -447,17 +424,13 @@ class Worker:
     def _send_result(self, node: SimNode, conn: Connection, reply: jobstate.Reply) -> None:
         frames = node.frames(conn, reply.type, reply.job_id, **reply.extra)
         queued = self._send(node, conn, frames)
-        node.unsent = (reply, conn.generation if queued else None)
+        node.unsent = (reply, conn if queued else None)
 
     def _finish(self, node: SimNode, job_id: str, exit_code: int | None) -> None:
         if node.running_job != job_id:
             return
         node.running_job = None
         self._execute(node, node.jobs.on_finished(job_id, exit_code, b"", b""))
-
-
-def _random() -> float:
-    return random.random()
 
 
 def _trio_time(monotonic_at: float) -> float:

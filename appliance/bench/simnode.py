@@ -1,6 +1,7 @@
 """One simulated node: what the real client (``appliance/client/agent.py``) keeps and decides.
 
-The bytes it sends are the client's: ``wire.node_message`` in the client's key order, HMAC-signed
+The bytes it sends are the client's (``client.channel``: the same framing, checks, sockets and
+deadlines; ``client.fetch``: the same config request and reading of its answer): HMAC-signed
 two-frame messages on a CURVE DEALER with SNDHWM 3, one SUB for the server's heartbeats. Its
 behaviour follows the agent: heartbeat every interval while the server is online (the agent's
 own `ServerWatch`: stop after ``offline_threshold`` missed server beats, start again after
@@ -26,42 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from appliance.client import jobstate
+from appliance.client.channel import Connection, outbound_frames, verified_body
 from appliance.client.serverwatch import ServerWatch
 from appliance.client.whitelist import Resolved
 from appliance.core import wire
-from appliance.zmqio import TrioSocket
-
-WATCHDOG_SECONDS = 4.0
-SEND_FAILURE_DEADLINE_SECONDS = 60.0
-BACKOFF_FIRST_SECONDS = 1.0
-BACKOFF_MAX_SECONDS = 120.0
-
-
-@dataclass
-class Connection:
-    """One fetched configuration and its two sockets (the agent's ``Connection``)."""
-
-    generation: int
-    config: dict[str, Any]
-    session_key: bytes
-    server_key: RSAPublicKey
-    incarnation: str
-    interval: float
-    max_skew: float
-    lifetime: float
-    dealer: TrioSocket | None = None
-    sub: TrioSocket | None = None
-    sequence: int = 0
-    got_command_message: bool = False
-    channel_up: bool = False
-
-    def close(self) -> None:
-        for sock in (self.dealer, self.sub):
-            if sock is not None:
-                sock.close()
 
 
 @dataclass
@@ -76,54 +48,55 @@ class SimNode:
     curve_public: bytes = b""
     curve_secret: bytes = b""
     conn: Connection | None = None
-    generation: int = 0
     watch: ServerWatch = field(default_factory=ServerWatch)  # reset with each connection
     reconfigure_due: float | None = None
     heartbeat_due: float | None = None  # monotonic
     jobs: jobstate.JobState = field(default_factory=jobstate.JobState)
     running_job: str | None = None  # the fake process's job id
     available_reported: bool = False
-    # a job result not known to have left: (reply, generation of the connection it was queued
-    # on, or None when it could not be queued); sent again like the agent's ``unsent``
-    unsent: tuple[jobstate.Reply, int | None] | None = None
+    # a job result not known to have left: (reply, the connection it was queued on, or None
+    # when it could not be queued); sent again like the agent's ``unsent``
+    unsent: tuple[jobstate.Reply, Connection | None] | None = None
 
     def __post_init__(self) -> None:
         self.hostname = self.hostname or self.name
         if not self.curve_public:
             self.curve_public, self.curve_secret = zmq.curve_keypair()
 
-    # Messages --------------------------------------------------------------------------------
+    # Messages (the client's framing and checks) ----------------------------------------------
     def frames(self, conn: Connection, kind: str, job_id: str | None, **extra: Any) -> list[bytes]:
-        conn.sequence += 1
-        body = wire.node_message(
+        return outbound_frames(
+            conn,
+            kind,
+            job_id,
             node=self.name,
             client=self.hostname,
             org=self.org,
-            type=kind,
-            sequence=conn.sequence,
-            t=time.time(),
             incarnation=self.incarnation,
-            job_id=job_id,
             **extra,
         )
-        return wire.hmac_frames(conn.session_key, body)
 
     def heartbeat_frames(self, conn: Connection) -> list[bytes]:
         job_state, job_id = self.jobs.heartbeat_fields()
-        return self.frames(conn, "heartbeat", job_id, job_state=job_state)
+        # straight to the client's framing: one call, no extra keyword dict, per heartbeat
+        return outbound_frames(
+            conn,
+            "heartbeat",
+            job_id,
+            node=self.name,
+            client=self.hostname,
+            org=self.org,
+            incarnation=self.incarnation,
+            job_state=job_state,
+        )
 
     def check_command(self, conn: Connection, frames: list[bytes]) -> dict[str, Any] | None:
+        """The body of a valid command, or None (counted by the caller, not logged: a fleet
+        of thousands would flood the log)."""
         if len(frames) != 2:
             return None
         try:
-            return wire.check_client_inbound(
-                frames[0],
-                frames[1],
-                session_key=conn.session_key,
-                server_public_key=conn.server_key,
-                now=time.time(),
-                max_skew=conn.max_skew,
-            )
+            return verified_body(conn, frames)
         except wire.MessageError:
             return None
 
@@ -160,8 +133,3 @@ class FakeWhitelist:
             "dir_exists": lambda _dir: True,
             "lock_free": lambda _lock: True,
         }
-
-
-def backoff(delay: float) -> tuple[float, float]:
-    """(wait now, next delay): the agent's capped exponential backoff with jitter."""
-    return delay * (1 - random.random() * 0.1), min(delay * 2, BACKOFF_MAX_SECONDS)

@@ -26,7 +26,16 @@ import zmq
 
 from appliance import sdnotify
 from appliance.client import fetch, jobfile, jobrun, jobstate, probe, runner, whitelist
-from appliance.client.channel import Connection, check_inbound, command_sockets, outbound_frames
+from appliance.client.channel import (
+    SEND_FAILURE_DEADLINE_SECONDS,
+    WATCHDOG_SECONDS,
+    Connection,
+    check_inbound,
+    command_sockets,
+    jittered,
+    lifetime_seconds,
+    outbound_frames,
+)
 from appliance.client.config import ClientConfig, ConfigError, load_config
 from appliance.client.serverwatch import ServerWatch
 from appliance.core.keys import load_private_pem
@@ -34,9 +43,7 @@ from appliance.zmqio import TrioSocket
 
 log = logging.getLogger("pushy.client")
 
-WATCHDOG_SECONDS = 4.0
 POLL_SECONDS = 5.0
-SEND_FAILURE_DEADLINE_SECONDS = 60.0
 
 
 class Agent:
@@ -173,8 +180,7 @@ class Agent:
         if old is not None:
             old.close()
         self.reconfigure_due = None
-        lifetime = float(conn.config.get("lifetime", 3600))
-        self.reconfigure_due = time.monotonic() + lifetime * (1 - random.random() * 0.1)
+        self.reconfigure_due = time.monotonic() + lifetime_seconds(conn.config)
         self.watch = ServerWatch.from_heartbeat_config(hb)
         try:
             async with trio.open_nursery() as nursery:
@@ -347,7 +353,7 @@ class Agent:
         log.error("[%s] ZMQ socket enqueue error. Triggering reconfigure", self.node)
         self.request_reconfigure(
             "a message could not be queued",
-            delay=SEND_FAILURE_DEADLINE_SECONDS * (1 - random.random() * 0.1),
+            delay=jittered(SEND_FAILURE_DEADLINE_SECONDS),
         )
         return False
 

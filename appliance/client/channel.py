@@ -2,12 +2,13 @@
 that connection, and the checking and framing of its messages (``core.wire`` holds the bytes).
 
 Apart from the agent's loop so that the simulated fleet (``bench.fleet``) opens its sockets with
-the same options as the real client.
+the same options, checks and frames its messages and keeps the same deadlines as the real client.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,20 @@ from appliance.core import wire
 from appliance.zmqio import TrioSocket
 
 log = logging.getLogger("pushy.client")
+
+WATCHDOG_SECONDS = 4.0  # no command message on a new connection by then: reconfigure
+SEND_FAILURE_DEADLINE_SECONDS = 60.0  # a message could not be queued: reconfigure after this
+
+
+def jittered(seconds: float) -> float:
+    """``seconds`` less up to 10 %: nodes that share a cause (a lost server, one config
+    lifetime) spread out instead of acting in the same instant."""
+    return seconds * (1 - random.random() * 0.1)
+
+
+def lifetime_seconds(config: dict[str, Any]) -> float:
+    """When to fetch a new configuration (jittered): at the end of the answer's ``lifetime``."""
+    return jittered(float(config.get("lifetime", 3600)))
 
 
 def command_sockets(
@@ -68,6 +83,22 @@ class Connection:
                 sock.close()
 
 
+def verified_body(
+    conn: Connection, frames: list[bytes], *, session_key: bool = True
+) -> dict[str, Any]:
+    """The body of a two-frame server message on ``conn`` once its signature and time window
+    are checked; raises ``wire.MessageError``. ``session_key=False``: only the server's RSA
+    signature is accepted (the fleet checks one SUB message once for all its nodes)."""
+    return wire.check_client_inbound(
+        frames[0],
+        frames[1],
+        session_key=conn.session_key if session_key else None,
+        server_public_key=conn.server_key,
+        now=time.time(),
+        max_skew=float(conn.config.get("max_message_skew", 300)),
+    )
+
+
 def check_inbound(conn: Connection, frames: list[bytes], node: str) -> dict[str, Any] | None:
     """The body of a valid server message on ``conn`` (header, signature, time window), or
     None after logging why it was dropped."""
@@ -75,14 +106,7 @@ def check_inbound(conn: Connection, frames: list[bytes], node: str) -> dict[str,
         log.warning("[%s] dropped a message of %d frames", node, len(frames))
         return None
     try:
-        return wire.check_client_inbound(
-            frames[0],
-            frames[1],
-            session_key=conn.session_key,
-            server_public_key=conn.server_key,
-            now=time.time(),
-            max_skew=float(conn.config.get("max_message_skew", 300)),
-        )
+        return verified_body(conn, frames)
     except wire.MessageError as exc:
         log.warning("[%s] Received invalid message (%s)", node, exc)
         return None

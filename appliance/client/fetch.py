@@ -8,16 +8,16 @@ running impossible is a ``FatalConfigError`` with the exit status the original c
 from __future__ import annotations
 
 import logging
-import random
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from appliance import sdnotify
 from appliance.client import facts
-from appliance.client.channel import Connection
+from appliance.client.channel import Connection, jittered
 from appliance.client.config import ClientConfig
 from appliance.core.keys import decrypt_session_key, load_public_pem
 from appliance.core.wire import PROTOCOL_VERSION
@@ -62,35 +62,36 @@ async def fetch_until_it_works(
             log.error("[%s] Could not download push jobs config: %s", node, exc)
             why = "server unreachable" if isinstance(exc, OSError) else "no config"
             sdnotify.status(f"{why}, retrying in {delay:.0f} s: {str(exc)[:200]}")
-        wait = delay * (1 - random.random() * 0.1)
+        wait, next_delay = backoff(delay)
         with trio.move_on_after(wait):
             await stopping.wait()
-        delay = min(delay * 2, BACKOFF_MAX_SECONDS)
+        delay = next_delay
     return None
 
 
-async def fetch_config(
-    config: ClientConfig,
-    *,
-    node: str,
-    key_pem: str,
-    private_key: RSAPrivateKey,
-    curve_public: bytes,
-) -> Connection:
-    """One signed GET of the node's configuration, offering our CURVE public key."""
-    origin, path_prefix = server_origin(config.chef_server_url)
+def backoff(delay: float) -> tuple[float, float]:
+    """(wait now, next delay): capped exponential backoff, jittered so that nodes that lost the
+    server together do not all come back in the same instant."""
+    return jittered(delay), min(delay * 2, BACKOFF_MAX_SECONDS)
+
+
+def config_path(path_prefix: str, node: str, curve_public: bytes) -> str:
+    """The config request's path and query, as the original server expects them: our CURVE
+    public key offered as ``ccpk``, and the protocol we speak."""
     ccpk = urllib.parse.quote_plus(curve_public.decode("ascii"))
-    path = f"{path_prefix}/pushy/config/{node}?ccpk={ccpk}&version={PROTOCOL_VERSION}"
-    log.info("[%s] Retrieving configuration from %s%s", node, origin, path)
-    status, body = await trio.to_thread.run_sync(
-        lambda: signed_request(
-            origin, "GET", path, None, node, key_pem, timeout=CONFIG_TIMEOUT_SECONDS
-        )
-    )
+    return f"{path_prefix}/pushy/config/{node}?ccpk={ccpk}&version={PROTOCOL_VERSION}"
+
+
+def connection_from_answer(
+    status: int, body: Any, private_key: RSAPrivateKey, *, allow_unencrypted: bool, node: str
+) -> Connection:
+    """What the server's answer to the config request becomes (no I/O: each side fetches its
+    own way). ``ValueError``/``KeyError``/``TypeError`` for an answer worth retrying,
+    ``FatalConfigError`` for one that makes running impossible."""
     if status != 200 or not isinstance(body, dict):
         raise ValueError(f"HTTP {status}: {body}")
     legacy = "curve_public_key" not in body
-    if legacy and not config.allow_unencrypted:
+    if legacy and not allow_unencrypted:
         raise FatalConfigError(
             "Exiting: No key returned from server; server may be using 1.x protocol. "
             "Set allow_unencrypted to true (or pass --allow_unencrypted) to connect to it "
@@ -114,6 +115,28 @@ async def fetch_config(
         incarnation=str(body["incarnation_id"]),
         interval=float(hb["interval"]),
         legacy=legacy,
+    )
+
+
+async def fetch_config(
+    config: ClientConfig,
+    *,
+    node: str,
+    key_pem: str,
+    private_key: RSAPrivateKey,
+    curve_public: bytes,
+) -> Connection:
+    """One signed GET of the node's configuration, offering our CURVE public key."""
+    origin, path_prefix = server_origin(config.chef_server_url)
+    path = config_path(path_prefix, node, curve_public)
+    log.info("[%s] Retrieving configuration from %s%s", node, origin, path)
+    status, body = await trio.to_thread.run_sync(
+        lambda: signed_request(
+            origin, "GET", path, None, node, key_pem, timeout=CONFIG_TIMEOUT_SECONDS
+        )
+    )
+    return connection_from_answer(
+        status, body, private_key, allow_unencrypted=config.allow_unencrypted, node=node
     )
 
 

@@ -14,7 +14,7 @@ import pytest
 import trio
 import zmq
 
-from appliance.client import fetch
+from appliance.client import channel, fetch
 from appliance.client.channel import (
     Connection,
     check_inbound,
@@ -133,7 +133,7 @@ async def test_bad_answers(keys, monkeypatch):
 
 
 async def test_retries_back_off_doubling_with_jitter(autojump_clock, monkeypatch):
-    monkeypatch.setattr(fetch.random, "random", lambda: 0.0)  # no jitter: exact waits
+    monkeypatch.setattr(channel.random, "random", lambda: 0.0)  # no jitter: exact waits
     attempts: list[float] = []
     sentinel = object()
 
@@ -225,3 +225,53 @@ def test_command_sockets_have_the_original_options():
         plain_sub.close()
     finally:
         ctx.destroy(linger=0)
+
+
+def test_config_path_is_the_fleet_s_and_the_client_s():
+    path = fetch.config_path("/organizations/acme", NODE, b"ab+/cd=")
+    assert path == "/organizations/acme/pushy/config/node1?ccpk=ab%2B%2Fcd%3D&version=2.0"
+    assert fetch.config_path("", NODE, b"k").startswith("/pushy/config/node1?ccpk=k&")
+
+
+def test_answer_becomes_a_connection_without_io(keys):
+    node_key, server_key = keys
+    conn = fetch.connection_from_answer(
+        200, answer(node_key, server_key), node_key, allow_unencrypted=False, node=NODE
+    )
+    assert (conn.session_key, conn.incarnation, conn.interval) == (SESSION_KEY, "inc-1", 2.0)
+    assert not conn.legacy and not conn.got_command_message.is_set()
+    with pytest.raises(ValueError, match=r"^HTTP 404: b'gone'$"):
+        fetch.connection_from_answer(404, b"gone", node_key, allow_unencrypted=False, node=NODE)
+    with pytest.raises(ValueError, match="HTTP 200"):
+        fetch.connection_from_answer(200, [1], node_key, allow_unencrypted=False, node=NODE)
+
+
+def test_backoff_and_jitter(monkeypatch):
+    monkeypatch.setattr(channel.random, "random", lambda: 1.0)  # the most jitter
+    assert fetch.backoff(1.0) == (0.9, 2.0)
+    assert fetch.backoff(100.0) == (90.0, fetch.BACKOFF_MAX_SECONDS)
+    assert channel.jittered(60.0) == 54.0
+    assert channel.lifetime_seconds({}) == 3240.0
+    assert channel.lifetime_seconds({"lifetime": 100}) == 90.0
+
+
+def test_verified_body_without_the_session_key_takes_only_rsa(keys):
+    node_key, server_key = keys
+    conn = Connection(
+        config={"max_message_skew": 10},
+        session_key=SESSION_KEY,
+        server_key=server_key.public_key(),
+        incarnation="inc-1",
+        interval=1.0,
+        legacy=False,
+    )
+    body = wire.server_message(1, time.time(), {"type": "heartbeat"})
+    hmac_signed = wire.hmac_frames(SESSION_KEY, body)
+    assert channel.verified_body(conn, hmac_signed)["type"] == "heartbeat"
+    with pytest.raises(wire.MessageError, match="bad_signature"):
+        channel.verified_body(conn, hmac_signed, session_key=False)
+    stale = wire.hmac_frames(SESSION_KEY, wire.server_message(1, time.time() - 60, {}))
+    with pytest.raises(wire.MessageError, match="stale"):
+        channel.verified_body(conn, stale)  # the config's max_message_skew
+    rsa_signed = wire.rsa_frames(server_key, body)
+    assert channel.verified_body(conn, rsa_signed, session_key=False)["type"] == "heartbeat"
