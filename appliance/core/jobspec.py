@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.core.jobschema import COUNT, JOB_REQUEST, NODE_NAME
+from appliance.core.schemacheck import first_problem, has_types
 
 __all__ = [
     "MAX_COUNT",
@@ -52,9 +53,7 @@ MAX_COUNT: int = COUNT["maximum"]
 #: Node names end up in URL paths and log records.
 MAX_NODE_NAME_CHARS: int = NODE_NAME["maxLength"]
 
-_FIELDS: dict[str, Any] = JOB_REQUEST["properties"]  # in the original's type-check order
-_REQUIRED = frozenset(JOB_REQUEST["required"])
-_ALLOWED_KEYS = frozenset(_FIELDS)
+_ALLOWED_KEYS = frozenset(JOB_REQUEST["properties"])
 _NODE_NAME = re.compile(NODE_NAME["pattern"])  # fullmatch: '$' alone would allow a final \n
 
 MSG_COMMAND = "invalid command supplied"
@@ -157,10 +156,6 @@ def _load(body: bytes | str) -> Any:
     return doc
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _as_count(value: int | float, name: str) -> int:
     """A JSON number that must be a non-negative integer; 2.0 counts as 2."""
     if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
@@ -182,28 +177,17 @@ _TYPE_MESSAGES = {
 }
 
 
-def _has_type(schema: dict[str, Any], value: Any) -> bool:
-    """Whether ``value`` has the schema's JSON type (items and map values too). An integer
-    field takes any number here: fractions are refused later, with their own message."""
-    kind = schema["type"]
-    if kind == "string":
-        return isinstance(value, str)
-    if kind in ("integer", "number"):
-        return _is_number(value)
-    if kind == "boolean":
-        return isinstance(value, bool)
-    if kind == "array":
-        return isinstance(value, list) and all(_has_type(schema["items"], v) for v in value)
-    if kind == "object":
-        values = schema["additionalProperties"]
-        return isinstance(value, dict) and all(_has_type(values, v) for v in value.values())
-    raise AssertionError(f"jobschema: type {kind!r} has no check")
+def _types_fit(schema: dict[str, Any], value: Any) -> bool:
+    """The type check only (the rest comes later, in the original's order, with its messages).
+    An integer field takes any number here: fractions are refused later, with their own
+    message."""
+    return has_types(schema, value, number_for_integer=True)
 
 
 def _check_types(doc: dict[str, Any]) -> None:
-    for key, schema in _FIELDS.items():
-        if (key in doc or key in _REQUIRED) and not _has_type(schema, doc.get(key)):
-            raise JobRequestError(_TYPE_MESSAGES.get(key, MSG_UNKNOWN))
+    problem = first_problem(JOB_REQUEST, doc, fit=_types_fit)
+    if problem is not None:
+        raise JobRequestError(_TYPE_MESSAGES.get(problem.field, MSG_UNKNOWN))
 
 
 def _check_node_names(nodes: list[str]) -> None:

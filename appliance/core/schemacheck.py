@@ -15,11 +15,20 @@ caller keeps its own (the original servers') texts.
 from __future__ import annotations
 
 import re
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["NAME_LIST", "STRING", "Problem", "Schema", "first_problem", "fits", "obj"]
+__all__ = [
+    "NAME_LIST",
+    "STRING",
+    "Problem",
+    "Schema",
+    "first_problem",
+    "fits",
+    "has_types",
+    "obj",
+]
 
 Schema = dict[str, Any]
 
@@ -51,13 +60,18 @@ class Problem:
 
 
 def first_problem(
-    schema: Schema, body: dict[str, Any], *, only: Container[str] | None = None
+    schema: Schema,
+    body: dict[str, Any],
+    *,
+    only: Container[str] | None = None,
+    fit: Callable[[Schema, Any], bool] | None = None,
 ) -> Problem | None:
     """The first property of ``schema`` (in its declared order, which is the order the
     original checked them) that ``body`` lacks although required, or holds in a form the
     schema refuses; None when all fit. ``only`` limits the walk to some properties (a caller
     whose original checked something else in between walks in two steps). Keys the schema
-    does not declare are not looked at."""
+    does not declare are not looked at. ``fit`` replaces ``fits`` (e.g. a types-only walk)."""
+    fit = fits if fit is None else fit
     required = schema.get("required", ())
     for name, sub in schema["properties"].items():
         if only is not None and name not in only:
@@ -65,7 +79,7 @@ def first_problem(
         if name not in body:
             if name in required:
                 return Problem(name, missing=True)
-        elif not fits(sub, body[name]):
+        elif not fit(sub, body[name]):
             return Problem(name, missing=False)
     return None
 
@@ -88,6 +102,43 @@ def _has_type(kind: str, value: Any) -> bool:
     raise ValueError(f"schemacheck: unknown type {kind!r}")
 
 
+def _type_fits(want: str | list[str], value: Any, number_for_integer: bool = False) -> bool:
+    """``type`` (one name or a list of them) against ``value``."""
+    kinds = [want] if isinstance(want, str) else want
+    for kind in kinds:
+        if number_for_integer and kind == "integer":
+            kind = "number"
+        if _has_type(kind, value):
+            return True
+    return False
+
+
+def has_types(schema: Schema, value: Any, *, number_for_integer: bool = False) -> bool:
+    """Whether ``value`` and what it holds (``items``, ``properties``, ``additionalProperties``)
+    have the JSON types ``schema`` declares; every other keyword is left out. For a caller that
+    checks types first and the rest later, each fault with its own message (the original
+    servers' order). ``number_for_integer``: an integer field takes any number, for a caller
+    that refuses fractions later with a message of their own."""
+    want = schema.get("type")
+    if want is not None and not _type_fits(want, value, number_for_integer):
+        return False
+    if isinstance(value, list):
+        items = schema.get("items")
+        return items is None or all(
+            has_types(items, v, number_for_integer=number_for_integer) for v in value
+        )
+    if isinstance(value, dict):
+        declared = schema.get("properties", {})
+        extra = schema.get("additionalProperties", True)
+        for key, v in value.items():
+            sub = declared.get(key, extra)
+            if isinstance(sub, dict) and not has_types(
+                sub, v, number_for_integer=number_for_integer
+            ):
+                return False
+    return True
+
+
 def _matches(pattern: str, text: str) -> bool:
     """ECMA's search, for patterns free of the classes where Python differs."""
     if pattern.endswith("$") and not pattern.endswith("\\$"):
@@ -106,8 +157,7 @@ def fits(schema: Schema, value: Any) -> bool:
         if key in _ANNOTATIONS:
             continue
         if key == "type":
-            kinds = [want] if isinstance(want, str) else want
-            if not any(_has_type(k, value) for k in kinds):
+            if not _type_fits(want, value):
                 return False
         elif key == "const":
             if not _same(value, want):

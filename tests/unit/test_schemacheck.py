@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.core.identity import schemas
-from appliance.core.schemacheck import Problem, first_problem, fits, obj
+from appliance.core.schemacheck import Problem, first_problem, fits, has_types, obj
 from appliance.server.schemas import STREAM_SCHEMAS
 
 # the request schemas, as checked and as documented (aliases, anyOf), and the websocket's
@@ -144,3 +144,24 @@ def test_the_document_serves_the_schemas_the_handlers_read() -> None:
     served = api_document()["components"]["schemas"]
     for name, schema in schemas.REQUEST_SCHEMAS.items():
         assert served[name] is schema or served[name] == schema, name
+
+
+def test_has_types_reads_only_types_nested() -> None:
+    names = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
+    assert has_types(names, []) and has_types(names, [""])  # other keywords: the caller's
+    assert not has_types(names, ["a", 1]) and not has_types(names, "a")
+    env = {"type": "object", "additionalProperties": {"type": "string"}}
+    assert has_types(env, {"A": "1"}) and not has_types(env, {"A": 1})
+    closed = obj({"n": {"type": "integer", "maximum": 3}})
+    assert has_types(closed, {"n": 9, "other": []})  # unknown keys: not a type question
+    assert not has_types(closed, {"n": 1.5}) and not has_types(closed, {"n": True})
+    assert has_types(closed, {"n": 1.5}, number_for_integer=True)
+    assert not has_types(closed, {"n": True}, number_for_integer=True)
+    assert has_types({"type": ["string", "null"]}, None)
+
+
+def test_first_problem_with_a_types_only_fit() -> None:
+    schema = obj({"a": {"type": "string", "pattern": "^x$"}, "b": {"type": "integer"}}, ["b"])
+    assert first_problem(schema, {"a": "y", "b": 1}) == Problem("a", missing=False)
+    assert first_problem(schema, {"a": "y", "b": 1}, fit=has_types) is None
+    assert first_problem(schema, {"a": "y"}, fit=has_types) == Problem("b", missing=True)
