@@ -14,6 +14,7 @@ import trio.testing
 
 from appliance.core import jobfsm
 from tests.inproc import EPOCH, ORG, advance, inproc_server
+from tests.support import parse_sse
 
 VOTING = 60.0
 SETTINGS = {"voting_timeout": VOTING, "heartbeat_interval": 1000.0, "wait_complete_time": 5.0}
@@ -127,15 +128,8 @@ async def test_a_restart_resumes_the_voting_timer_from_the_logged_start(tmp_path
 
 
 def feed_ids(raw: bytes) -> list[str]:
-    """The ``event:id`` of each SSE event in a feed's bytes (keepalive comments left out)."""
-    out = []
-    for block in raw.decode().split("\n\n"):
-        fields = dict(
-            line.split(": ", 1) for line in block.splitlines() if ": " in line and line[0] != ":"
-        )
-        if "event" in fields:
-            out.append(f"{fields['event']}:{fields.get('id')}")
-    return out
+    """``event:id`` of each SSE event in a feed's bytes (tests.support's strict parser)."""
+    return [f"{name}:{ident}" for name, ident, _ in parse_sse(iter(raw.decode().split("\n")))]
 
 
 async def test_the_org_feed_forgets_events_older_than_org_feed_expiration(tmp_path, mock_clock):
