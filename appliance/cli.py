@@ -117,6 +117,9 @@ def _parser(*, server_only: bool = False) -> argparse.ArgumentParser:
         help="write the bound ports as JSON to this file once the server is ready",
     )
     server.add_argument("-l", "--log-level", help="debug, info, warning, error")
+    from appliance.edge.cli import add_parsers as add_edge
+
+    add_edge(sub)
     if server_only:
         return parser
     raw = sub.add_parser(
@@ -174,9 +177,17 @@ def main(argv: list[str] | None = None) -> int:
         return client_main()
     words = sys.argv[1:] if argv is None else argv
     first = next((w for w in words if not w.startswith("-")), None)
-    args = _parser(server_only=first == "server").parse_args(argv)
+    args = _parser(server_only=first in ("server", "edge")).parse_args(argv)
     if args.command == "server":
         return _server(args)
+    if args.command == "edge":
+        from appliance.edge.cli import run_edge
+
+        return run_edge(args)
+    if args.command == "edge-key":
+        from appliance.edge.cli import run_edge_key
+
+        return run_edge_key(args)
     if args.command == "client":
         from appliance.client.cli import run_client
 

@@ -225,7 +225,7 @@ async def inproc_server(
     the defaults. Leaves the log in ``directory``. With ``http``, the real Quart app answers
     through ``InProc.http`` (its test client), the superuser ``pivotal`` and the org ``acme``
     exist, and ``job`` is posted in that org."""
-    s = Settings(state_dir=str(directory), **settings)
+    s = Settings(state_dir=str(directory), **{"edge_processes": 0, **settings})
     store = Store(directory, segment_max_bytes=s.log_segment_max_bytes, retention_days=0)
     store.load()
     if store.state.server is None:

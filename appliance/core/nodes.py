@@ -73,6 +73,7 @@ class Liveness:
     threshold: float
     rehab_interval: float
     restart_grace: float = 60.0  # how long a node that was up may take to return after a restart
+    at_edges: bool = False  # edges keep liveness and send only changes (core.edgelink)
 
 
 @dataclass(slots=True)
@@ -170,8 +171,10 @@ class NodeTable:
         for node in list(self.nodes.values()):
             if node.ghost and node.ghost_until is not None and now >= node.ghost_until:
                 self._stop(node, "did not come back after the server restart", effects)
-            elif node.health is not None and liveness.is_dead(
-                node.health, now, p.interval, p.decay_window, p.threshold
+            elif (
+                node.health is not None
+                and not p.at_edges
+                and liveness.is_dead(node.health, now, p.interval, p.decay_window, p.threshold)
             ):
                 self._stop(node, "missed heartbeats", effects)
         return effects
@@ -184,6 +187,28 @@ class NodeTable:
         node.state = "rehab"
         node.rehab_due = now + self.params.rehab_interval
         return [Send(key, "abort")]
+
+    def edge_down(self, key: NodeKey, address: bytes, reason: str) -> list:
+        """The edge at ``address`` saw the node stop beating. Ignored when the node has moved
+        on (another edge, a new connection) since: its old edge forgets it late."""
+        node = self.nodes.get(key)
+        if node is None or node.ghost or node.address != address:
+            return []
+        effects: list = []
+        self._stop(node, reason, effects)
+        return effects
+
+    def edge_lost(self, prefix: bytes, now: float) -> list[NodeKey]:
+        """An edge died: its nodes reconnect to another one (or to its successor). Until they
+        speak they are ghosts, as after a restart, so a node that lost a message on the way is
+        reconciled with its job instead of dropped. Returns the nodes made ghosts."""
+        lost = []
+        for node in self.nodes.values():
+            if not node.ghost and node.address is not None and node.address.startswith(prefix):
+                node.ghost = True
+                node.ghost_until = now + self.params.restart_grace
+                lost.append(node.key)
+        return lost
 
     def drop(self, key: NodeKey) -> list:
         """The node's client was deleted: forget it."""
@@ -239,7 +264,9 @@ class NodeTable:
         p = self.params
         job_id = job_id_of(body)
         if kind == "heartbeat":
-            if node.health is None:
+            if p.at_edges:
+                pass  # the edge counted it (and says when the node stops beating)
+            elif node.health is None:
                 node.health = liveness.create(now, p.threshold)
             elif not liveness.on_heartbeat(
                 node.health, now, p.interval, p.decay_window, p.threshold

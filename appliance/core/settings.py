@@ -105,6 +105,17 @@ class Settings:
     log_segment_max_bytes: int = 64 * 1024 * 1024
     session_key_grace: float = 60.0
     log_level: str = "info"
+    # node edges (docs/architecture.md "Edges"): "auto" is one per core, at least 2; 0 keeps
+    # the node sockets in the server process
+    edge_processes: int | str = "auto"
+    edge_link_address: str = "tcp://127.0.0.1"  # "tcp://*" lets edges on other hosts in
+    edge_link_port: int = 0  # 0: a free port (enough for local edges); remote ones need one
+
+    def edge_count(self, cores: int | None) -> int:
+        """How many local edge processes to run on a machine with ``cores`` CPUs."""
+        if self.edge_processes == "auto":
+            return max(2, min(cores or 1, 8))
+        return int(self.edge_processes)
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -195,6 +206,14 @@ def _abs_path(key: str, value: Any) -> str:
     return value
 
 
+def _edge_processes(key: str, value: Any) -> int | str:
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64:
+        raise _fail(key, '"auto" or an integer from 0 to 64', value)
+    return value
+
+
 def _log_level(key: str, value: Any) -> str:
     if not isinstance(value, str) or value.lower() not in _LOG_LEVELS:
         raise _fail(key, "one of " + ", ".join(_LOG_LEVELS), value)
@@ -232,8 +251,11 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "log_segment_max_bytes": _int(4096, 2**40),
     "session_key_grace": _non_negative,
     "log_level": _log_level,
+    "edge_processes": _edge_processes,
+    "edge_link_address": _zmq_address,
+    "edge_link_port": _port,
 }
-_PORT_KEYS = ("server_heartbeat_port", "command_port", "api_port")
+_PORT_KEYS = ("server_heartbeat_port", "command_port", "api_port", "edge_link_port")
 
 
 def load_settings(

@@ -9,11 +9,13 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
 from appliance.core.keys import load_public_pem
+from appliance.core.nodes import NodeKey
 from appliance.core.settings import Settings
 from appliance.core.state import State
 from appliance.server.advertise import Advertiser
 from appliance.server.clock import Clock
 from appliance.server.dispatcher import Dispatcher
+from appliance.server.edges import EdgeHub
 from appliance.server.feeds import Hub
 from appliance.server.livejobs import LiveJobs
 from appliance.server.reactor import Reactor
@@ -30,7 +32,7 @@ class ServerContext:
     settings: Settings
     state: State
     store: Store
-    reactor: Reactor
+    reactor: Reactor | EdgeHub  # the node sockets, or the edges that hold them
     dispatcher: Dispatcher
     timers: Timers
     server_key: RSAPrivateKey
@@ -43,6 +45,21 @@ class ServerContext:
     @property
     def live(self) -> LiveJobs:
         return self.dispatcher.live
+
+    def node_endpoints(self, key: NodeKey) -> tuple[str, str]:
+        """(heartbeat address, command address) a node is told to connect to: this server's
+        (``server_name``), or those of the remote edge that serves the node."""
+        if isinstance(self.reactor, EdgeHub) and (remote := self.reactor.remote_for(key)):
+            host = remote["host"]
+            host = f"[{host}]" if ":" in host else host
+            return (
+                f"tcp://{host}:{remote['server_heartbeat_port']}",
+                f"tcp://{host}:{remote['command_port']}",
+            )
+        return (
+            self.advertiser.endpoint(self.ports["server_heartbeat_port"]),
+            self.advertiser.endpoint(self.ports["command_port"]),
+        )
 
 
 @lru_cache(maxsize=4096)

@@ -47,6 +47,8 @@ class Outbound(Protocol):
 
     def forget(self, key: NodeKey) -> None: ...
 
+    def keys_changed(self, key: NodeKey) -> None: ...
+
 
 class Dispatcher:
     def __init__(
@@ -165,7 +167,18 @@ class Dispatcher:
     def drop_node(self, key: NodeKey) -> None:
         """The node's client was deleted: it is offline at once."""
         now = self.clock.now()
+        self.outbound.keys_changed(key)  # its keys are gone: edges refuse its messages
         self._run(None, self.table.drop(key), now)
+
+    # Inputs from edges (``server.edges``) -------------------------------------------------------
+    def edge_down(self, key: NodeKey, address: bytes, reason: str, now: float) -> None:
+        """The edge that holds the node saw it stop beating."""
+        self._run(None, self.table.edge_down(key, address, reason), now)
+
+    def edge_lost(self, prefix: bytes, now: float) -> None:
+        """An edge died: its nodes are ghosts until they reconnect elsewhere."""
+        for key in self.table.edge_lost(prefix, now):
+            self.announce(key, now)
 
     # Resume after a restart ------------------------------------------------------------------
     def resume(self, now: float) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import trio
 
@@ -27,6 +27,8 @@ class LiveJobs:
         self.node_jobs: dict[NodeKey, set[str]] = defaultdict(set)
         self.view = JobView(is_live=self.is_live, assignment=self.assignment)
         self._spawn_send, self.spawned = trio.open_memory_channel(math.inf)
+        # told of every job that becomes live (True) or retires (False): the edges' copy
+        self.on_change: Callable[[str, bool], None] | None = None
 
     def __contains__(self, job_id: str) -> bool:
         return job_id in self.changed
@@ -60,6 +62,8 @@ class LiveJobs:
         for name in job.nodes:
             self.node_jobs[(job.org, name)].add(job.id)
         self._spawn_send.send_nowait(job)
+        if self.on_change is not None:
+            self.on_change(job.id, True)
 
     def poke(self, job_id: str) -> None:
         """Wake the job's supervisor: its status or deadline may have changed."""
@@ -74,6 +78,8 @@ class LiveJobs:
 
     def retire(self, job: jobfsm.Job) -> None:
         self.changed.pop(job.id, None)
+        if self.on_change is not None:
+            self.on_change(job.id, False)
         for name in job.nodes:
             jobs = self.node_jobs.get((job.org, name))
             if jobs is not None:

@@ -45,13 +45,16 @@ from appliance.core import identity, records
 from appliance.core import nodes as corenodes
 from appliance.core.keys import generate_rsa, load_private_pem, private_pem, public_pem
 from appliance.core.settings import Settings, load_settings, reload_settings
+from appliance.localserver import pushy_command
 from appliance.server.advertise import Advertiser
 from appliance.server.app import create_app
 from appliance.server.clock import Clock
 from appliance.server.context import ServerContext
 from appliance.server.dispatcher import Dispatcher
+from appliance.server.edges import EdgeHub
 from appliance.server.feeds import Hub
 from appliance.server.livejobs import LiveJobs
+from appliance.server.outbound import NodeSigner, ServerBeat
 from appliance.server.reactor import Reactor
 from appliance.server.store import Store
 from appliance.server.timers import Timers
@@ -218,22 +221,46 @@ def build_context(
             rehab_interval=p.rehab_timer / 1000.0,
         )
     )
-    reactor = Reactor(settings, state, server_key, hostname, clock, table)
+    signer = NodeSigner(state, table)
+    assert state.server is not None  # open_store wrote the server's identity
+    beat = ServerBeat(server_key, hostname, state.server.incarnation)
+    edges = settings.edge_count(os.cpu_count())
+    sockets: Reactor | EdgeHub
+    if edges:
+        table.params = dataclasses.replace(table.params, at_edges=True)
+        sockets = EdgeHub(
+            settings,
+            state,
+            clock,
+            signer=signer,
+            beat=beat,
+            state_dir=Path(settings.state_dir),
+            count=edges,
+            command=[*pushy_command(), "edge"],
+        )
+    else:
+        sockets = Reactor(
+            settings, state, clock, curve_secret=state.server.curve_secret, signer=signer, beat=beat
+        )
     hub = Hub()
     dispatcher = Dispatcher(
         settings,
         state,
         store,
         table,
-        reactor,
+        sockets,
         hub=hub,
         clock=clock,
         live=LiveJobs(state),
         advertiser=advertiser,
     )
+    if isinstance(sockets, EdgeHub):
+        sockets.dispatcher = dispatcher
+        sockets.live_jobs = lambda: list(dispatcher.live)
+        dispatcher.live.on_change = sockets.jobs_changed
     timers = Timers(settings, dispatcher, clock)
     return ServerContext(
-        settings, state, store, reactor, dispatcher, timers, server_key, advertiser, clock, hub
+        settings, state, store, sockets, dispatcher, timers, server_key, advertiser, clock, hub
     )
 
 

@@ -156,17 +156,18 @@ async def config(ctx: ServerContext, org: str, node: str) -> Response:
         fail(decision.status, render.error_list(decision.message))
     if decision.records:
         await durable(ctx, decision.records)
+        ctx.reactor.keys_changed((org, node))  # edges check its messages with the new keys
     session = decision.session_key
     server = ctx.state.server
     assert server is not None
-    advertiser = ctx.advertiser  # the running server_name: a reload may change it
+    out_addr, command_addr = ctx.node_endpoints((org, node))
     body: dict[str, Any] = {
         "type": "config",
-        "host": advertiser.server_name,
+        "host": ctx.advertiser.server_name,  # the running server_name: a reload may change it
         "push_jobs": {
             "heartbeat": {
-                "out_addr": advertiser.endpoint(ctx.ports["server_heartbeat_port"]),
-                "command_addr": advertiser.endpoint(ctx.ports["command_port"]),
+                "out_addr": out_addr,
+                "command_addr": command_addr,
                 "interval": s.heartbeat_interval / 1000.0,
                 "offline_threshold": 3,
                 "online_threshold": 2,

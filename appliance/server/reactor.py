@@ -10,18 +10,18 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 import zmq
 import zmq.utils.z85
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from appliance.core import nodes as corenodes
 from appliance.core import wire
 from appliance.core.settings import Settings
-from appliance.core.state import State
+from appliance.core.state import NodeKeys
 from appliance.server.clock import Clock
+from appliance.server.outbound import NodeSigner, ServerBeat
 from appliance.zmqio import TrioSocket
 
 # (node key, ROUTER address, validated body, now): the dispatcher's ``node_message``
@@ -39,22 +39,36 @@ def zmq_endpoint(listen: str, port: int) -> str:
     return f"{listen.rstrip('/')}:{port}"
 
 
+class KeyView(Protocol):
+    """Where the sockets find each node's keys: the server's State, or an edge's copy."""
+
+    node_keys: dict[corenodes.NodeKey, NodeKeys]
+    curve_index: dict[str, corenodes.NodeKey]
+
+
 class Reactor:
+    """The node sockets. In the server (single-process mode) it signs and sends through
+    ``signer`` and publishes its own ``beat``; in an edge both are None: the coordinator sends
+    signed frames (`send_frames`) and beats (`publish`)."""
+
     def __init__(
         self,
         settings: Settings,
-        state: State,
-        server_key: RSAPrivateKey,
-        hostname: str,
+        keys: KeyView,
         clock: Clock,
-        table: corenodes.NodeTable,
+        *,
+        curve_secret: str | None,
+        signer: NodeSigner | None = None,
+        beat: ServerBeat | None = None,
+        listen_fds: dict[str, int] | None = None,
     ) -> None:
         self.settings = settings
-        self.state = state
-        self.server_key = server_key
-        self.hostname = hostname
+        self.keys = keys
+        self.curve_secret = curve_secret
         self.clock = clock
-        self.table = table  # read only: where each node's ROUTER address is
+        self.signer = signer
+        self.beat = beat
+        self.listen_fds = listen_fds or {}  # port name -> a listening socket (edges: USE_FD)
         self.ctx = zmq.Context(io_threads=1)
         self.ctx.max_sockets = 51200
         self.router: TrioSocket | None = None
@@ -62,8 +76,6 @@ class Reactor:
         self.dropped: Counter[str] = Counter()
         self.received: Counter[str] = Counter()  # validated node messages by type (bench)
         self._drop_log: dict[str, tuple[float, int, int]] = {}  # reason -> (since, logged, hidden)
-        self.sequences: dict[corenodes.NodeKey, int] = {}
-        self.heartbeat_sequence = 0
         self.bound: dict[str, int] = {}
 
     # Lifecycle -------------------------------------------------------------------------------
@@ -72,7 +84,7 @@ class Reactor:
     ) -> None:
         """Bind and serve the sockets, handing every valid node message to ``deliver``."""
         s = self.settings
-        curve = not s.disable_curve_encryption and self.state.server is not None
+        curve = not s.disable_curve_encryption and self.curve_secret is not None
         async with trio.open_nursery() as nursery:
             try:
                 if curve:
@@ -88,8 +100,8 @@ class Reactor:
                 router.setsockopt(zmq.SNDHWM, 100_000)
                 if curve:
                     router.curve_server = True
-                    router.curve_secretkey = self.state.server.curve_secret.encode("ascii")
-                self.bound["command_port"] = _bind(router, s.zeromq_listen_address, s.command_port)
+                    router.curve_secretkey = self.curve_secret.encode("ascii")
+                self.bound["command_port"] = self._bind(router, "command_port")
                 self.router = TrioSocket(router)
                 # XPUB in manual mode, not PUB: anyone may connect here (no CURVE), and libzmq
                 # keeps every distinct subscription in a trie of ~47 bytes per topic byte, so
@@ -98,13 +110,14 @@ class Reactor:
                 pub.linger = 0
                 pub.setsockopt(zmq.XPUB_MANUAL, 1)
                 pub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
-                self.bound["server_heartbeat_port"] = _bind(
-                    pub, s.zeromq_listen_address, s.server_heartbeat_port
-                )
+                self.bound["server_heartbeat_port"] = self._bind(pub, "server_heartbeat_port")
                 self.pub = TrioSocket(pub)
                 nursery.start_soon(self._subscription_loop)
                 nursery.start_soon(self._router_loop, deliver)
-                nursery.start_soon(self._heartbeat_loop)
+                if self.beat is not None:
+                    nursery.start_soon(
+                        self.beat.run, lambda: self.settings, self.clock, self.publish
+                    )
                 task_status.started(dict(self.bound))
                 await trio.sleep_forever()
             finally:
@@ -131,7 +144,7 @@ class Reactor:
         request_id = frames[1] if len(frames) > 1 else b""
         if len(frames) >= 7 and frames[5] == b"CURVE" and len(frames[6]) == 32:
             z85 = zmq.utils.z85.encode(frames[6]).decode("ascii")
-            if z85 in self.state.curve_index:
+            if z85 in self.keys.curve_index:
                 return [version, request_id, b"200", b"OK", b"", b""]
         self.dropped["zap_denied"] += 1
         return [version, request_id, b"400", b"No such client", b"", b""]
@@ -171,7 +184,7 @@ class Reactor:
                 return []
             key = (org, node)
             claimed.append(key)
-            found = self.state.node_keys.get(key)
+            found = self.keys.node_keys.get(key)
             return found.accepted_keys(now) if found else []
 
         try:
@@ -216,43 +229,46 @@ class Reactor:
         self._drop_log[reason] = (window_start, logged, suppressed)
 
     def send_to_node(self, key: corenodes.NodeKey, body: dict[str, Any], now: float) -> bool:
-        node = self.table.online(key)
-        keys = self.state.node_keys.get(key)
-        if node is None or node.address is None or keys is None or keys.session_key is None:
-            return False
-        seq = self.sequences.get(key, 0) + 1
-        self.sequences[key] = seq
-        frames = wire.hmac_frames(keys.session_key, wire.server_message(seq, now, body))
+        assert self.signer is not None
+        signed = self.signer.frames_for(key, body, now)
+        return signed is not None and self.send_frames(*signed)
+
+    def send_frames(self, address: bytes, frames: list[bytes]) -> bool:
+        """Frames already signed for the node at ``address`` (a ROUTER address here)."""
         assert self.router is not None
-        if not self.router.send_nowait([node.address, *frames]):
+        if not self.router.send_nowait([address, *frames]):
             self.dropped["unroutable"] += 1
             return False
         return True
 
     def forget(self, key: corenodes.NodeKey) -> None:
-        """The node went offline: its next session starts its message numbers again."""
-        self.sequences.pop(key, None)
+        if self.signer is not None:
+            self.signer.forget(key)
 
-    # Timers ----------------------------------------------------------------------------------
-    async def _heartbeat_loop(self) -> None:
-        assert self.pub is not None and self.state.server is not None
-        interval = self.settings.heartbeat_interval / 1000.0
-        next_beat = trio.current_time()
-        while True:
-            now = self.clock.now()
-            body = wire.server_heartbeat(
-                self.heartbeat_sequence, now, self.hostname, self.state.server.incarnation
-            )
-            frames = await trio.to_thread.run_sync(wire.rsa_frames, self.server_key, body)
+    def keys_changed(self, key: corenodes.NodeKey) -> None:
+        """The sockets read the server's own State: nothing to copy."""
+
+    def counters(self) -> tuple[Counter[str], Counter[str]]:
+        """Node messages received (by type) and dropped (by reason)."""
+        return self.received, self.dropped
+
+    def publish(self, frames: list[bytes]) -> None:
+        """A signed server heartbeat, to every subscribed node."""
+        if self.pub is not None:
             self.pub.send_nowait(frames)
-            self.heartbeat_sequence += 1
-            next_beat += interval
-            await trio.sleep_until(max(next_beat, trio.current_time()))
 
-
-def _bind(sock: zmq.Socket, listen: str, port: int) -> int:
-    """Bind ``listen:port`` (port 0 picks a free one, for tests) and return the bound port."""
-    if port == 0:
-        return sock.bind_to_random_port(listen.rstrip("/"))
-    sock.bind(zmq_endpoint(listen, port))
-    return port
+    def _bind(self, sock: zmq.Socket, name: str) -> int:
+        """Bind the port ``name`` (port 0 picks a free one, for tests); returns the bound port.
+        An edge binds a listening socket it was handed (``ZMQ_USE_FD``): several edges share
+        one port through SO_REUSEPORT."""
+        listen = self.settings.zeromq_listen_address.rstrip("/")
+        port = getattr(self.settings, name)
+        fd = self.listen_fds.get(name)
+        if fd is not None:
+            sock.setsockopt(zmq.USE_FD, fd)
+            sock.bind(zmq_endpoint(listen, port))
+            return port
+        if port == 0:
+            return sock.bind_to_random_port(listen)
+        sock.bind(zmq_endpoint(listen, port))
+        return port

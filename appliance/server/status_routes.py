@@ -8,6 +8,7 @@ from appliance.server import openapi
 from appliance.server.apidoc import json_reply, operation, ref, register, resp
 from appliance.server.auth import JSON
 from appliance.server.context import ServerContext
+from appliance.server.edges import EdgeHub
 from appliance.server.pushy_routes import json_response
 
 
@@ -30,10 +31,10 @@ async def status(ctx: ServerContext) -> Response:
         "advertised": ctx.advertiser.report(ctx.ports),
     }
     if request.args.get("counters") == "true":  # `pushy bench` reads the message rates
-        body["counters"] = {
-            "received": dict(ctx.reactor.received),
-            "dropped": dict(ctx.reactor.dropped),
-        }
+        received, dropped = ctx.reactor.counters()
+        body["counters"] = {"received": dict(received), "dropped": dict(dropped)}
+        if isinstance(ctx.reactor, EdgeHub):
+            body["counters"]["edges"] = ctx.reactor.report()
     return json_response(body)
 
 

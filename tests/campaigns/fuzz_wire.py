@@ -53,6 +53,7 @@ from appliance.server.clock import Clock
 from appliance.server.dispatcher import Dispatcher
 from appliance.server.feeds import Hub
 from appliance.server.livejobs import LiveJobs
+from appliance.server.outbound import NodeSigner
 from appliance.server.reactor import Reactor
 from tests.inproc import FakeRouter
 
@@ -478,7 +479,9 @@ class ServerPipeline:
             )
         )
         clock = Clock(start=EPOCH, follow_system=False)  # unused: every input carries its time
-        self.reactor = Reactor(s, self.state, None, "fuzzhost", clock, self.table)  # type: ignore[arg-type]
+        self.reactor = Reactor(
+            s, self.state, clock, curve_secret=None, signer=NodeSigner(self.state, self.table)
+        )
         self.reactor.ctx.term()  # no sockets here; the context is not needed
         self.router = FakeRouter()
         self.reactor.router = self.router  # type: ignore[assignment]

@@ -1,0 +1,57 @@
+"""Listening sockets several processes share (SO_REUSEPORT), for the edges' node ports.
+
+Every edge on a host binds its own listener on ``command_port`` and ``server_heartbeat_port``
+and hands it to libzmq (``ZMQ_USE_FD``); the kernel spreads new connections over the listeners,
+so nodes and firewalls see the same two ports as with one process. The coordinator holds a
+bound, never listening, socket on each port: it reserves the port (a port 0 becomes a real one)
+while edges come and go, and takes no connections itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+BACKLOG = 4096
+
+
+def host_of(zmq_address: str) -> str:
+    """The bind host of ``zeromq_listen_address`` (``tcp://*`` is every IPv4 address)."""
+    host = zmq_address.removeprefix("tcp://").rstrip("/")
+    if host == "*":
+        return "0.0.0.0"
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"edges bind their own listeners: zeromq_listen_address must be '*' or an IP "
+            f"address, not {zmq_address!r} (or set edge_processes = 0)"
+        ) from None
+    return host
+
+
+def _socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def reserve(host: str, port: int) -> socket.socket:
+    """A bound socket that never listens: holds ``port`` (0: a free one) for the edges."""
+    return _socket(host, port)
+
+
+def listener(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` that shares the port with the other edges'."""
+    sock = _socket(host, port)
+    sock.listen(BACKLOG)
+    return sock

@@ -1,0 +1,398 @@
+"""The coordinator's side of the edges: the link socket, the local edge processes it supervises,
+and the node sends it routes to the edge that holds each node.
+
+In edge mode (``edge_processes`` ≥ 1) the coordinator binds no node socket. Each edge (a
+``pushy edge`` process, see ``appliance.edge``) holds the nodes' ROUTER and PUB sockets, checks
+their messages, keeps their liveness, and forwards only what the node table needs
+(``core.edgelink``). This object stands where the reactor stands in single-process mode: the
+dispatcher's ``Outbound`` (signed sends, routed by the node's packed address), and the source
+of node messages, which it hands to the dispatcher like the reactor does.
+
+Local edges share the node ports through SO_REUSEPORT (``appliance.reuseport``); the coordinator
+reserves the ports and starts, watches and restarts the processes. Remote edges (``pushy edge
+--coordinator``, on other hosts) connect to the same link with a CURVE key listed in
+``STATE_DIR/edges/*.pub`` and serve the nodes that ``core.edgelink.assign`` gives them: the config
+endpoint hands those nodes the edge's addresses. An edge that dies or goes silent loses its
+nodes to ghosts (as a restart does); they reconnect, through ZeroMQ's reconnect or the client's
+reconfigure, to another edge and are reconciled with their jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import trio
+import zmq
+
+from appliance import reuseport
+from appliance.core import edgelink
+from appliance.core import nodes as corenodes
+from appliance.core.settings import Settings
+from appliance.core.state import State
+from appliance.server.clock import Clock
+from appliance.server.outbound import NodeSigner, ServerBeat
+from appliance.zmqio import TrioSocket
+
+log = logging.getLogger("pushy.edges")
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+EDGE_SILENCE_SECONDS = 5.0  # an edge reports every second; this much silence and it is lost
+EDGE_START_SECONDS = 30.0  # the longest a start waits for its local edges before READY
+RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
+LINK_KEY_FILE = "edge-link.key"  # the link's CURVE key pair (z85 public, newline, z85 secret)
+EDGE_KEYS_DIR = "edges"  # NAME.pub: the CURVE public keys of the remote edges allowed in
+ENV_LINK = "PUSHY_EDGE_LINK"  # local edges: "COORDINATOR_PUBLIC EDGE_PUBLIC EDGE_SECRET"
+
+
+def link_keypair(state_dir: Path) -> tuple[str, str]:
+    """The link's CURVE key pair, made (0600) the first time it is needed."""
+    path = state_dir / LINK_KEY_FILE
+    try:
+        public, secret = path.read_text().split()
+    except FileNotFoundError:
+        pub, sec = zmq.curve_keypair()
+        public, secret = pub.decode("ascii"), sec.decode("ascii")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{public}\n{secret}\n")
+    return public, secret
+
+
+def allowed_edge_keys(state_dir: Path) -> set[str]:
+    keys = set()
+    for path in (state_dir / EDGE_KEYS_DIR).glob("*.pub"):
+        try:
+            keys.add(path.read_text().strip())
+        except OSError:
+            continue
+    return keys
+
+
+@dataclass
+class EdgeInfo:
+    ident: bytes
+    name: str
+    pid: int | None
+    remote: dict[str, Any] | None  # where its nodes connect: host, command_port, heartbeat port
+    last_seen: float
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prefix(self) -> bytes:
+        return edgelink.pack_address(self.ident, b"")
+
+
+class EdgeHub:
+    def __init__(
+        self,
+        settings: Settings,
+        state: State,
+        clock: Clock,
+        *,
+        signer: NodeSigner,
+        beat: ServerBeat,
+        state_dir: Path,
+        count: int,
+        command: list[str],
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.clock = clock
+        self.signer = signer
+        self.beat = beat
+        self.state_dir = state_dir
+        self.count = count  # local edge processes
+        self.command = command  # how to start one: [*pushy_command(), "edge"]
+        self.ctx = zmq.Context(io_threads=1)
+        self.link: TrioSocket | None = None
+        self.edges: dict[bytes, EdgeInfo] = {}
+        self.live_jobs: Callable[[], list[str]] = list
+        self.dispatcher: Any = None  # set by build_context: node messages and edge events go there
+        self.received: Counter[str] = Counter()  # totals of edges that are gone
+        self.dropped: Counter[str] = Counter()
+        self.restarts = 0
+        self._local_public, self._local_secret = (k.decode() for k in zmq.curve_keypair())
+        self._reserved: list[socket.socket] = []
+        self.ports: dict[str, int] = {}
+        self._local_joined = trio.Event()
+
+    # Lifecycle -------------------------------------------------------------------------------
+    async def run(
+        self, deliver: Any = None, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Reserve the node ports, bind the link, start the local edges; serve until cancelled."""
+        s = self.settings
+        host = reuseport.host_of(s.zeromq_listen_address)
+        for name in ("command_port", "server_heartbeat_port"):
+            sock = reuseport.reserve(host, getattr(s, name))
+            self._reserved.append(sock)
+            self.ports[name] = sock.getsockname()[1]
+        public, secret = link_keypair(self.state_dir)
+        self._link_public = public
+        async with trio.open_nursery() as nursery:
+            try:
+                zap = TrioSocket(self.ctx.socket(zmq.REP))
+                zap.sock.linger = 0
+                zap.sock.bind(ZAP_ENDPOINT)
+                nursery.start_soon(self._zap_loop, zap)
+                link = self.ctx.socket(zmq.ROUTER)
+                link.linger = 0
+                link.setsockopt(zmq.ROUTER_MANDATORY, 1)
+                link.setsockopt(zmq.SNDHWM, 1_000_000)
+                link.setsockopt(zmq.RCVHWM, 1_000_000)
+                link.curve_server = True
+                link.curve_secretkey = secret.encode("ascii")
+                where = s.edge_link_address.rstrip("/")
+                if s.edge_link_port == 0:
+                    port = link.bind_to_random_port(where)
+                else:
+                    link.bind(f"{where}:{s.edge_link_port}")
+                    port = s.edge_link_port
+                self.ports["edge_link_port"] = port
+                self.link = TrioSocket(link)
+                connect_host = host if host not in ("0.0.0.0", "::") else "127.0.0.1"
+                self._url = f"tcp://{_bracket(connect_host)}:{port}"
+                nursery.start_soon(self._link_loop)
+                nursery.start_soon(self.beat.run, lambda: self.settings, self.clock, self._publish)
+                nursery.start_soon(self._watch)
+                for i in range(self.count):
+                    nursery.start_soon(self._supervise, i)
+                # ready means the node ports are served: wait (bounded) for the local edges
+                with trio.move_on_after(EDGE_START_SECONDS):
+                    await self._local_joined.wait()
+                if not self._local_joined.is_set():
+                    log.warning("not every local edge joined within %.0f s", EDGE_START_SECONDS)
+                task_status.started(dict(self.ports))
+                await trio.sleep_forever()
+            finally:
+                if self.link is not None:
+                    self.link.close()
+                nursery.cancel_scope.cancel()
+
+    def close(self) -> None:
+        for sock in self._reserved:
+            sock.close()
+        self.ctx.destroy(linger=0)
+
+    # Local edge processes --------------------------------------------------------------------
+    async def _supervise(self, index: int) -> None:
+        """Run local edge ``index``, and again whenever it exits."""
+        failures = 0
+        name = f"local-{index}"
+        env = dict(os.environ)
+        env[ENV_LINK] = f"{self._link_public} {self._local_public} {self._local_secret}"
+        while True:
+            argv = [*self.command, "--coordinator", self._url, "--name", name, "--local"]
+            started = trio.current_time()
+            proc = await trio.lowlevel.open_process(argv, env=env, stdin=subprocess.DEVNULL)
+            try:
+                code = await proc.wait()
+            finally:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+                    with trio.move_on_after(3):
+                        await proc.wait()
+                    if proc.returncode is None:
+                        proc.kill()
+            for info in [i for i in self.edges.values() if i.pid == proc.pid]:
+                self._lost(info, f"its process exited ({_exit_text(code)})")
+            failures = 0 if trio.current_time() - started > 30 else failures + 1
+            delay = RESTART_BACKOFF[min(failures, len(RESTART_BACKOFF) - 1)]
+            log.warning(
+                "edge %s exited (%s); restarting it in %.1f s", name, _exit_text(code), delay
+            )
+            self.restarts += 1
+            await trio.sleep(delay)
+
+    # The link --------------------------------------------------------------------------------
+    async def _zap_loop(self, zap: TrioSocket) -> None:
+        try:
+            while True:
+                frames = await zap.recv_multipart()
+                zap.send_nowait(self._zap_reply(frames))
+        finally:
+            zap.close()
+
+    def _zap_reply(self, frames: list[bytes]) -> list[bytes]:
+        version = frames[0] if frames else b"1.0"
+        request_id = frames[1] if len(frames) > 1 else b""
+        if len(frames) >= 7 and frames[5] == b"CURVE" and len(frames[6]) == 32:
+            key = zmq.utils.z85.encode(frames[6]).decode("ascii")
+            if key == self._local_public or key in allowed_edge_keys(self.state_dir):
+                return [version, request_id, b"200", b"OK", b"", b""]
+        log.warning("refused an edge link connection: its CURVE key is not allowed")
+        return [version, request_id, b"400", b"Not an edge of this server", b"", b""]
+
+    async def _link_loop(self) -> None:
+        assert self.link is not None
+        while True:
+            frames = await self.link.recv_multipart()
+            try:
+                self._on_link(frames)
+            except Exception:  # a bug must not take the link down
+                log.exception("error while handling an edge message")
+
+    def _on_link(self, frames: list[bytes]) -> None:
+        if len(frames) < 2:
+            return
+        ident, kind = frames[0], frames[1]
+        info = self.edges.get(ident)
+        now = self.clock.now()
+        if kind == edgelink.HELLO:
+            self._hello(ident, orjson.loads(frames[2]), now)
+            return
+        if info is None:
+            self._send(ident, [edgelink.WHO])
+            return
+        info.last_seen = now
+        d = self.dispatcher
+        if kind == edgelink.MSG:
+            body = orjson.loads(frames[3])
+            key = (body["org"], body["node"])
+            d.node_message(key, edgelink.pack_address(ident, frames[2]), body, now)
+        elif kind == edgelink.DOWN:
+            org, node, reason = orjson.loads(frames[3])
+            d.edge_down((org, node), edgelink.pack_address(ident, frames[2]), reason, now)
+        elif kind == edgelink.STATS:
+            info.stats = orjson.loads(frames[2])
+
+    def _hello(self, ident: bytes, hello: dict[str, Any], now: float) -> None:
+        name = str(hello.get("name", "?"))
+        remote = hello.get("advertise")
+        for other in [i for i in self.edges.values() if i.name == name and i.ident != ident]:
+            self._lost(other, "a new process of it said hello")
+        self.edges[ident] = EdgeInfo(ident, name, hello.get("pid"), remote, now)
+        if sum(1 for i in self.edges.values() if i.remote is None) >= self.count:
+            self._local_joined.set()
+        s = self.settings
+        setup = {
+            "settings": {
+                "zeromq_listen_address": s.zeromq_listen_address,
+                "command_port": self.ports["command_port"],
+                "server_heartbeat_port": self.ports["server_heartbeat_port"],
+                "max_body_size": s.max_body_size,
+                "max_time_skew": s.max_time_skew,
+                "heartbeat_interval": s.heartbeat_interval,
+                "decay_window": s.decay_window,
+                "down_threshold": s.down_threshold,
+                "detect_offline_nodes_interval": s.detect_offline_nodes_interval,
+                "disable_curve_encryption": s.disable_curve_encryption,
+            },
+            "curve_secret": self.state.server.curve_secret if self.state.server else None,
+            "keys": [edgelink.key_row(k, v) for k, v in self.state.node_keys.items()],
+            "jobs": self.live_jobs(),
+        }
+        self._send(ident, [edgelink.SETUP, orjson.dumps(setup)])
+        where = f" (nodes reach it at {remote.get('host')})" if remote else ""
+        log.info("edge %s (pid %s) joined%s", name, hello.get("pid"), where)
+
+    def _lost(self, info: EdgeInfo, why: str) -> None:
+        if self.edges.pop(info.ident, None) is None:
+            return
+        log.warning(
+            "edge %s (pid %s) is gone: %s; its nodes must reconnect", info.name, info.pid, why
+        )
+        self.received.update(info.stats.get("received", {}))
+        self.dropped.update(info.stats.get("dropped", {}))
+        self.dispatcher.edge_lost(info.prefix, self.clock.now())
+
+    async def _watch(self) -> None:
+        """Edges that went silent (hung, or a remote host gone) are lost."""
+        while True:
+            await trio.sleep(1.0)
+            now = self.clock.now()
+            for info in list(self.edges.values()):
+                if now - info.last_seen > EDGE_SILENCE_SECONDS:
+                    self._lost(info, f"silent for {now - info.last_seen:.0f} s")
+                    if info.pid is not None and info.remote is None:
+                        _kill(info.pid)  # the supervisor starts another
+
+    def _send(self, ident: bytes, frames: list[bytes]) -> bool:
+        return self.link is not None and self.link.send_nowait([ident, *frames])
+
+    def _broadcast(self, frames: list[bytes]) -> None:
+        for ident in self.edges:
+            self._send(ident, frames)
+
+    def _publish(self, beat: list[bytes]) -> None:
+        self._broadcast([edgelink.BEAT, *beat])
+
+    # Outbound (the dispatcher's) --------------------------------------------------------------
+    def send_to_node(self, key: corenodes.NodeKey, body: dict[str, Any], now: float) -> bool:
+        signed = self.signer.frames_for(key, body, now)
+        if signed is None:
+            return False
+        address, frames = signed
+        ident, router_address = edgelink.unpack_address(address)
+        if ident not in self.edges or not self._send(
+            ident, [edgelink.SEND, router_address, *frames]
+        ):
+            self.dropped["unroutable"] += 1
+            return False
+        return True
+
+    def forget(self, key: corenodes.NodeKey) -> None:
+        self.signer.forget(key)
+        self._broadcast([edgelink.FORGET, orjson.dumps(list(key))])
+
+    def keys_changed(self, key: corenodes.NodeKey) -> None:
+        """A node's session key or CURVE key changed (a config fetch), or its client is gone."""
+        row = edgelink.key_row(key, self.state.node_keys.get(key))
+        self._broadcast([edgelink.KEYS, orjson.dumps([row])])
+
+    def jobs_changed(self, job_id: str, live: bool) -> None:
+        change = {"add": [job_id], "remove": []} if live else {"add": [], "remove": [job_id]}
+        self._broadcast([edgelink.JOBS, orjson.dumps(change)])
+
+    # What the config endpoint and /pushy/_status read -----------------------------------------
+    def remote_for(self, key: corenodes.NodeKey) -> dict[str, Any] | None:
+        """The remote edge that serves this node (its advertised addresses), or None: local."""
+        remotes = {i.name: i.remote for i in self.edges.values() if i.remote}
+        if not remotes:
+            return None
+        group = edgelink.assign(key, ["", *sorted(remotes)])
+        return remotes.get(group or "")
+
+    def counters(self) -> tuple[Counter[str], Counter[str]]:
+        received, dropped = Counter(self.received), Counter(self.dropped)
+        for info in self.edges.values():
+            received.update(info.stats.get("received", {}))
+            dropped.update(info.stats.get("dropped", {}))
+        return received, dropped
+
+    def report(self) -> list[dict[str, Any]]:
+        return [
+            {"name": i.name, "pid": i.pid, "remote": i.remote, **i.stats}
+            for i in sorted(self.edges.values(), key=lambda i: i.name)
+        ]
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
