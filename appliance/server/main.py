@@ -331,6 +331,8 @@ def _announce(ctx: ServerContext, binds: list[str], ready_file: Path | None) -> 
         "incarnation_id": ctx.state.server.incarnation if ctx.state.server else None,
         "pid": os.getpid(),
     }
+    if "edge_link_port" in ctx.ports:  # edge mode: where edges on other hosts connect
+        info["edge_link_port"] = ctx.ports["edge_link_port"]
     log.info(
         "pushy server ready: api %s, command port %d, heartbeat port %d",
         binds[0],

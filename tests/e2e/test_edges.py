@@ -1,0 +1,261 @@
+"""Edges: the node sockets in separate processes (docs/architecture.md "Edges").
+
+Real server, real ``pushy edge`` processes (the server's own, and one started by hand on
+another loopback address as a remote host's would be), real ``pushy client`` processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from appliance.core import edgelink
+from tests.support import REPO, ClientFleet, Server, wait_for
+
+TRUE = '{"chef-client"=>"true"}'
+SLEEPER = '{"chef-client"=>"chef-client", "work"=>"sleep 3; echo done-$(hostname)"}'
+
+
+def counters(server: Server) -> dict[str, Any]:
+    r = httpx.get(f"{server.url}/pushy/_status?counters=true", timeout=10)
+    return r.json()["counters"]
+
+
+def edges(server: Server) -> list[dict[str, Any]]:
+    return counters(server)["edges"]
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    with Server(tmp_path / "state", edge_processes=2) as srv:
+        yield srv
+
+
+@pytest.fixture
+def fleet(server: Server, tmp_path: Path):
+    f = ClientFleet(server, "edgeorg", tmp_path / "clients")
+    yield f
+    f.close()
+
+
+def test_jobs_run_through_edges_and_steady_heartbeats_end_there(server, fleet) -> None:
+    names = [f"n{i}" for i in range(4)]
+    for name in names:
+        fleet.add(name, whitelist=TRUE)
+    fleet.wait_available(*names)
+    job = fleet.run("chef-client", names)
+    assert job["status"] == "complete" and job["nodes"] == {"succeeded": names}, job
+    found = wait_for(
+        lambda: (e := edges(server)) and sum(x["nodes"] for x in e) == 4 and e,
+        15,
+        what="the edges report the 4 nodes",
+    )
+    assert len(found) == 2 and all(x["pid"] and x["pid"] != server.proc.pid for x in found)
+    # once the nodes are idle their heartbeats (5 a second each here) end at the edges
+    wait_for(lambda: fleet.states() == dict.fromkeys(names, "available"), 15, what="idle")
+    first = edges(server)
+    absorbed = sum(x["absorbed"] for x in first)
+    forwarded = sum(x["forwarded"] for x in first)
+    wait_for(
+        lambda: sum(x["absorbed"] for x in edges(server)) > absorbed + 40,
+        15,
+        what="40 more heartbeats absorbed",
+    )
+    assert sum(x["forwarded"] for x in edges(server)) == forwarded
+    assert counters(server)["received"]["heartbeat"] >= absorbed
+
+
+def _kill_an_edge_with_nodes(server: Server) -> dict[str, Any]:
+    holder = wait_for(
+        lambda: next((x for x in edges(server) if x["nodes"] > 0), None),
+        15,
+        what="an edge that holds nodes",
+    )
+    os.kill(holder["pid"], signal.SIGKILL)
+    return holder
+
+
+def test_an_edge_killed_mid_job_is_restarted_and_the_job_finishes_with_its_output(
+    server, fleet
+) -> None:
+    names = [f"n{i}" for i in range(4)]
+    for name in names:
+        fleet.add(name, whitelist=SLEEPER)
+    fleet.wait_available(*names)
+    job_id = fleet.post("work", names, capture_output=True)
+    wait_for(lambda: fleet.job(job_id)["nodes"] == {"running": names}, 20, what="running")
+    killed = _kill_an_edge_with_nodes(server)
+    job = fleet.wait_job(job_id, 40)
+    assert job["status"] == "complete" and job["nodes"] == {"succeeded": names}, job
+    for name in names:
+        r = fleet.output(job_id, name)
+        assert r.status_code == 200 and r.text.startswith("done-"), (name, r.text)
+    # the edge came back as a new process; every node is served again, and runs jobs
+    wait_for(
+        lambda: any(
+            x["name"] == killed["name"] and x["pid"] != killed["pid"] for x in edges(server)
+        ),
+        20,
+        what="the killed edge restarted",
+    )
+    fleet.wait_available(*names)
+    assert fleet.run("work", names)["status"] == "complete"
+    assert "edge local-" in server.log() and "is gone" in server.log()
+
+
+def test_nodes_of_a_killed_edge_move_to_another_one_without_a_reset(server, fleet) -> None:
+    names = [f"m{i}" for i in range(6)]
+    for name in names:
+        fleet.add(name, whitelist=TRUE)
+    fleet.wait_available(*names)
+    before = {x["name"]: x for x in edges(server)}
+    killed = _kill_an_edge_with_nodes(server)
+    fleet.wait_available(*names, seconds=40)
+    # none of the moved nodes was taken offline (a ghost that speaks again resumes)
+    log = server.log()
+    assert "is offline" not in log, log[-3000:]
+    wait_for(
+        lambda: (e := edges(server)) and sum(x["nodes"] for x in e) == 6,
+        20,
+        what="all 6 nodes held again",
+    )
+    wait_for(
+        lambda: {x["name"] for x in edges(server)} == set(before),
+        20,
+        what="the killed edge back",
+    )
+    assert killed["nodes"] > 0
+    assert fleet.run("chef-client", names)["status"] == "complete"
+
+
+def test_single_process_mode_holds_the_sockets_itself(tmp_path) -> None:
+    with Server(tmp_path / "state", edge_processes=0) as server:
+        fleet = ClientFleet(server, "solo", tmp_path / "clients")
+        try:
+            fleet.add("n1", whitelist=TRUE)
+            fleet.wait_available("n1")
+            assert fleet.run("chef-client", ["n1"])["status"] == "complete"
+            c = counters(server)
+            assert "edges" not in c and c["received"]["heartbeat"] > 0
+            assert (
+                "pushy edge"
+                not in subprocess.run(
+                    ["ps", "-o", "args=", "--ppid", str(server.proc.pid)],
+                    capture_output=True,
+                    text=True,
+                ).stdout
+            )
+        finally:
+            fleet.close()
+
+
+def _split_names(count: int) -> tuple[list[str], list[str]]:
+    """Node names of which some go to the remote edge 'east' and some stay local."""
+    local, remote = [], []
+    i = 0
+    while len(local) < count or len(remote) < count:
+        name = f"r{i}"
+        i += 1
+        group = edgelink.assign(("edgeorg", name), ["", "east"])
+        side = remote if group == "east" else local
+        if len(side) < count:
+            side.append(name)
+    return local, remote
+
+
+def _start_edge(server: Server, creds: Path, log_path: Path) -> subprocess.Popen:
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [
+                *(sys.executable, "-m", "appliance", "edge"),
+                *("--coordinator", f"tcp://127.0.0.1:{server.ports['edge_link_port']}"),
+                *("--credentials", str(creds), "--listen", "tcp://127.0.0.2"),
+                *("--command-port", "0", "--heartbeat-port", "0"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+
+def _stop(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(10)
+
+
+def test_a_remote_edge_on_another_address_serves_the_nodes_assigned_to_it(
+    server, fleet, tmp_path
+) -> None:
+    creds = tmp_path / "east.edge"
+    made = subprocess.run(
+        [sys.executable, "-m", "appliance", "edge-key", "east"]
+        + ["--state-dir", str(server.state_dir), "-o", str(creds)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+    )
+    assert made.returncode == 0, made.stderr
+    assert creds.stat().st_mode & 0o777 == 0o600
+    edge = _start_edge(server, creds, tmp_path / "east.log")
+    try:
+        east = wait_for(
+            lambda: next((x for x in edges(server) if x["name"] == "east"), None),
+            20,
+            what="the remote edge joined",
+        )
+        assert east["remote"]["host"] == "127.0.0.2" and east["remote"]["command_port"] > 0
+        local, remote = _split_names(2)
+        for name in local + remote:
+            fleet.add(name, whitelist=TRUE)
+        fleet.wait_available(*local, *remote)
+        # the config endpoint sent the nodes assigned to 'east' there, the others here
+        held = wait_for(
+            lambda: {x["name"]: x["nodes"] for x in edges(server)},
+            5,
+            what="edge node counts",
+        )
+        assert held["east"] == len(remote) and sum(held.values()) == 4, held
+        job = fleet.run("chef-client", local + remote)
+        assert job["status"] == "complete" and job["nodes"] == {
+            "succeeded": sorted(local + remote)
+        }, job
+    finally:
+        code = _stop(edge)
+    assert code == 0, (tmp_path / "east.log").read_text()
+
+
+def test_an_edge_with_a_key_the_server_does_not_know_is_refused(server, tmp_path) -> None:
+    import zmq
+
+    public, secret = (k.decode() for k in zmq.curve_keypair())
+    link_public = (server.state_dir / "edge-link.key").read_text().split()[0]
+    creds = tmp_path / "stranger.edge"
+    creds.write_text(
+        json.dumps(
+            {
+                "name": "stranger",
+                "coordinator_public": link_public,
+                "public": public,
+                "secret": secret,
+            }
+        )
+    )
+    edge = _start_edge(server, creds, tmp_path / "stranger.log")
+    try:
+        wait_for(lambda: "refused an edge link connection" in server.log(), 20, what="the refusal")
+        assert all(x["name"] != "stranger" for x in edges(server))
+    finally:
+        _stop(edge)
