@@ -205,7 +205,8 @@ class EdgeHub:
                         proc.kill()
             for info in [i for i in self.edges.values() if i.pid == proc.pid]:
                 self._lost(info, f"its process exited ({_exit_text(code)})")
-            failures = 0 if trio.current_time() - started > 30 else failures + 1
+            # a crash loop dies at start; an edge that served a while starts again at once
+            failures = 0 if trio.current_time() - started > 5 else failures + 1
             delay = RESTART_BACKOFF[min(failures, len(RESTART_BACKOFF) - 1)]
             log.warning(
                 "edge %s exited (%s); restarting it in %.1f s", name, _exit_text(code), delay

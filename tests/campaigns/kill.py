@@ -246,7 +246,10 @@ def read_feed(api: Chef, org: str, job_id: str, seconds: float = 0.5) -> list[tu
                     events.append(None)
                     break
     except httpx.ReadTimeout:
-        pass  # idle: the backlog and everything after it were read
+        # idle: the backlog and everything after it were read; unless nothing came at all (a
+        # feed starts with its backlog, so the server was only slow to answer): partial
+        if not events:
+            events.append(None)
     except (httpx.ReadError, httpx.RemoteProtocolError):
         events.append(None)  # cut by a kill: what arrived was seen all the same
     if events and events[0] is not None and events[0][0] == "summary":
@@ -647,14 +650,15 @@ class Summary:
     reads: int = 0
     torn_tails: int = 0
     snapshots: int = 0
+    edge_kills: int = 0  # kill -9 of an edge process (the server restarts it) instead
     seconds: float = 0.0
     violations: list[str] = field(default_factory=list)
     workdir: str = ""
 
     def line(self) -> str:
         return (
-            f"seed {self.seed}: {self.kills} kills survived ({self.kills_with_live_jobs} with "
-            f"live jobs), {self.jobs_created} jobs created, "
+            f"seed {self.seed}: {self.kills} kills survived ({self.edge_kills} of an edge, "
+            f"{self.kills_with_live_jobs} with live jobs), {self.jobs_created} jobs created, "
             f"{self.jobs_checked} job checks, {self.outputs_seen} outputs "
             f"({self.outputs_checked} output checks), {self.identity_changes} identity changes "
             f"({self.identity_checked} checks), {self.events_checked} SSE events checked, "
@@ -681,9 +685,11 @@ class Campaign:
         max_delay: float = 0.6,
         max_seconds: float = 3600.0,
         segment_max_bytes: int = 256 * 1024,
+        edge_share: float = 0.0,
         progress: Callable[[str], None] = _stderr,
     ) -> None:
         self.kills = kills
+        self.edge_share = edge_share  # the share of kills aimed at an edge process
         self.rng = random.Random(seed)
         self.summary = Summary(seed=seed, workdir=str(workdir))
         self.node_names = [f"kc-node{i}" for i in range(1, nodes + 1)]
@@ -704,6 +710,7 @@ class Campaign:
         self.driver = Driver(self.rng, self.told, self.node_names)
         self.fleet: ClientFleet | None = None
         self.log_offset = 0
+        self.edge_target: int | None = None
 
     # setup ------------------------------------------------------------------------------------
     def api(self) -> Chef:
@@ -731,9 +738,33 @@ class Campaign:
     def kill_now(self) -> None:
         assert self.server.proc is not None
         try:
-            os.kill(self.server.proc.pid, signal.SIGKILL)
+            os.kill(self.edge_target or self.server.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+    def edges(self) -> list[dict]:
+        r = httpx.get(f"{self.server.url}/pushy/_status?counters=true", timeout=10)
+        return r.json()["counters"].get("edges", [])
+
+    def aim(self) -> None:
+        """Aim the next kill at the server, or (``edge_share`` of the time) at one of its edges."""
+        self.edge_target = None
+        if self.edge_share and self.rng.random() < self.edge_share:
+            pids = sorted(e["pid"] for e in self.edges() if e.get("pid") and not e["remote"])
+            if pids:
+                self.edge_target = self.rng.choice(pids)
+
+    def edge_back(self, killed: int, seconds: float = 30.0) -> float:
+        """Wait until the server replaced the killed edge (every edge serves again)."""
+        count = len(self.edges())
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            found = self.edges()
+            pids = {e["pid"] for e in found}
+            if killed not in pids and len(found) >= count and len(found) > 1:
+                return time.monotonic() - started
+            time.sleep(0.1)
+        raise RuntimeError(f"edge {killed} was not replaced within {seconds:.0f} s")
 
     def workload_then_kill(self) -> str:
         """Random operations, then the kill; returns how the kill was placed."""
@@ -760,12 +791,14 @@ class Campaign:
                 while done < 200:  # bounded: the timer fires within 0.4 s
                     done += 1
                     driver.op()
-                    if self.server.proc.poll() is not None:
+                    if self.edge_target is None and self.server.proc.poll() is not None:
                         break
             except Killed:
                 pass
             timer.join()
             how = f"in flight, {delay:.2f} s into {done} ops"
+        if self.edge_target is not None:
+            return f"edge {self.edge_target} {how}"
         self.server.proc.wait(10)
         return how
 
@@ -851,6 +884,7 @@ class Campaign:
                 if time.monotonic() > self.deadline:
                     self.record([f"stopped after {k - 1} kills: the time bound ran out"])
                     break
+                self.aim()
                 try:
                     how = self.workload_then_kill()
                 except Killed as exc:  # the server died on its own
@@ -861,7 +895,11 @@ class Campaign:
                 live = sum(1 for j in self.told.jobs.values() if job_rank(j.status) < 3)
                 s.kills_with_live_jobs += live > 0
                 try:
-                    took = self.restart()
+                    if self.edge_target is not None:
+                        took = self.edge_back(self.edge_target)
+                        s.edge_kills += 1
+                    else:
+                        took = self.restart()
                 except RuntimeError as exc:
                     self.record([f"kill {k}: the server did not start again: {exc}"])
                     break
@@ -924,6 +962,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--segment-max-bytes", type=int, default=256 * 1024, help="log segment size (snapshots)"
     )
+    parser.add_argument(
+        "--edge-share",
+        type=float,
+        default=0.0,
+        help="share of the kills aimed at an edge process instead of the server (default 0)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temp dir")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -942,6 +986,7 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat_interval=args.heartbeat_interval,
         max_seconds=args.max_seconds,
         segment_max_bytes=args.segment_max_bytes,
+        edge_share=args.edge_share,
     )
     if args.json:
         print(json.dumps(summary.__dict__, indent=2))

@@ -93,6 +93,25 @@ def test_kill_campaign_slice_has_no_violations(tmp_path):
     ], report
 
 
+def test_kill_campaign_slice_with_edges_killed_has_no_violations(tmp_path):
+    """kill -9 of edge processes mid-workload: no acknowledged job or output is lost, every job
+    finishes, the server replaces each edge and the fleet runs a new job on every node."""
+    lines: list[str] = []
+    summary = run_campaign(
+        kills=4,
+        seed=SEED + 1,
+        nodes=3,
+        workdir=tmp_path,
+        max_ops=6,
+        edge_share=0.75,
+        progress=lines.append,
+    )
+    report = "\n".join(lines)
+    assert summary.violations == [], report
+    assert summary.kills == 4 and summary.edge_kills >= 2, report
+    assert summary.jobs_created > 0 and summary.jobs_checked >= summary.jobs_created, report
+
+
 # ---------------------------------------------------------------------------------------------
 # The checker catches what it must (so the campaign cannot pass silently)
 
