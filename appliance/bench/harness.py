@@ -144,6 +144,47 @@ def heartbeats_received(status: dict[str, Any]) -> int | None:
     return int(counters.get("received", {}).get("heartbeat", 0))
 
 
+def edge_costs(
+    before: dict[str, Any], after: dict[str, Any], seconds: float
+) -> list[dict[str, Any]]:
+    """Each edge process at the end of a phase: nodes, CPU % over the phase, RSS, descriptors
+    (as the edges report them in ``/pushy/_status?counters=true``)."""
+    start = {e["name"]: e for e in (before.get("counters") or {}).get("edges", [])}
+    out = []
+    for e in (after.get("counters") or {}).get("edges", []):
+        was = start.get(e["name"], {})
+        cpu0 = was.get("cpu_seconds") if was.get("pid") == e.get("pid") else 0.0  # restarted
+        cpu = e.get("cpu_seconds")
+        out.append(
+            {
+                "name": e["name"],
+                "pid": e.get("pid"),
+                "nodes": e.get("nodes"),
+                "cpu_percent": None
+                if cpu is None or cpu0 is None or seconds <= 0
+                else round(100 * (cpu - cpu0) / seconds, 1),
+                "rss_mib": mib(e.get("rss_kib")),
+                "fds": e.get("fds"),
+                "forwarded": e.get("forwarded"),
+                "absorbed": e.get("absorbed"),
+            }
+        )
+    return out
+
+
+def edge_rows(results: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Report rows: one per edge (nodes, CPU %, RSS MiB, descriptors)."""
+    rows = []
+    for e in results.get("edges") or []:
+        rows.append(
+            (
+                f"edge {e['name']}: nodes, CPU %, RSS MiB, fds",
+                f"{e['nodes']}, {e['cpu_percent']}, {e['rss_mib']}, {e['fds']}",
+            )
+        )
+    return rows
+
+
 # Running a fleet -----------------------------------------------------------------------------
 @dataclass
 class Run:
@@ -184,7 +225,11 @@ async def with_fleet(
             run.t0 = fleet.start()
             progress(f"starting {len(setup.names)} nodes over {args.ramp:g} s")
             await wait_available(run, args.available_timeout + args.ramp, "connecting")
+            before = await trio.to_thread.run_sync(server_status, setup.url)
+            started = time.monotonic()
             results = await body(run)
+            after = await trio.to_thread.run_sync(server_status, setup.url)
+            results["edges"] = edge_costs(before, after, time.monotonic() - started)
         finally:
             with trio.CancelScope(shield=True):
                 progress("stopping the fleet")
@@ -249,7 +294,7 @@ def finish(
     if setup.notes:
         results["notes"] = setup.notes
     path = report.write(scenario, params, results, directory=setup.args.results_dir)
-    print(report.table([("metric", "value"), *rows]))
+    print(report.table([("metric", "value"), *rows, *edge_rows(results)]))
     print(f"\nresults: {path}")
     return 0
 
