@@ -40,12 +40,16 @@ SEND = b"send"  # [SEND, router address, header, body]: signed frames for one no
 BEAT = b"beat"  # [BEAT, header, body]: the signed server heartbeat, to publish
 JOBS = b"jobs"  # [JOBS, json {"add": [...], "remove": [...]}]: the live job ids changed
 FORGET = b"forget"  # [FORGET, json [org, node]]: the coordinator took the node offline
+SETTINGS = b"settings"  # [SETTINGS, json]: live settings the edges apply (a reload)
 WHO = b"who"  # [WHO]: "I do not know you" (the coordinator restarted): say hello again
 # edge -> coordinator
 HELLO = b"hello"  # [HELLO, json]: name, pid, where nodes reach it (remote edges)
 MSG = b"msg"  # [MSG, router address, body json]: a checked node message to forward
 DOWN = b"down"  # [DOWN, router address, json [org, node, reason]]: the node stopped beating
 STATS = b"stats"  # [STATS, json]: counters, CPU, descriptors, RSS (also the edge's beat)
+
+# the live settings an edge applies when the server reloads (the edge checks timestamps)
+LIVE_AT_EDGES = ("max_time_skew",)
 
 
 def pack_address(edge: bytes, address: bytes) -> bytes:

@@ -11,6 +11,7 @@ learns its nodes again without any of them reconnecting.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -238,6 +239,9 @@ class Edge:
         elif kind == edgelink.SETUP:
             log.info("a coordinator set this edge up again: its nodes are announced anew")
             self._apply_setup(orjson.loads(frames[1]), self.reactor.settings)
+        elif kind == edgelink.SETTINGS:
+            live = {k: v for k, v in orjson.loads(frames[1]).items() if k in edgelink.LIVE_AT_EDGES}
+            self.reactor.settings = dataclasses.replace(self.reactor.settings, **live)
         elif kind == edgelink.WHO:
             self.link.send_nowait(self._hello())
 

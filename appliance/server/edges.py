@@ -350,6 +350,12 @@ class EdgeHub:
         row = edgelink.key_row(key, self.state.node_keys.get(key))
         self._broadcast([edgelink.KEYS, orjson.dumps([row])])
 
+    def apply_settings(self, settings: Settings) -> None:
+        """A reload: the running settings, and the live ones the edges read."""
+        self.settings = settings
+        live = {key: getattr(settings, key) for key in edgelink.LIVE_AT_EDGES}
+        self._broadcast([edgelink.SETTINGS, orjson.dumps(live)])
+
     def jobs_changed(self, job_id: str, live: bool) -> None:
         change = {"add": [job_id], "remove": []} if live else {"add": [], "remove": [job_id]}
         self._broadcast([edgelink.JOBS, orjson.dumps(change)])

@@ -408,7 +408,8 @@ def _reload_settings(ctx: ServerContext, reread: Callable[[], tuple[Settings, li
 
 def apply_settings(ctx: ServerContext, settings: Settings) -> None:
     """Make ``settings`` the running ones wherever a live setting is read (see LIVE_KEYS)."""
-    ctx.settings = ctx.reactor.settings = ctx.dispatcher.settings = ctx.timers.settings = settings
+    ctx.settings = ctx.dispatcher.settings = ctx.timers.settings = settings
+    ctx.reactor.apply_settings(settings)
     ctx.store.retention = settings.job_retention_days * 86400.0
     table = ctx.dispatcher.table
     table.params = dataclasses.replace(table.params, rehab_interval=settings.rehab_seconds)

@@ -248,6 +248,9 @@ class Reactor:
     def keys_changed(self, key: corenodes.NodeKey) -> None:
         """The sockets read the server's own State: nothing to copy."""
 
+    def apply_settings(self, settings: Settings) -> None:
+        self.settings = settings
+
     def counters(self) -> tuple[Counter[str], Counter[str]]:
         """Node messages received (by type) and dropped (by reason)."""
         return self.received, self.dropped

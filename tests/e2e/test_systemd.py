@@ -20,13 +20,16 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 
+from appliance.core import wire
 from appliance.core.keys import generate_rsa, private_pem
 from appliance.core.settings import LIVE_KEYS, Settings, load_settings, reload_settings
 from appliance.server import main as server_main
@@ -210,7 +213,16 @@ def test_reload_applies_live_settings_and_keeps_nodes(server: Server, notify: No
     # the node was not dropped: still available, and no fresh opening abort came
     wait_available(admin, org, node)
     assert node.take("abort") == []
-    # new values: the config a node fetches, and a job's voting timeout (60 s before)
+
+    # new values: what the sockets (in the edges) accept: a message 200 s old is dropped now
+    def stale_dropped() -> int:
+        status = httpx.get(f"{server.url}/pushy/_status?counters=true", timeout=10).json()
+        return status["counters"]["dropped"].get("bad_timestamp", 0)
+
+    dropped = stale_dropped()
+    node.send("heartbeat", timestamp=wire.http_date(time.time() - 200))
+    wait_for(lambda: stale_dropped() == dropped + 1, 10, (node,), what="the stale message dropped")
+    # the config a node fetches, and a job's voting timeout (60 s before)
     assert node.fetch_config().json()["max_message_skew"] == 123
     job_id = post_job(admin, org, ["live1"])
     node.expect("commit")  # over the connection opened before the reload; not answered
