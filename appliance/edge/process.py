@@ -138,7 +138,14 @@ class Edge:
 
     async def _first_setup(self) -> dict[str, Any]:
         assert self.link is not None
-        while True:
+        for attempt in itertools.count(1):
+            if attempt % 5 == 0:  # said every 10 s until a coordinator answers
+                log.warning(
+                    "no answer from the coordinator at %s after %d s: is it running in edge "
+                    "mode and reachable there, and does it know this edge's key (pushy edge-key)?",
+                    self.opts.coordinator,
+                    int(attempt * HELLO_EVERY_SECONDS),
+                )
             self.link.send_nowait(self._hello())
             with trio.move_on_after(HELLO_EVERY_SECONDS):
                 while True:

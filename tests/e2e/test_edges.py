@@ -257,5 +257,10 @@ def test_an_edge_with_a_key_the_server_does_not_know_is_refused(server, tmp_path
     try:
         wait_for(lambda: "refused an edge link connection" in server.log(), 20, what="the refusal")
         assert all(x["name"] != "stranger" for x in edges(server))
+        # the edge says what may be wrong, instead of waiting in silence
+        log = tmp_path / "stranger.log"
+        wait_for(
+            lambda: "does it know this edge's key" in log.read_text(), 20, what="the edge's hint"
+        )
     finally:
         _stop(edge)
