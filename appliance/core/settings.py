@@ -63,7 +63,8 @@ IGNORED_KEYS = frozenset(
 # "*", an interface or host name, an IPv4 address, or a bracketed IPv6 address.
 _ZMQ_ADDRESS = re.compile(r"tcp://(\*|[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-_MAX_COUNT = 2**31 - 1  # same ceiling as a job's run_timeout
+_MAX_COUNT = 2**31 - 1
+EDGE_SPARE_FDS = 1024  # an edge's descriptors besides its nodes' (and room to grow)  # same ceiling as a job's run_timeout
 
 
 class SettingsError(ValueError):
@@ -111,11 +112,16 @@ class Settings:
     edge_link_address: str = "tcp://127.0.0.1"  # "tcp://*" lets edges on other hosts in
     edge_link_port: int = 0  # 0: a free port (enough for local edges); remote ones need one
 
-    def edge_count(self, cores: int | None) -> int:
-        """How many local edge processes to run on a machine with ``cores`` CPUs."""
-        if self.edge_processes == "auto":
-            return max(2, min(cores or 1, 8))
-        return int(self.edge_processes)
+    def edge_count(self, cores: int | None, known_nodes: int = 0, fd_limit: int = 0) -> int:
+        """How many local edge processes to run. ``auto``: one per core (at least 2, at most
+        8), and enough that the nodes known so far fit in each edge's descriptor limit (2 per
+        node, plus room for everything else), up to 64."""
+        if self.edge_processes != "auto":
+            return int(self.edge_processes)
+        count = max(2, min(cores or 1, 8))
+        if known_nodes and fd_limit > EDGE_SPARE_FDS:
+            count = max(count, -(-2 * known_nodes // (fd_limit - EDGE_SPARE_FDS)))
+        return min(count, 64)
 
     @property
     def heartbeat_seconds(self) -> float:

@@ -24,6 +24,7 @@ import dataclasses
 import gc
 import logging
 import os
+import resource
 import signal
 import socket
 import time
@@ -224,7 +225,9 @@ def build_context(
     signer = NodeSigner(state, table)
     assert state.server is not None  # open_store wrote the server's identity
     beat = ServerBeat(server_key, hostname, state.server.incarnation)
-    edges = settings.edge_count(os.cpu_count())
+    edges = settings.edge_count(
+        os.cpu_count(), len(state.node_keys), resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    )
     sockets: Reactor | EdgeHub
     if edges:
         table.params = dataclasses.replace(table.params, at_edges=True)

@@ -220,3 +220,16 @@ def test_a_real_toml_file() -> None:
     with pytest.raises(SettingsError) as info:
         load_settings(tomllib.loads("[pushy]\napi_port = 1"), {})
     assert str(info.value) == "unknown setting 'pushy'"
+
+
+def test_auto_edges_follow_the_cores_and_the_descriptor_limit() -> None:
+    auto, _ = load_settings({}, {})
+    assert auto.edge_count(1) == 2 and auto.edge_count(4) == 4 and auto.edge_count(32) == 8
+    assert auto.edge_count(None) == 2
+    # 20,000 known nodes under a 20,000-descriptor limit: 40,000 descriptors need 3 edges
+    assert auto.edge_count(2, 20_000, 20_000) == 3
+    assert auto.edge_count(2, 20_000, 65_536) == 2
+    assert auto.edge_count(2, 10_000_000, 20_000) == 64
+    fixed, _ = load_settings({"edge_processes": 1}, {})
+    assert fixed.edge_count(8, 20_000, 20_000) == 1
+    assert load_settings({"edge_processes": 0}, {})[0].edge_count(8) == 0
