@@ -4,9 +4,11 @@ the key rows an edge checks messages with, the edge's forwarding rule and node a
 An edge holds the node sockets (docs/architecture.md "Edges"). It checks every node message
 (CURVE, HMAC, JSON) and keeps each node's liveness, and forwards to the coordinator only what
 the coordinator's node table needs: every non-heartbeat message, and a heartbeat only when it
-says something new — the node's first message here, a new ROUTER address, a new incarnation, a
-new job or job state, or a job the coordinator does not know as live. Heartbeats that only say
-"still here" end at the edge, so the coordinator's loop does no per-heartbeat work.
+says something the table acts on — the node's first message here (a first contact, or a node
+to reconcile after a restart or a lost edge), a new ROUTER address, a new incarnation, or a job
+the coordinator does not know as live (a stray job: rehab). Job progress comes in the job
+messages themselves, so heartbeats that only say "still here" or "still running J" end at the
+edge, and the coordinator's loop does no per-heartbeat work.
 
 Link messages are ZeroMQ multipart: ``[KIND, ...frames]``; JSON parts are encoded by the shell.
 """
@@ -118,7 +120,6 @@ class Seen:
 
     address: bytes
     incarnation: Any
-    job: tuple[Any, Any] | None
     health: liveness.Health | None = None
 
 
@@ -141,10 +142,9 @@ class EdgeNodes:
         this heartbeat is not forwarded); its next message is a first contact again."""
         seen = self.seen.get(key)
         is_beat = body.get("type") == "heartbeat"
-        job = (job_id_of(body), body.get("job_state")) if is_beat else None
         incarnation = body.get("incarnation_id")
         if seen is None:
-            seen = self.seen[key] = Seen(address, incarnation, job)
+            seen = self.seen[key] = Seen(address, incarnation)
             if is_beat:
                 seen.health = liveness.create(now, self.params.threshold)
             return True, None
@@ -158,10 +158,9 @@ class EdgeNodes:
             ):
                 del self.seen[key]
                 return False, "heartbeat rate fell below the threshold"
-            job_id = job[0] if job is not None else None
-            if job != seen.job or (job_id is not None and job_id not in self.live_jobs):
+            job_id = job_id_of(body)
+            if job_id is not None and job_id not in self.live_jobs:
                 forward = True
-            seen.job = job
         seen.address, seen.incarnation = address, incarnation
         if forward:
             self.forwarded += 1
