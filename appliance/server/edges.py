@@ -197,9 +197,9 @@ class EdgeHub:
             try:
                 code = await proc.wait()
             finally:
-                if proc.returncode is None:
+                if proc.returncode is None:  # the server stops: so does its edge
                     proc.send_signal(signal.SIGTERM)
-                    with trio.move_on_after(3):
+                    with trio.CancelScope(shield=True), trio.move_on_after(3):
                         await proc.wait()
                     if proc.returncode is None:
                         proc.kill()
