@@ -25,6 +25,7 @@ Decisions beyond the original (see DESIGN.md):
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,6 +185,10 @@ def apply_change(job: Job, change: list[Any], t: float) -> None:
             known = False
         if name not in nodes or not known:
             raise ValueError(f"bad node change {change!r}")
+        counts = job.__dict__.get("_counts")  # kept only for jobs the FSM asked about
+        if counts is not None:
+            counts[nodes[name]] -= 1
+            counts[status] += 1
         nodes[name] = status
     elif kind == "status":
         _, status = change
@@ -410,16 +415,30 @@ def _start_data(job: Job) -> dict[str, Any]:
     return data
 
 
+def _status_counts(job: Job) -> Counter[str]:
+    """How many of the job's nodes are in each status: counted once, then kept up to date by
+    ``apply_change`` (a non-field attribute: never logged, never in a snapshot). Scanning the
+    nodes after every message instead made a 20,000-node job quadratic (16 s of votes and
+    results)."""
+    counts = job.__dict__.get("_counts")
+    if counts is None:
+        counts = job.__dict__["_counts"] = Counter(job.nodes.values())
+    return counts
+
+
 def _maybe_finished_running(tx: _Tx) -> None:
     job = tx.job
-    if job.status == "running" and not any(s in ("ready", "running") for s in job.nodes.values()):
+    if job.status != "running":
+        return
+    counts = _status_counts(job)
+    if counts["ready"] == 0 and counts["running"] == 0:
         tx.finish("complete")
 
 
 def _maybe_finished_voting(tx: _Tx) -> None:
     """§5.4, checked after every voting-phase input."""
     job = tx.job
-    if job.status != "voting" or "new" in job.nodes.values():
+    if job.status != "voting" or _status_counts(job)["new"]:
         return
     ready = [n for n, s in job.nodes.items() if s == "ready"]
     if len(ready) >= job.quorum:

@@ -6,6 +6,7 @@ import calendar
 import dataclasses
 import json
 import re
+from collections import Counter
 
 import pytest
 from hypothesis import given, settings
@@ -994,6 +995,10 @@ def test_replay_rebuilds_the_same_job(n_nodes, quorum, unavailable, script, opti
             assert step == jobfsm.Step()
         finished_effects += sum(isinstance(e, Finished) for e in step.effects)
         json.dumps(step.changes)  # durable changes are JSON
+        # the kept status counts (what ends voting and running) match the nodes
+        counts = r.job.__dict__.get("_counts")
+        if counts is not None:
+            assert +counts == Counter(r.job.nodes.values())
     job = r.job
     assert finished_effects == (1 if jobfsm.job_finished(job) else 0)
     assert r.replayed() == job
