@@ -157,27 +157,28 @@ def test_single_process_mode_holds_the_sockets_itself(tmp_path) -> None:
             fleet.close()
 
 
-def _split_names(count: int) -> tuple[list[str], list[str]]:
-    """Node names of which some go to the remote edge 'east' and some stay local."""
-    local, remote = [], []
+def _names_by_group(groups: list[str], count: int) -> dict[str, list[str]]:
+    """``count`` node names for each edge group ("" is the server's own edges)."""
+    found: dict[str, list[str]] = {g: [] for g in groups}
     i = 0
-    while len(local) < count or len(remote) < count:
+    while any(len(v) < count for v in found.values()):
         name = f"r{i}"
         i += 1
-        group = edgelink.assign(("edgeorg", name), ["", "east"])
-        side = remote if group == "east" else local
-        if len(side) < count:
-            side.append(name)
-    return local, remote
+        group = edgelink.assign(("edgeorg", name), groups)
+        if group is not None and len(found[group]) < count:
+            found[group].append(name)
+    return found
 
 
-def _start_edge(server: Server, creds: Path, log_path: Path) -> subprocess.Popen:
+def _start_edge(
+    server: Server, creds: Path, log_path: Path, listen: str = "tcp://127.0.0.2"
+) -> subprocess.Popen:
     with open(log_path, "wb") as log:
         return subprocess.Popen(
             [
                 *(sys.executable, "-m", "appliance", "edge"),
                 *("--coordinator", f"tcp://127.0.0.1:{server.ports['edge_link_port']}"),
-                *("--credentials", str(creds), "--listen", "tcp://127.0.0.2"),
+                *("--credentials", str(creds), "--listen", listen),
                 *("--command-port", "0", "--heartbeat-port", "0"),
             ],
             stdout=log,
@@ -195,12 +196,9 @@ def _stop(proc: subprocess.Popen) -> int:
         return proc.wait(10)
 
 
-def test_a_remote_edge_on_another_address_serves_the_nodes_assigned_to_it(
-    server, fleet, tmp_path
-) -> None:
-    creds = tmp_path / "east.edge"
+def _edge_key(server: Server, name: str, creds: Path) -> None:
     made = subprocess.run(
-        [sys.executable, "-m", "appliance", "edge-key", "east"]
+        [sys.executable, "-m", "appliance", "edge-key", name]
         + ["--state-dir", str(server.state_dir), "-o", str(creds)],
         capture_output=True,
         text=True,
@@ -209,32 +207,48 @@ def test_a_remote_edge_on_another_address_serves_the_nodes_assigned_to_it(
     )
     assert made.returncode == 0, made.stderr
     assert creds.stat().st_mode & 0o777 == 0o600
-    edge = _start_edge(server, creds, tmp_path / "east.log")
+
+
+def test_remote_edges_on_other_addresses_serve_the_nodes_assigned_to_them(
+    server, fleet, tmp_path
+) -> None:
+    remotes = {"east": "127.0.0.2", "west": "127.0.0.3"}
+    procs = {}
+    for name, address in remotes.items():
+        _edge_key(server, name, tmp_path / f"{name}.edge")
+        procs[name] = _start_edge(
+            server, tmp_path / f"{name}.edge", tmp_path / f"{name}.log", f"tcp://{address}"
+        )
     try:
-        east = wait_for(
-            lambda: next((x for x in edges(server) if x["name"] == "east"), None),
+        joined = wait_for(
+            lambda: (e := {x["name"]: x for x in edges(server)}).keys() >= remotes.keys() and e,
             20,
-            what="the remote edge joined",
+            what="the remote edges joined",
         )
-        assert east["remote"]["host"] == "127.0.0.2" and east["remote"]["command_port"] > 0
-        local, remote = _split_names(2)
-        for name in local + remote:
+        for name, address in remotes.items():
+            assert joined[name]["remote"]["host"] == address, joined[name]
+        groups = _names_by_group(["", "east", "west"], 2)
+        everyone = sorted(n for names in groups.values() for n in names)
+        for name in everyone:
             fleet.add(name, whitelist=TRUE)
-        fleet.wait_available(*local, *remote)
-        # the config endpoint sent the nodes assigned to 'east' there, the others here
-        held = wait_for(
-            lambda: {x["name"]: x["nodes"] for x in edges(server)},
-            5,
-            what="edge node counts",
-        )
-        assert held["east"] == len(remote) and sum(held.values()) == 4, held
-        job = fleet.run("chef-client", local + remote)
-        assert job["status"] == "complete" and job["nodes"] == {
-            "succeeded": sorted(local + remote)
-        }, job
+        fleet.wait_available(*everyone)
+        # the config endpoint sent each node to the edge its name is assigned to
+        held = {x["name"]: x["nodes"] for x in edges(server)}
+        assert held["east"] == len(groups["east"]) and held["west"] == len(groups["west"]), held
+        assert sum(held.values()) == len(everyone), held
+        job = fleet.run("chef-client", everyone)
+        assert job["status"] == "complete" and job["nodes"] == {"succeeded": everyone}, job
+        # east leaves: its nodes miss the beats, fetch their config again and go elsewhere
+        assert _stop(procs.pop("east")) == 0, (tmp_path / "east.log").read_text()
+        wait_for(lambda: "east" not in {x["name"] for x in edges(server)}, 15, what="east gone")
+        fleet.wait_available(*everyone, seconds=60)
+        job = fleet.run("chef-client", everyone)
+        assert job["status"] == "complete" and job["nodes"] == {"succeeded": everyone}, job
+        held = {x["name"]: x["nodes"] for x in edges(server)}
+        assert sum(held.values()) == len(everyone), held
     finally:
-        code = _stop(edge)
-    assert code == 0, (tmp_path / "east.log").read_text()
+        codes = {name: _stop(proc) for name, proc in procs.items()}
+    assert codes == {"west": 0}, codes
 
 
 def test_an_edge_with_a_key_the_server_does_not_know_is_refused(server, tmp_path) -> None:
