@@ -41,7 +41,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     edge.add_argument("--heartbeat-port", type=int, default=10000, help="default 10000")
     edge.add_argument(
         "--server-name",
-        help="the name or address nodes are told to connect to (default: the --listen address)",
+        help="the name or address nodes are told to connect to (default: the --listen "
+        "address, or this host's FQDN when it listens on every interface)",
     )
     edge.add_argument("-l", "--log-level", default="info", help="debug, info, warning, error")
     edge.add_argument("--local", action="store_true", help=argparse.SUPPRESS)
@@ -135,8 +136,11 @@ def run_edge_key(args: argparse.Namespace) -> int:
     from appliance.server.edges import EDGE_KEYS_DIR, link_keypair
 
     name = args.name
-    if not name or not all(c.isalnum() or c in "-_" for c in name):
-        print("pushy edge-key: NAME may hold only letters, digits, - and _", file=sys.stderr)
+    if not name or not all(c.isalnum() or c in "-_" for c in name) or len(name) > 64:
+        print("pushy edge-key: NAME is 1 to 64 letters, digits, - and _", file=sys.stderr)
+        return EXIT_USAGE
+    if name.startswith("local-"):
+        print("pushy edge-key: names local-N are the server's own edges", file=sys.stderr)
         return EXIT_USAGE
     state_dir = Path(args.state_dir)
     if not state_dir.is_dir():

@@ -16,6 +16,7 @@ import itertools
 import logging
 import os
 import resource
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,8 +100,11 @@ class Edge:
         o = self.opts
         hello: dict[str, Any] = {"name": o.name, "pid": os.getpid()}
         if not o.local:
+            host = reuseport.host_of(o.listen or "tcp://*")
+            if host in ("0.0.0.0", "::"):  # every interface: this host's name
+                host = socket.getfqdn()
             hello["advertise"] = {
-                "host": o.advertise or reuseport.host_of(o.listen or "tcp://*"),
+                "host": o.advertise or host,
                 "command_port": self._listeners["command_port"].getsockname()[1],
                 "server_heartbeat_port": self._listeners["server_heartbeat_port"].getsockname()[1],
             }
