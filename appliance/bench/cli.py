@@ -1,4 +1,5 @@
-"""``pushy bench SCENARIO``: hold, fanout, storm, api (the fleet) and replay (the event log).
+"""``pushy bench SCENARIO``: hold, fanout, storm, api (the fleet), fetch (config fetches) and replay
+(the event log).
 
 Each scenario prints a table and writes ``bench/results/SCENARIO-YYYYmmdd-HHMMSS.json``. The
 defaults are a quick run (a few hundred nodes, seconds); the documented full runs raise them.
@@ -14,7 +15,7 @@ from typing import Any
 
 from appliance.bench import provision
 
-SCENARIOS = ("hold", "fanout", "storm", "api")
+SCENARIOS = ("hold", "fanout", "storm", "api", "fetch")
 
 
 def _fleet_options(parser: argparse.ArgumentParser, *, nodes: int, interval: float) -> None:
@@ -96,51 +97,59 @@ def _fleet_options(parser: argparse.ArgumentParser, *, nodes: int, interval: flo
     )
 
 
+def _scenario(
+    scenarios: Any, name: str, help_text: str, description: str, *, nodes: int = 200
+) -> argparse.ArgumentParser:
+    """A fleet scenario's parser, with the fleet and server options every one of them takes."""
+    parser = scenarios.add_parser(name, help=help_text, description=description)
+    _fleet_options(parser, nodes=nodes, interval=1000)
+    parser.set_defaults(bench_func=name)
+    return parser
+
+
 def add_parser(sub: Any) -> None:
     """Register ``bench`` and its scenarios on the top-level sub-parsers."""
     bench = sub.add_parser(
         "bench",
-        help="benchmarks: a simulated fleet against a server (hold, fanout, storm, api, replay)",
+        help="benchmarks: a simulated fleet against a server (hold, fanout, storm, api, fetch, replay)",
         description="Measure the server with a protocol-accurate simulated fleet. Every scenario "
         "prints a table and writes JSON under bench/results/ (or $PUSHY_BENCH_RESULTS).",
     )
     scenarios = bench.add_subparsers(dest="scenario", metavar="SCENARIO")
     scenarios.required = True
 
-    hold = scenarios.add_parser(
+    hold = _scenario(
+        scenarios,
         "hold",
-        help="N nodes heartbeating for a while: server CPU, memory, heartbeat rate, false offlines",
-        description="Hold N nodes at a heartbeat interval for a duration; report server CPU %, "
+        "N nodes heartbeating for a while: server CPU, memory, heartbeat rate, false offlines",
+        "Hold N nodes at a heartbeat interval for a duration; report server CPU %, "
         "RSS, heartbeats/s processed, false offline transitions (must be 0), and the time for "
         "all N to become available.",
     )
-    _fleet_options(hold, nodes=200, interval=1000)
     hold.add_argument("--duration", type=float, default=10.0, help="seconds to hold (default 10)")
-    hold.set_defaults(bench_func="hold")
 
-    fanout = scenarios.add_parser(
+    fanout = _scenario(
+        scenarios,
         "fanout",
-        help="a `true` job to N nodes: POST -> complete, 50/90/99 %% running, phases",
-        description="Run a `true` job on all N nodes (--repeat times; medians reported): "
+        "a `true` job to N nodes: POST -> complete, 50/90/99 %% running, phases",
+        "Run a `true` job on all N nodes (--repeat times; medians reported): "
         "POST -> complete, time to 50/90/99 % of nodes running, voting and running phases, "
         "server CPU during the job.",
     )
-    _fleet_options(fanout, nodes=200, interval=1000)
     fanout.add_argument("--repeat", type=int, default=3, help="jobs to run (default 3)")
     fanout.add_argument("--pause", type=float, default=1.0, help="seconds between jobs (default 1)")
     fanout.add_argument(
         "--job-timeout", type=float, default=120.0, help="give up on a job after (default 120 s)"
     )
-    fanout.set_defaults(bench_func="fanout")
 
-    storm = scenarios.add_parser(
+    storm = _scenario(
+        scenarios,
         "storm",
-        help="restart the server under N connected nodes: time to all available again",
-        description="With N nodes connected, stop the server (SIGTERM) and start it again on "
+        "restart the server under N connected nodes: time to all available again",
+        "With N nodes connected, stop the server (SIGTERM) and start it again on "
         "the same ports and state; report the time until all N are available again, the peak "
         "heartbeat rate at the server and nodes stuck after the deadline (must be 0).",
     )
-    _fleet_options(storm, nodes=200, interval=1000)
     storm.add_argument(
         "--deadline",
         type=float,
@@ -156,16 +165,15 @@ def add_parser(sub: Any) -> None:
         default=3.0,
         help="seconds of steady state before the restart and after recovery (default 3)",
     )
-    storm.set_defaults(bench_func="storm")
 
-    api = scenarios.add_parser(
+    api = _scenario(
+        scenarios,
         "api",
-        help="REST latency (GET /jobs/ID, /node_states) and SSE delivery while N nodes heartbeat",
-        description="While N nodes heartbeat, GET /jobs/ID and /node_states at --rate requests/s "
+        "REST latency (GET /jobs/ID, /node_states) and SSE delivery while N nodes heartbeat",
+        "While N nodes heartbeat, GET /jobs/ID and /node_states at --rate requests/s "
         "(signed, keep-alive, from another process; latency from each request's due time) and "
         "run a small job every --job-every seconds to time SSE event delivery.",
     )
-    _fleet_options(api, nodes=200, interval=1000)
     api.add_argument("--rate", type=float, default=50.0, help="requests/s (default 50)")
     api.add_argument("--duration", type=float, default=10.0, help="seconds (default 10)")
     api.add_argument("--threads", type=int, default=8, help="client threads (default 8)")
@@ -178,7 +186,18 @@ def add_parser(sub: Any) -> None:
     api.add_argument(
         "--job-timeout", type=float, default=120.0, help="give up on a job after (default 120 s)"
     )
-    api.set_defaults(bench_func="api")
+
+    fetch = _scenario(
+        scenarios,
+        "fetch",
+        "config fetches/s at the server, requests signed before the clock starts",
+        "N nodes fetch their config --rounds times from --threads keep-alive "
+        "threads, as fast as the server answers; each request is signed once beforehand, so "
+        "the figure is the server's; server and load generator CPU per 1,000 fetches.",
+        nodes=1000,
+    )
+    fetch.add_argument("--rounds", type=int, default=3, help="fetches per node (default 3)")
+    fetch.add_argument("--threads", type=int, default=16, help="client threads (default 16)")
 
     from appliance.bench import peer_salt, replay
 
@@ -218,9 +237,10 @@ def run_bench(args: argparse.Namespace) -> int:
         args.ramp = min(20.0, max(1.0, args.nodes / 500))
     if not args.workers:
         args.workers = os.cpu_count() or 1
-    from appliance.bench import harness, scenarios
+    from appliance.bench import fetchrate, harness, scenarios
 
-    return harness.main_guard(getattr(scenarios, name), args)
+    run = fetchrate.fetch if name == "fetch" else getattr(scenarios, name)
+    return harness.main_guard(run, args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -276,6 +276,7 @@ def fleet_summary(run: Run) -> dict[str, Any]:
         "workers": fleet.workers,
         "heartbeats_sent": fleet.total("heartbeats"),
         "config_fetches": fleet.total("config_fetches"),
+        "signatures": fleet.total("signatures"),  # config requests signed (once a node)
         "fetch_failures": fleet.total("fetch_failures"),
         "send_failures": fleet.total("send_failures"),
         "invalid_commands": fleet.total("invalid_commands"),

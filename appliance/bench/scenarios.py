@@ -330,6 +330,7 @@ def storm(args: argparse.Namespace) -> int:
         ("nodes stuck after the deadline", r["stuck"]),
         ("false offline after recovery", r["false_offline_after"]),
         ("server CPU % during recovery", r["server_cpu_percent"]),
+        ("fleet CPU % during recovery (all workers)", r["fleet_cpu_percent"]),
     ]
     return finish(setup, "storm", params, results, rows)
 
@@ -356,6 +357,7 @@ async def _storm_body(run: Run) -> dict[str, Any]:
     meter = procstat.CpuMeter(pid) if pid else None
     if meter:
         meter.mark()
+    fleet_cpu0, recovering = run.fleet.cpu_seconds(), time.monotonic()
     rates = _Rates(setup.url)
     await trio.to_thread.run_sync(rates.sample)
     t_all = None
@@ -385,7 +387,9 @@ async def _storm_body(run: Run) -> dict[str, Any]:
         await trio.sleep(0.5)
         await trio.to_thread.run_sync(rates.sample)
     cpu = meter.read() if meter else None
+    recovered = time.monotonic() - recovering
     await trio.sleep(2 * REPORT_LAG)
+    fleet_cpu = run.fleet.cpu_seconds() - fleet_cpu0  # the workers report every 0.25 s
     fetches = run.fleet.total("config_fetches") - fetches0
     reasons = Counter(reason for t, _, reason in run.fleet.reconfigures if t >= t_term)
     return {
@@ -403,6 +407,7 @@ async def _storm_body(run: Run) -> dict[str, Any]:
         "stuck": n - available,
         "false_offline_after": len(run.monitor.downs) - downs_before,
         "server_cpu_percent": rounded(cpu, 1),
+        "fleet_cpu_percent": round(100 * fleet_cpu / recovered, 1),
     }
 
 
@@ -448,6 +453,10 @@ def api(args: argparse.Namespace) -> int:
             (f"GET {label} p50 (ms)", r["p50_ms"]),
             (f"GET {label} p99 (ms)", r["p99_ms"]),
             (f"GET {label} max (ms)", r["max_ms"]),
+            (
+                f"GET {label} service p50 / p99 (ms)",
+                f"{r['service_p50_ms']} / {r['service_p99_ms']}",
+            ),
             (f"GET {label} errors", r["errors"]),
         ]
     s = results["sse"]
@@ -459,6 +468,9 @@ def api(args: argparse.Namespace) -> int:
         ("ack_run -> run_start seen p50 (ms)", results["ack_to_feed"]["p50_ms"]),
         ("ack_run -> run_start seen p99 (ms)", results["ack_to_feed"]["p99_ms"]),
         ("server CPU %", results["server_cpu_percent"]),
+        ("load generator CPU %", results["loadgen_cpu_percent"]),
+        ("load generator RSA signatures", results["loadgen_signatures"]),
+        ("fleet CPU % (all workers)", results["fleet_cpu_percent"]),
         ("false offline transitions", results["false_offline"]),
     ]
     return finish(setup, "api", params, results, rows)
@@ -496,6 +508,7 @@ async def _api_body(run: Run) -> dict[str, Any]:
     proc, pipe = await trio.to_thread.run_sync(loadgen.start, spec)
     if meter:
         meter.mark()
+    fleet_cpu0, started = run.fleet.cpu_seconds(), time.monotonic()
     progress(f"{args.rate:g} requests/s for {args.duration:g} s, a job every {args.job_every:g} s")
     sse: list[float] = []
     ack_to_feed: list[float] = []
@@ -523,12 +536,22 @@ async def _api_body(run: Run) -> dict[str, Any]:
     load = await trio.to_thread.run_sync(pipe.recv)
     await trio.to_thread.run_sync(proc.join, 10)
     cpu = meter.read() if meter else None
+    await trio.sleep(2 * REPORT_LAG)  # the workers' last CPU figures
+    fleet_cpu = run.fleet.cpu_seconds() - fleet_cpu0
+    wall = time.monotonic() - started
     out: dict[str, Any] = {
         "sse": latency_summary(sse),
         "ack_to_feed": latency_summary(ack_to_feed),
         "jobs_during_load": jobs,
         "achieved_rate": round(load["sent"] / load["seconds"], 1) if load["seconds"] else None,
         "server_cpu_percent": rounded(cpu, 1),
+        "loadgen_cpu_seconds": round(load["cpu_seconds"], 2),
+        "loadgen_cpu_percent": round(100 * load["cpu_seconds"] / load["seconds"], 1)
+        if load["seconds"]
+        else None,
+        "loadgen_signatures": load["signatures"],
+        "fleet_cpu_seconds": round(fleet_cpu, 2),
+        "fleet_cpu_percent": round(100 * fleet_cpu / wall, 1),
         "false_offline": len(run.monitor.downs),
         "false_offline_samples": run.monitor.downs[:20],
     }

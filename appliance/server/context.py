@@ -8,7 +8,7 @@ from functools import lru_cache
 import trio
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
-from appliance.core.keys import load_public_pem
+from appliance.core.keys import load_public_pem, public_pem
 from appliance.core.nodes import NodeKey
 from appliance.core.settings import Settings
 from appliance.core.state import State
@@ -66,3 +66,10 @@ class ServerContext:
 def public_key(pem: str) -> RSAPublicKey:
     """Parsed public keys, cached: verifying a request should not re-parse PEM every time."""
     return load_public_pem(pem)
+
+
+@lru_cache(maxsize=4)
+def server_public_pem(key: RSAPrivateKey) -> str:
+    """The config body's ``public_key`` (PEM and a newline), serialised once per key rather
+    than on every config fetch."""
+    return public_pem(key) + "\n"

@@ -21,7 +21,7 @@ from quart import Blueprint, Response, request
 
 from appliance.core import configfetch, identity, jobfsm, render
 from appliance.core.jobspec import JobRequestError, parse_job_request
-from appliance.core.keys import encrypt_session_key, public_pem
+from appliance.core.keys import encrypt_session_key
 from appliance.server.apidoc import (
     alias,
     json_reply,
@@ -34,7 +34,7 @@ from appliance.server.apidoc import (
     resp,
 )
 from appliance.server.auth import JSON, authenticate, fail, forbidden, require_accept
-from appliance.server.context import ServerContext
+from appliance.server.context import ServerContext, server_public_pem
 from appliance.server.schemas import JOB, NODE, ORG, STRING, URI
 from appliance.store.errors import StorageError
 
@@ -175,13 +175,15 @@ async def config(ctx: ServerContext, org: str, node: str) -> Response:
         },
         "node": node,
         "organization": org,
-        "public_key": public_pem(ctx.server_key) + "\n",
+        "public_key": server_public_pem(ctx.server_key),
     }
     if not s.disable_curve_encryption:
         body["curve_public_key"] = server.curve_public
+    # inline: an RSA public-key encryption (e = 65537) costs ~70 µs, a trip through a worker
+    # thread several times that (docs/benchmarks.md, "config fetch")
     body["encoded_session_key"] = {
         "method": "hmac_sha256",
-        "key": await trio.to_thread.run_sync(encrypt_session_key, auth.key, session),
+        "key": encrypt_session_key(auth.key, session),
     }
     body["lifetime"] = _number(s.config_lifetime)
     body["max_message_skew"] = _number(s.max_time_skew)

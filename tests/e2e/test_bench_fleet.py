@@ -1,4 +1,5 @@
-"""Smoke runs of ``pushy bench hold|fanout|storm|api`` with a tiny fleet, through the real CLI.
+"""Smoke runs of ``pushy bench hold|fanout|storm|api|fetch`` with a tiny fleet, through the real
+CLI.
 
 They keep the benchmark code from rotting: each run must finish, exit 0, write its JSON with
 the numbers a reader looks for, and see a healthy fleet (every node available, no false
@@ -61,9 +62,12 @@ def bench(tmp_path: Path, key_cache: Path, scenario: str, *extra: str) -> dict:
     assert document["scenario"] == scenario
     assert document["params"]["nodes"] == NODES
     assert document["machine"]["cores"] >= 1 and document["machine"]["python"]
+    if scenario == "fetch":
+        return document
     fleet = document["results"]["fleet"]
     assert fleet["errors"] == [] and fleet["fetch_failures"] == 0, output
     assert fleet["heartbeats_sent"] > 0 and fleet["config_fetches"] >= NODES, output
+    assert fleet["signatures"] == NODES, output  # each node's config request signed once
     return document
 
 
@@ -114,3 +118,17 @@ def test_api(tmp_path, key_cache):
     assert r["jobs_during_load"] >= 1
     assert r["sse"]["count"] > 0
     assert r["false_offline"] == 0, r["false_offline_samples"]
+    assert r["loadgen_signatures"] == 2  # each path signed once, not once per request
+    assert r["loadgen_cpu_seconds"] > 0 and r["fleet_cpu_seconds"] > 0
+    assert r["loadgen_cpu_percent"] is not None and r["fleet_cpu_percent"] is not None
+
+
+def test_fetch(tmp_path, key_cache):
+    r = bench(tmp_path, key_cache, "fetch", "--rounds", "2", "--threads", "4")["results"]
+    assert [x["round"] for x in r["rounds"]] == [1, 2]
+    for x in r["rounds"]:
+        assert x["fetches"] == NODES and x["errors"] == 0, x
+        assert x["statuses"] == {"200": NODES}, x
+        assert x["fetches_per_s"] > 0 and x["server_cpu_s"] is not None
+        assert x["loadgen_cpu_s"] is not None
+    assert r["sample_ok"] is True  # a real config: the node's key decrypts its session key

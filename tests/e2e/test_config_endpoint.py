@@ -18,10 +18,20 @@ import zmq.utils.z85
 
 from appliance.core import wire
 from appliance.core.keys import decrypt_session_key, load_private_pem, load_public_pem
+from appliance.signedhttp import Presigner, SignedClient
 from tests.support import Chef, Server, WireNode, error_of, new_user, server_fixture, setup_org
 
 ORG = "cfgorg"
-NODES = ("n_shape", "n_alias", "n_rotate", "n_super", "n_grace", "n_random", "n_checks")
+NODES = (
+    "n_shape",
+    "n_alias",
+    "n_rotate",
+    "n_super",
+    "n_grace",
+    "n_random",
+    "n_checks",
+    "n_presigned",
+)
 CONFIG_KEYS = [
     "type",
     "host",
@@ -259,6 +269,25 @@ def test_own_fetch_rotates_the_session_key(srv, world):
         assert r.status_code == 200, r.text
         seen.append(decrypt_session_key(private, r.json()["encoded_session_key"]["key"]))
     assert all(len(k) == 32 for k in seen)
+    assert len(set(seen)) == 3
+
+
+def test_a_signed_request_sent_again_fetches_again(srv, world):
+    """What the benchmarks' fleet does (a signature is valid for the server's clock skew):
+    the same signed bytes fetch the config again, each time with a new session key."""
+    private = load_private_pem(world["keys"]["n_presigned"])
+    api = SignedClient(srv.url)
+    presigned = Presigner(api)
+    path = config_path("n_presigned")
+    seen = []
+    try:
+        for _ in range(3):
+            reply = presigned.send("GET", path, "n_presigned", private)
+            assert reply.status == 200, reply.data
+            seen.append(decrypt_session_key(private, reply.body()["encoded_session_key"]["key"]))
+    finally:
+        api.close()
+    assert presigned.signatures == 1
     assert len(set(seen)) == 3
 
 

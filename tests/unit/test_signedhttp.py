@@ -14,7 +14,14 @@ import pytest
 from appliance import signedhttp
 from appliance.core import chefauth
 from appliance.core.keys import generate_rsa
-from appliance.signedhttp import HttpError, SignedClient, Stream, Unreachable, content_type
+from appliance.signedhttp import (
+    HttpError,
+    Presigner,
+    SignedClient,
+    Stream,
+    Unreachable,
+    content_type,
+)
 from appliance.sse import SseEvent, SseParser
 
 KEY = generate_rsa()
@@ -56,6 +63,32 @@ def test_get_has_no_body_nor_content_type() -> None:
     assert reply.body() == "hi" and reply.content_type == "text/plain"
     assert "Content-Type" not in seen[0].headers and seen[0].content == b""
     assert seen[0].headers["Accept"] == "text/plain" and seen[0].headers["X-A"] == "1"
+
+
+def test_a_presigned_request_is_signed_once_and_sent_again_unchanged() -> None:
+    api, seen = mock(lambda r: httpx.Response(200, json={}), "http://server:8080/p/")
+    presigned = Presigner(api)
+    path = "/organizations/o/pushy/config/n1?ccpk=abc&version=2.0"
+    for _ in range(3):
+        assert presigned.send("GET", path, "n1", KEY).status == 200
+    presigned.send("GET", "/organizations/o/pushy/config/n2", "n2", KEY)
+    assert presigned.signatures == 2  # one per (user, method, path), not one per request
+    first, again = seen[0], seen[2]
+    assert str(first.url) == "http://server:8080/p" + path
+    assert first.headers == again.headers  # the same bytes: timestamp and signature kept
+    assert first.headers["Accept"] == "application/json" and first.content == b""
+    signed = chefauth.parse_auth_headers(
+        again.headers, "GET", "/p/organizations/o/pushy/config/n1", b""
+    )
+    assert signed.user_id == "n1" and chefauth.verify_signature(signed, [KEY.public_key()])
+
+
+def test_a_presigned_request_older_than_its_max_age_is_signed_anew() -> None:
+    api, seen = mock(lambda r: httpx.Response(200, json={}))
+    presigned = Presigner(api, max_age=-1.0)  # every kept signature already too old
+    presigned.send("GET", "/x", "u", KEY)
+    presigned.send("GET", "/x", "u", KEY)
+    assert presigned.signatures == 2 and len(seen) == 2
 
 
 def test_reply_headers_keep_their_case_and_error_statuses_are_replies() -> None:
