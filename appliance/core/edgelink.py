@@ -37,7 +37,7 @@ __all__ = [
 
 # coordinator -> edge
 SETUP = b"setup"  # [SETUP, json]: settings, CURVE secret, every node's keys, the live jobs
-KEYS = b"keys"  # [KEYS, json rows]: changed node keys (a row without keys removes the node)
+KEYS = b"keys"  # [KEYS, json rows, seq]: changed node keys (a row without keys removes the node)
 SEND = b"send"  # [SEND, router address, header, body]: signed frames for one node
 BEAT = b"beat"  # [BEAT, header, body]: the signed server heartbeat, to publish
 JOBS = b"jobs"  # [JOBS, json {"add": [...], "remove": [...]}]: the live job ids changed
@@ -49,6 +49,7 @@ HELLO = b"hello"  # [HELLO, json]: name, pid, where nodes reach it (remote edges
 MSG = b"msg"  # [MSG, router address, body json]: a checked node message to forward
 DOWN = b"down"  # [DOWN, router address, json [org, node, reason]]: the node stopped beating
 STATS = b"stats"  # [STATS, json]: counters, CPU, descriptors, RSS (also the edge's beat)
+KEYS_ACK = b"keys-ack"  # [KEYS_ACK, seq]: the KEYS up to seq are applied (a node may connect)
 
 # the live settings an edge applies when the server reloads (the edge checks timestamps)
 LIVE_AT_EDGES = ("max_time_skew",)

@@ -209,6 +209,8 @@ class Edge:
         if down is not None:
             self.link.send_nowait([edgelink.DOWN, address, orjson.dumps([*key, down])])
         if forward:
+            if body.get("type") == "heartbeat":
+                log.debug("forwarding a heartbeat of %s/%s: %s", key[0], key[1], body)
             self.link.send_nowait([edgelink.MSG, address, orjson.dumps(body)])
 
     async def _scanner(self) -> None:
@@ -240,6 +242,7 @@ class Edge:
         elif kind == edgelink.KEYS:
             for row in orjson.loads(frames[1]):
                 self.keys.put(*edgelink.keys_of_row(row))
+            self.link.send_nowait([edgelink.KEYS_ACK, frames[2]])
         elif kind == edgelink.JOBS:
             change = orjson.loads(frames[1])
             self.nodes.live_jobs.update(change["add"])

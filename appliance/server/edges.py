@@ -46,6 +46,7 @@ from appliance.zmqio import TrioSocket
 log = logging.getLogger("pushy.edges")
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 EDGE_SILENCE_SECONDS = 5.0  # an edge reports every second; this much silence and it is lost
+KEYS_ACK_SECONDS = 5.0  # the longest a config fetch waits for the edges to learn its keys
 EDGE_START_SECONDS = 30.0  # the longest a start waits for its local edges before READY
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 LINK_KEY_FILE = "edge-link.key"  # the link's CURVE key pair (z85 public, newline, z85 secret)
@@ -85,6 +86,7 @@ class EdgeInfo:
     remote: dict[str, Any] | None  # where its nodes connect: host, command_port, heartbeat port
     last_seen: float
     stats: dict[str, Any] = field(default_factory=dict)
+    keys_acked: int = 0  # the last KEYS it applied
 
     @property
     def prefix(self) -> bytes:
@@ -124,6 +126,8 @@ class EdgeHub:
         self._reserved: list[socket.socket] = []
         self.ports: dict[str, int] = {}
         self._local_joined = trio.Event()
+        self._keys_seq = 0
+        self._keys_acked = trio.Event()  # pulsed whenever an edge acknowledges KEYS
 
     # Lifecycle -------------------------------------------------------------------------------
     async def run(
@@ -192,6 +196,7 @@ class EdgeHub:
         env[ENV_LINK] = f"{self._link_public} {self._local_public} {self._local_secret}"
         while True:
             argv = [*self.command, "--coordinator", self._url, "--name", name, "--local"]
+            argv += ["--log-level", self.settings.log_level]
             started = trio.current_time()
             proc = await trio.lowlevel.open_process(argv, env=env, stdin=subprocess.DEVNULL)
             try:
@@ -265,13 +270,19 @@ class EdgeHub:
             d.edge_down((org, node), edgelink.pack_address(ident, frames[2]), reason, now)
         elif kind == edgelink.STATS:
             info.stats = orjson.loads(frames[2])
+        elif kind == edgelink.KEYS_ACK:
+            info.keys_acked = int(frames[2])
+            self._pulse_keys_acked()
 
     def _hello(self, ident: bytes, hello: dict[str, Any], now: float) -> None:
         name = str(hello.get("name", "?"))
         remote = hello.get("advertise")
         for other in [i for i in self.edges.values() if i.name == name and i.ident != ident]:
             self._lost(other, "a new process of it said hello")
-        self.edges[ident] = EdgeInfo(ident, name, hello.get("pid"), remote, now)
+        # its SETUP carries every key so far
+        self.edges[ident] = EdgeInfo(
+            ident, name, hello.get("pid"), remote, now, keys_acked=self._keys_seq
+        )
         if sum(1 for i in self.edges.values() if i.remote is None) >= self.count:
             self._local_joined.set()
         s = self.settings
@@ -296,9 +307,14 @@ class EdgeHub:
         where = f" (nodes reach it at {remote.get('host')})" if remote else ""
         log.info("edge %s (pid %s) joined%s", name, hello.get("pid"), where)
 
+    def _pulse_keys_acked(self) -> None:
+        self._keys_acked.set()
+        self._keys_acked = trio.Event()
+
     def _lost(self, info: EdgeInfo, why: str) -> None:
         if self.edges.pop(info.ident, None) is None:
             return
+        self._pulse_keys_acked()  # nobody waits for its acknowledgement any more
         log.warning(
             "edge %s (pid %s) is gone: %s; its nodes must reconnect", info.name, info.pid, why
         )
@@ -345,10 +361,27 @@ class EdgeHub:
         self.signer.forget(key)
         self._broadcast([edgelink.FORGET, orjson.dumps(list(key))])
 
-    def keys_changed(self, key: corenodes.NodeKey) -> None:
-        """A node's session key or CURVE key changed (a config fetch), or its client is gone."""
+    def keys_changed(self, key: corenodes.NodeKey) -> int:
+        """A node's session key or CURVE key changed (a config fetch), or its client is gone.
+        Returns the sequence number the edges acknowledge once they apply it."""
+        self._keys_seq += 1
         row = edgelink.key_row(key, self.state.node_keys.get(key))
-        self._broadcast([edgelink.KEYS, orjson.dumps([row])])
+        self._broadcast([edgelink.KEYS, orjson.dumps([row]), b"%d" % self._keys_seq])
+        return self._keys_seq
+
+    async def keys_ready(self, key: corenodes.NodeKey) -> None:
+        """Send the node's new keys and wait (bounded) until every edge has them, before the
+        node hears of them: a CURVE handshake an edge refuses (ZAP 400) is never retried by
+        libzmq, so a node that connected before its edge knew its key would stay cut off."""
+        seq = self.keys_changed(key)
+        with trio.move_on_after(KEYS_ACK_SECONDS):
+            while any(info.keys_acked < seq for info in self.edges.values()):
+                await self._keys_acked.wait()
+            return
+        late = [i.name for i in self.edges.values() if i.keys_acked < seq]
+        log.warning(
+            "edges %s did not confirm a node's new keys within %.0f s", late, KEYS_ACK_SECONDS
+        )
 
     def apply_settings(self, settings: Settings) -> None:
         """A reload: the running settings, and the live ones the edges read."""

@@ -156,7 +156,7 @@ async def config(ctx: ServerContext, org: str, node: str) -> Response:
         fail(decision.status, render.error_list(decision.message))
     if decision.records:
         await durable(ctx, decision.records)
-        ctx.reactor.keys_changed((org, node))  # edges check its messages with the new keys
+        await ctx.reactor.keys_ready((org, node))  # the edges check its messages with them
     session = decision.session_key
     server = ctx.state.server
     assert server is not None

@@ -248,6 +248,9 @@ class Reactor:
     def keys_changed(self, key: corenodes.NodeKey) -> None:
         """The sockets read the server's own State: nothing to copy."""
 
+    async def keys_ready(self, key: corenodes.NodeKey) -> None:
+        """Nothing to wait for (see ``EdgeHub.keys_ready``)."""
+
     def apply_settings(self, settings: Settings) -> None:
         self.settings = settings
 

@@ -61,6 +61,10 @@ def test_jobs_run_through_edges_and_steady_heartbeats_end_there(server, fleet) -
     assert len(found) == 2 and all(x["pid"] and x["pid"] != server.proc.pid for x in found)
     # once the nodes are idle their heartbeats (5 a second each here) end at the edges
     wait_for(lambda: fleet.states() == dict.fromkeys(names, "available"), 15, what="idle")
+    settled = sum(x["absorbed"] for x in edges(server)) + 10
+    wait_for(  # the edges report every 0.25 s: let the job's last messages be counted
+        lambda: sum(x["absorbed"] for x in edges(server)) > settled, 15, what="settled"
+    )
     first = edges(server)
     absorbed = sum(x["absorbed"] for x in first)
     forwarded = sum(x["forwarded"] for x in first)
@@ -233,9 +237,13 @@ def test_remote_edges_on_other_addresses_serve_the_nodes_assigned_to_them(
             fleet.add(name, whitelist=TRUE)
         fleet.wait_available(*everyone)
         # the config endpoint sent each node to the edge its name is assigned to
-        held = {x["name"]: x["nodes"] for x in edges(server)}
-        assert held["east"] == len(groups["east"]) and held["west"] == len(groups["west"]), held
-        assert sum(held.values()) == len(everyone), held
+        def held() -> dict[str, int]:
+            return {x["name"]: x["nodes"] for x in edges(server)}
+
+        wait_for(lambda: sum(held().values()) == len(everyone), 5, what=f"counted: {held()}")
+        found = held()
+        assert found["east"] == len(groups["east"]), found
+        assert found["west"] == len(groups["west"]), found
         job = fleet.run("chef-client", everyone)
         assert job["status"] == "complete" and job["nodes"] == {"succeeded": everyone}, job
         # east leaves: its nodes miss the beats, fetch their config again and go elsewhere
@@ -244,8 +252,7 @@ def test_remote_edges_on_other_addresses_serve_the_nodes_assigned_to_them(
         fleet.wait_available(*everyone, seconds=60)
         job = fleet.run("chef-client", everyone)
         assert job["status"] == "complete" and job["nodes"] == {"succeeded": everyone}, job
-        held = {x["name"]: x["nodes"] for x in edges(server)}
-        assert sum(held.values()) == len(everyone), held
+        wait_for(lambda: sum(held().values()) == len(everyone), 5, what=f"counted: {held()}")
     finally:
         codes = {name: _stop(proc) for name, proc in procs.items()}
     assert codes == {"west": 0}, codes
