@@ -4,9 +4,10 @@ coordinator, and per-node liveness (``core.edgelink.EdgeNodes``).
 It binds nothing for nodes until the coordinator's SETUP arrives (it carries the CURVE secret
 and every node's keys). From then on it checks node messages, forwards what the coordinator
 needs, puts the coordinator's signed frames on the wire and publishes its heartbeats. When the
-coordinator goes quiet it keeps its nodes connected and says hello again until a coordinator
-answers; the new SETUP makes every node's next message a first contact, so the coordinator
-learns its nodes again without any of them reconnecting.
+coordinator restarts the edge keeps its nodes connected; its next report reaches a coordinator
+that does not know it, which answers WHO; the edge says hello, and the new SETUP makes every
+node's next message a first contact, so the coordinator learns its nodes again without any of
+them reconnecting.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ log = logging.getLogger("pushy.edge")
 HELLO_EVERY_SECONDS = 2.0
 STATS_EVERY_SECONDS = 0.25  # counters; CPU, RSS and descriptors every 4th report
 PARENT_CHECK_SECONDS = 0.5
-COORDINATOR_SILENCE_SECONDS = 10.0  # no beat for this long: say hello again
 
 
 class EdgeStopped(Exception):
@@ -85,7 +85,6 @@ class Edge:
         self.reactor: Reactor | None = None
         self.ctx = zmq.Context(io_threads=1)
         self.link: TrioSocket | None = None
-        self.last_beat = 0.0
         self.parent = os.getppid()
         self._listeners: dict[str, Any] = {}
         if not opts.local:  # bind now: the hello says which ports nodes connect to
@@ -198,7 +197,6 @@ class Edge:
             self.nodes = edgelink.EdgeNodes(params)
         self.nodes.reset()
         self.nodes.live_jobs = set(setup.get("jobs", ()))
-        self.last_beat = self.clock.now()
 
     # Node messages ---------------------------------------------------------------------------
     def _deliver(
@@ -237,7 +235,6 @@ class Edge:
         if kind == edgelink.SEND:
             self.reactor.send_frames(frames[1], frames[2:])
         elif kind == edgelink.BEAT:
-            self.last_beat = self.clock.now()
             self.reactor.publish(frames[1:])
         elif kind == edgelink.KEYS:
             for row in orjson.loads(frames[1]):
@@ -280,9 +277,8 @@ class Edge:
                 "absorbed": self.nodes.absorbed,
                 **costs,
             }
+            # also how a new coordinator learns of this edge: it answers WHO to a stranger
             self.link.send_nowait([edgelink.STATS, orjson.dumps(stats)])
-            if self.clock.now() - self.last_beat > COORDINATOR_SILENCE_SECONDS:
-                self.link.send_nowait(self._hello())
             await trio.sleep(STATS_EVERY_SECONDS)
 
     async def _watch_parent(self, scope: trio.CancelScope) -> None:
