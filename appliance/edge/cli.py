@@ -69,9 +69,11 @@ def run_edge(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    parent: int | None = None
     if args.local:
         try:
-            coordinator_public, public, secret = os.environ.pop(ENV_LINK).split()
+            coordinator_public, public, secret, pid = os.environ.pop(ENV_LINK).split()
+            parent = int(pid)
         except (KeyError, ValueError):
             print("pushy edge: --local is only for edges the server starts", file=sys.stderr)
             return EXIT_USAGE
@@ -104,23 +106,31 @@ def run_edge(args: argparse.Namespace) -> int:
         command_port=args.command_port,
         heartbeat_port=args.heartbeat_port,
         advertise=args.server_name,
+        parent=parent,
     )
 
-    async def main() -> None:
-        edge = Edge(opts)
+    log = logging.getLogger("pushy.edge")
+
+    async def main() -> int:
+        try:
+            edge = Edge(opts)
+        except OSError as exc:  # a remote edge binds its node ports first
+            log.error("cannot serve nodes: %s", exc)
+            return EXIT_FAILURE
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
-            await edge.run()
-            nursery.cancel_scope.cancel()
+            try:
+                await edge.run()
+            except EdgeStopped as exc:
+                log.warning("%s; stopping", exc)
+            except OSError as exc:
+                log.error("cannot serve nodes: %s", exc)
+                return EXIT_FAILURE
+            finally:
+                nursery.cancel_scope.cancel()
+        return EXIT_OK
 
-    try:
-        trio.run(main)
-    except EdgeStopped as exc:
-        logging.getLogger("pushy.edge").warning("%s; stopping", exc)
-    except OSError as exc:
-        logging.getLogger("pushy.edge").error("cannot serve nodes: %s", exc)
-        return EXIT_FAILURE
-    return EXIT_OK
+    return trio.run(main)
 
 
 async def _stop_on_signal(scope) -> None:  # noqa: ANN001

@@ -73,6 +73,7 @@ class EdgeOptions:
     command_port: int = 0
     heartbeat_port: int = 0
     advertise: str | None = None  # remote edges: the name nodes are told to connect to
+    parent: int | None = None  # local edges: the server's pid (gone: the edge stops)
 
 
 class Edge:
@@ -85,7 +86,8 @@ class Edge:
         self.reactor: Reactor | None = None
         self.ctx = zmq.Context(io_threads=1)
         self.link: TrioSocket | None = None
-        self.parent = os.getppid()
+        # a local edge serves the server that started it (it says its pid), and no other
+        self.parent = opts.parent if opts.parent is not None else os.getppid()
         self._listeners: dict[str, Any] = {}
         if not opts.local:  # bind now: the hello says which ports nodes connect to
             host = reuseport.host_of(opts.listen or "tcp://*")

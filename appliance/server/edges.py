@@ -51,7 +51,7 @@ EDGE_START_SECONDS = 30.0  # the longest a start waits for its local edges befor
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 LINK_KEY_FILE = "edge-link.key"  # the link's CURVE key pair (z85 public, newline, z85 secret)
 EDGE_KEYS_DIR = "edges"  # NAME.pub: the CURVE public keys of the remote edges allowed in
-ENV_LINK = "PUSHY_EDGE_LINK"  # local edges: "COORDINATOR_PUBLIC EDGE_PUBLIC EDGE_SECRET"
+ENV_LINK = "PUSHY_EDGE_LINK"  # local edges: "COORDINATOR_PUBLIC EDGE_PUBLIC EDGE_SECRET PID"
 
 
 def link_keypair(state_dir: Path) -> tuple[str, str]:
@@ -193,7 +193,9 @@ class EdgeHub:
         failures = 0
         name = f"local-{index}"
         env = dict(os.environ)
-        env[ENV_LINK] = f"{self._link_public} {self._local_public} {self._local_secret}"
+        env[ENV_LINK] = (
+            f"{self._link_public} {self._local_public} {self._local_secret} {os.getpid()}"
+        )
         while True:
             argv = [*self.command, "--coordinator", self._url, "--name", name, "--local"]
             argv += ["--log-level", self.settings.log_level]

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+import zmq
 
 from appliance.core import edgelink
 from tests.support import REPO, ClientFleet, Server, wait_for
@@ -140,6 +141,39 @@ def test_nodes_of_a_killed_edge_move_to_another_one_without_a_reset(server, flee
     assert fleet.run("chef-client", names)["status"] == "complete"
 
 
+def test_local_edges_stop_when_their_server_is_killed(tmp_path) -> None:
+    server = Server(tmp_path / "state", edge_processes=2).start()
+    try:
+        pids = [x["pid"] for x in edges(server)]
+        assert len(pids) == 2
+        os.kill(server.proc.pid, signal.SIGKILL)
+        server.proc.wait(10)
+        wait_for(
+            lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids),
+            10,
+            what="the orphaned edges gone",
+        )
+    finally:
+        server.kill()
+
+
+def test_a_local_edge_whose_server_is_already_gone_stops(tmp_path) -> None:
+    """The server died while its edge was starting: the edge is an orphan from its first
+    instruction and must not serve anyone (nor keep a share of the node ports)."""
+    public, secret = (k.decode() for k in zmq.curve_keypair())
+    env = {**os.environ, "PUSHY_EDGE_LINK": f"{public} {public} {secret} 999999999"}
+    done = subprocess.run(
+        [sys.executable, "-m", "appliance", "edge", "--local", "--name", "local-0"]
+        + ["--coordinator", "tcp://127.0.0.1:9"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+    )
+    assert done.returncode == 0 and "is gone" in done.stderr, done.stderr
+
+
 def test_single_process_mode_holds_the_sockets_itself(tmp_path) -> None:
     with Server(tmp_path / "state", edge_processes=0) as server:
         fleet = ClientFleet(server, "solo", tmp_path / "clients")
@@ -236,6 +270,7 @@ def test_remote_edges_on_other_addresses_serve_the_nodes_assigned_to_them(
         for name in everyone:
             fleet.add(name, whitelist=TRUE)
         fleet.wait_available(*everyone)
+
         # the config endpoint sent each node to the edge its name is assigned to
         def held() -> dict[str, int]:
             return {x["name"]: x["nodes"] for x in edges(server)}
@@ -259,7 +294,6 @@ def test_remote_edges_on_other_addresses_serve_the_nodes_assigned_to_them(
 
 
 def test_an_edge_with_a_key_the_server_does_not_know_is_refused(server, tmp_path) -> None:
-    import zmq
 
     public, secret = (k.decode() for k in zmq.curve_keypair())
     link_public = (server.state_dir / "edge-link.key").read_text().split()[0]
