@@ -95,12 +95,17 @@ class State:
             if name not in ORG_FEED_EVENTS:
                 continue
             self.org_event_count += 1
-            payload = {"timestamp": data["timestamp"], "job": job.id}
-            payload.update((k, v) for k, v in data.items() if k != "timestamp")
-            event = OrgEvent(self.org_event_count, job.org, job.last_event_t, name, payload)
+            event = org_event(self.org_event_count, job, job.last_event_t, name, data)
             self.org_events.append(event)
             added.append(event)
         return added
+
+
+def org_event(n: int, job: jobfsm.Job, t: float, name: str, data: dict[str, Any]) -> OrgEvent:
+    """The org feed's copy of a job's event (``data`` stamped), which names the job."""
+    payload = {"timestamp": data["timestamp"], "job": job.id}
+    payload.update((k, v) for k, v in data.items() if k != "timestamp")
+    return OrgEvent(n, job.org, t, name, payload)
 
 
 def apply(state: State, record: dict[str, Any]) -> None:

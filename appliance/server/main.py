@@ -101,8 +101,10 @@ def open_store(
         state_dir,
         segment_max_bytes=settings.log_segment_max_bytes,
         retention_days=settings.job_retention_days,
+        linger=settings.wait_complete_time,
     )
-    state = store.load(recover=recover, progress=progress)
+    # the events are built in ``Dispatcher.resume`` for the jobs whose feed still shows them
+    state = store.load(recover=recover, progress=progress, defer_events=True)
     # the replayed state is the long-lived heap: later full collections need not walk it (it
     # holds no reference cycles; objects dropped from it are still freed by reference counts)
     gc.freeze()
@@ -381,6 +383,7 @@ def apply_settings(ctx: ServerContext, settings: Settings) -> None:
     """Make ``settings`` the running ones wherever a live setting is read (see LIVE_KEYS)."""
     ctx.settings = ctx.reactor.settings = ctx.dispatcher.settings = ctx.timers.settings = settings
     ctx.store.retention = settings.job_retention_days * 86400.0
+    ctx.store.linger = settings.wait_complete_time
     table = ctx.dispatcher.table
     table.params = dataclasses.replace(table.params, rehab_interval=settings.rehab_seconds)
     logging.getLogger().setLevel(getattr(logging, settings.log_level.upper(), logging.INFO))

@@ -26,13 +26,17 @@ def wait_finished(admin, job_id: str) -> dict:
     return wait_for(finished, 10, what=f"job {job_id} finished")
 
 
+def written_snapshots(server) -> list:
+    return sorted((server.state_dir / "log").glob("snapshot-*.snap"))
+
+
 def test_snapshots_keep_all_state_across_restart(tmp_path):
     with Server(tmp_path / "state", log_segment_max_bytes=4096) as server:
         admin, _ = setup_org(server, "snapco", ())
         ids = post_jobs(admin, 40)
         wait_finished(admin, ids[-1])
-        snapshots = sorted((server.state_dir / "log").glob("snapshot-*"))
-        assert snapshots, "no snapshot was written although the log grew past its segment size"
+        # built by a child process beside the server: it comes a moment later
+        wait_for(lambda: written_snapshots(server), 30, what="a snapshot")
         before = {i: admin.get(f"/organizations/snapco/pushy/jobs/{i}").json() for i in ids}
         assert server.stop() == 0
         server.start()
@@ -54,7 +58,7 @@ def test_finished_jobs_past_retention_are_dropped_at_snapshot_time(tmp_path):
         new = post_jobs(admin, 40)
         wait_finished(admin, new[-1])
         listed = {j["id"] for j in admin.get("/organizations/snapco/pushy/jobs").json()}
-        assert list((server.state_dir / "log").glob("snapshot-*"))
+        wait_for(lambda: written_snapshots(server), 30, what="a snapshot")
         assert listed.isdisjoint(old)
         assert "older than the retention period" in server.log()
         assert server.stop() == 0
