@@ -349,6 +349,8 @@ def _records_upto(
     reader: Replay, segments: list[tuple[int, Path]], base: int, seq: int
 ) -> Iterator[tuple[int, bytes, int]]:
     expect = base + 1
+    if expect > seq:
+        return
     start = max((i for i, (first, _) in enumerate(segments) if first <= expect), default=0)
     for first, path in segments[start:]:
         if first > expect:
@@ -360,10 +362,10 @@ def _records_upto(
             except StopIteration as stop:
                 bad, expect = stop.value
                 break
-            if record[0] > seq:
+            yield record
+            if record[0] >= seq:  # not a byte further: what follows may be being written
                 scanner.close()
                 return
-            yield record
         if bad is not None:
             raise LogCorruption(bad.reason, path=path, offset=bad.offset, seq=expect)
     if expect <= seq:
