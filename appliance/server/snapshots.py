@@ -6,7 +6,8 @@ heartbeat back (about 0.35 s of CPU per 100,000 jobs, each time a segment filled
 committer seals the full segment, and a child process (``pushy _snapshot``: its own
 interpreter, so it holds no lock the server's loop needs) replays the previous snapshot and
 the sealed segments up to S with the server's own reducer, settles the jobs' events and the
-retention as the server would at ``now``, and hands back the encoded records on its stdout.
+retention as the server would at ``now``, and writes the snapshot file itself: its tens of MiB
+never pass through the server.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from appliance.core import jobfsm
 from appliance.core import state as corestate
 from appliance.core.replayfold import DeferredFold
 from appliance.localserver import pushy_command
+from appliance.store.files import write_atomically
+from appliance.store.frames import snapshot_name, snapshot_parts
 from appliance.store.replay import read_upto
 
 log = logging.getLogger("pushy.store")
@@ -56,16 +59,24 @@ def build(directory: Path, seq: int, *, now: float, linger: float, retention: fl
             gc.enable()
 
 
+def write(directory: Path, seq: int, fmt: int, payload: bytes) -> Path:
+    """The snapshot file of ``seq`` in format ``fmt``, as `EventLog.write_snapshot_file`
+    writes it (synced, renamed into place: whole or absent)."""
+    path = directory / "log" / snapshot_name(seq)
+    write_atomically(path, snapshot_parts(fmt, seq, payload))
+    return path
+
+
 async def build_in_child(
-    directory: Path, seq: int, *, now: float, linger: float, retention: float
-) -> bytes:
-    """`build` in a child process; raises `subprocess.CalledProcessError` if it failed (it
-    says why on the server's stderr)."""
-    args = {"dir": str(directory), "seq": seq, "now": now, "linger": linger}
+    directory: Path, seq: int, *, fmt: int, now: float, linger: float, retention: float
+) -> Path:
+    """`build` and `write` in a child process; returns the file. Raises
+    `subprocess.CalledProcessError` if it failed (it says why on the server's stderr)."""
+    args = {"dir": str(directory), "seq": seq, "fmt": fmt, "now": now, "linger": linger}
     args["retention"] = retention
     command = [*pushy_command(), CHILD_COMMAND, orjson.dumps(args).decode()]
-    done = await trio.run_process(command, capture_stdout=True, stdin=b"", env=_child_env())
-    return done.stdout
+    await trio.run_process(command, stdin=b"", env=_child_env())
+    return directory / "log" / snapshot_name(seq)
 
 
 def _child_env() -> dict[str, str]:
@@ -79,17 +90,13 @@ def _child_env() -> dict[str, str]:
 
 
 def child_main(argv: list[str]) -> int:
-    """``pushy _snapshot JSON``: write `build`'s bytes to stdout (never run by hand)."""
+    """``pushy _snapshot JSON``: `build` and `write` one snapshot (never run by hand)."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     os.nice(CHILD_NICENESS)
     args = orjson.loads(argv[0])
+    directory = Path(args["dir"])
     out = build(
-        Path(args["dir"]),
-        args["seq"],
-        now=args["now"],
-        linger=args["linger"],
-        retention=args["retention"],
+        directory, args["seq"], now=args["now"], linger=args["linger"], retention=args["retention"]
     )
-    sys.stdout.buffer.write(out)
-    sys.stdout.buffer.flush()
+    write(directory, args["seq"], args["fmt"], out)
     return 0

@@ -186,9 +186,10 @@ class Store:
         if seq:
             await self.committer.wait_synced(seq)
 
-    async def _snapshot(self, seq: int) -> bytes:
-        """The committer's hook when a segment is full: the state after ``seq`` (sealed), built
-        by a child process from the log's files (``server.snapshots``), never on this loop.
+    async def _snapshot(self, seq: int) -> None:
+        """The committer's hook when a segment is full: the snapshot of the state after ``seq``
+        (sealed), built and written by a child process from the log's files
+        (``server.snapshots``), never on this loop.
 
         Finished jobs past the retention period leave the live state here too, at the same
         ``now`` the child prunes with, so both hold the same jobs."""
@@ -197,16 +198,20 @@ class Store:
         if expired:
             log.info("dropped %d finished jobs older than the retention period", len(expired))
         started = time.monotonic()
-        payload = await snapshots.build_in_child(
-            self.log.directory, seq, now=now, linger=self.linger, retention=self.retention
+        path = await snapshots.build_in_child(
+            self.log.directory,
+            seq,
+            fmt=self.log.format,
+            now=now,
+            linger=self.linger,
+            retention=self.retention,
         )
         log.info(
             "snapshot at seq %d: %d bytes, built in %.3f s by a child process",
             seq,
-            len(payload),
+            path.stat().st_size,
             time.monotonic() - started,
         )
-        return payload
 
     def close(self) -> None:
         """Stop accepting appends; ``run`` returns once every queued record is on disk."""

@@ -71,9 +71,9 @@ class Committer:
 
     When the current segment is full the committer seals it (`EventLog.seal`: the records up
     to seq S stay in files no append touches again) and, while it goes on writing, awaits
-    `snapshot(S)` in a task of its own; that must return the state after S as bytes, built
-    from those files, never from the live state (which has moved on). The snapshot's file is
-    then written beside the appends, and the files it makes obsolete are dropped.
+    `snapshot(S)` in a task of its own; that must write the snapshot file of S (the bytes of
+    `EventLog.write_snapshot_file`) with the state after S, built from those files, never
+    from the live state (which has moved on). The files it makes obsolete are then dropped.
     """
 
     def __init__(
@@ -81,7 +81,7 @@ class Committer:
         log: EventLog,
         encode: Callable[[dict], bytes] = orjson.dumps,
         *,
-        snapshot: Callable[[int], Awaitable[bytes]] | None = None,
+        snapshot: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         if not log.ready:
             raise RuntimeError("open the event log and consume its replay before committing")
@@ -322,13 +322,13 @@ class Committer:
         nursery.start_soon(self._take_snapshot, seq)
 
     async def _take_snapshot(self, seq: int) -> None:
-        """Build the snapshot of ``seq`` (sealed), write it beside the appends, drop what it
-        makes obsolete. A failure leaves the log whole; the next full segment tries again."""
+        """Have the snapshot of ``seq`` (sealed) built and written beside the appends, then
+        drop what it makes obsolete. A failure leaves the log whole; the next full segment
+        tries again."""
         assert self._snapshot is not None
         log = self._log
         try:
-            payload = await self._snapshot(seq)
-            await trio.to_thread.run_sync(log.write_snapshot_file, seq, payload)
+            await self._snapshot(seq)
             async with self._log_lock:
                 await trio.to_thread.run_sync(log.snapshot_written, seq)
         except Exception as exc:  # noqa: BLE001 - any failure: the log still holds everything

@@ -34,25 +34,23 @@ import errno
 import fcntl
 import logging
 import os
-import struct
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from appliance.core import migrations
 from appliance.store.errors import StorageError, storage_error
-from appliance.store.files import fsync_dir
+from appliance.store.files import fsync_dir, write_atomically
 from appliance.store.frames import (
     MAX_PAYLOAD,
     SEG_HEADER,
     SEGMENT_MAGIC,
-    SNAPSHOT_MAGIC,
     frame,
     header_format,
     list_segments,
     list_snapshots,
     segment_name,
     snapshot_name,
+    snapshot_parts,
 )
 from appliance.store.replay import OpenReport, Replay
 
@@ -299,15 +297,16 @@ class EventLog:
             raise ValueError(f"write_snapshot: seq {seq} is neither the last seq nor sealed")
         if len(payload) >= 2**32:
             raise ValueError("write_snapshot: payload too large")
-        head = struct.pack("<HQI", self.format, seq, len(payload))
-        crc = zlib.crc32(payload, zlib.crc32(head))
-        parts = [SNAPSHOT_MAGIC + head + struct.pack("<I", crc), payload]  # no 2nd copy of it
+        parts = snapshot_parts(self.format, seq, payload)
         self._write_file_atomically(self.path / snapshot_name(seq), parts, "writing a snapshot")
 
     def snapshot_written(self, seq: int) -> None:
-        """After `write_snapshot_file`: start the segment after ``seq`` unless there is one,
-        then drop what neither this snapshot nor the previous one needs."""
+        """After `write_snapshot_file` (or another process wrote the same file): start the
+        segment after ``seq`` unless there is one, then drop what neither this snapshot nor
+        the previous one needs."""
         self._check_ready()
+        if not (self.path / snapshot_name(seq)).exists():
+            raise ValueError(f"snapshot_written: there is no snapshot file of seq {seq}")
         if seq == self._last_seq and not (
             self._segment_first == seq + 1 and self._end == SEG_HEADER.size
         ):
@@ -315,28 +314,9 @@ class EventLog:
         self._prune(seq)
 
     def _write_file_atomically(self, final: Path, parts: list[bytes], what: str) -> None:
-        tmp = final.with_name(final.name + ".tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                for data in parts:
-                    view = memoryview(data)
-                    written = 0
-                    while written < len(data):  # each pass writes >= 1 byte or raises
-                        n = self._write(fd, view[written:])
-                        if n <= 0:
-                            raise OSError(errno.EIO, "write returned no progress")
-                        written += n
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-            fsync_dir(self.path)
+            write_atomically(final, parts, self._write)
         except OSError as exc:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
             raise storage_error(exc, what, final) from exc
 
     def _start_segment(self, first: int) -> None:

@@ -416,7 +416,7 @@ async def test_snapshot_hook_bounds_the_log(tmp_path: Path) -> None:
     log = open_log(tmp_path, segment_max_bytes=2000)
     taken: list[int] = []
 
-    async def snapshot(seq: int) -> bytes:
+    async def snapshot(seq: int) -> None:
         # sealed: every record up to seq is in files no append touches again
         assert seq <= committer.synced_seq
         assert log.last_seq == seq or (tmp_path / "log" / segment_name(seq + 1)).exists()
@@ -424,7 +424,7 @@ async def test_snapshot_hook_bounds_the_log(tmp_path: Path) -> None:
         state = state_from_files(tmp_path, seq)
         assert state == list(range(seq))
         taken.append(seq)
-        return orjson.dumps(state)
+        await trio.to_thread.run_sync(log.write_snapshot_file, seq, orjson.dumps(state))
 
     committer = Committer(log, snapshot=snapshot)
     async with trio.open_nursery() as nursery:
@@ -452,11 +452,12 @@ async def test_failed_snapshot_is_retried_later(tmp_path: Path) -> None:
     log = open_log(tmp_path, disk, segment_max_bytes=500)
     calls: list[int] = []
 
-    async def snapshot(seq: int) -> bytes:
+    async def snapshot(seq: int) -> None:
         calls.append(seq)
         if len(calls) == 1:
             disk.fail_next = errno.ENOSPC  # the snapshot write hits a full disk
-        return orjson.dumps(state_from_files(tmp_path, seq))
+        payload = orjson.dumps(state_from_files(tmp_path, seq))
+        await trio.to_thread.run_sync(log.write_snapshot_file, seq, payload)
 
     committer = Committer(log, snapshot=snapshot)
     async with trio.open_nursery() as nursery:
