@@ -161,7 +161,8 @@ def _jobs_restore(state: State, r: dict[str, Any]) -> None:
     job_type = jobfsm.Job
     for row in r["rows"]:
         job = job_type(*row) if positional else job_type(**dict(zip(fields, row, strict=True)))
-        job.events = [tuple(e) for e in job.events]
+        if job.events:  # most jobs in a snapshot are past their linger window: none
+            job.events = [tuple(e) for e in job.events]
         if job.outputs:
             job.outputs = {k: tuple(v) for k, v in job.outputs.items()}
         jobs[job.id] = job
