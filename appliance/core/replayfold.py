@@ -22,8 +22,11 @@ import orjson
 from appliance.core import jobfsm, migrations
 from appliance.core.state import ORG_EVENTS_KEPT, ORG_FEED_EVENTS, State, apply, org_event
 
-# a job's deferred events: its stamped time, then the ["event", name, data] change, for each
-RawEvents = list[float | list[Any]]
+# A job's deferred events: its last_event_t before them, then each step record that added some,
+# as the log's bytes (decoded again only for a job that keeps them) or, for a record migrated
+# from an older format, the record. Keeping the decoded changes instead held millions of small
+# objects until the start: a quarter of the replay's time went to that.
+RawEvents = list[Any]
 PROGRESS_EVERY = 1000  # records between two progress calls
 _NODE = frozenset(jobfsm.NODE_STATUSES)
 
@@ -78,20 +81,15 @@ class DeferredFold:
             job = jobs.get(job_id)
             if job is None:
                 continue
-            raw = pending.get(job_id)
-            if raw is None:
-                raw = pending[job_id] = []
             t = record["t"]
             us = round(t * 1_000_000)
-            nodes, append, org = job.nodes, raw.append, None
+            nodes, org, before = job.nodes, None, job.last_event_t
             for change in record["changes"]:
                 kind = change[0]
                 if kind == "event":
                     _, name, _data = change
                     floor = round(job.last_event_t * 1_000_000) + 1  # jobfsm.event_time, inline
                     ts = job.last_event_t = (us if us >= floor else floor) / 1_000_000
-                    append(ts)
-                    append(change)
                     if name in ORG_FEED_EVENTS:
                         org = org or []
                         org.append((ts, change))
@@ -106,12 +104,17 @@ class DeferredFold:
                         apply_change(job, change, t)
                 else:
                     apply_change(job, change, t)
+            if job.last_event_t != before:  # the step had events: kept to be built later
+                raw = pending.get(job_id)
+                if raw is None:
+                    raw = pending[job_id] = [before]
+                raw.append(payload if fmt == current else record)
             if org:
                 note_org(job, org)
         self._build_org_feed()
         return count
 
-    def _org_events(self, job: jobfsm.Job, events: RawEvents) -> None:
+    def _org_events(self, job: jobfsm.Job, events: list[tuple[float, list[Any]]]) -> None:
         """Count a step's org feed events; keep the last ones, built in `_build_org_feed`."""
         state = self.state
         for ts, (_, name, data) in events:
@@ -129,15 +132,25 @@ class DeferredFold:
         """Build the deferred events of the jobs ``keep`` accepts; every other job is left
         without events. Returns how many jobs' events were built; the fold is empty after."""
         built = 0
-        add_event = jobfsm.add_event
         for job in self.state.jobs.values():
             raw = self.pending.get(job.id)
             if not keep(job):
                 job.events.clear()
             elif raw:
-                for k in range(0, len(raw), 2):
-                    _, name, data = raw[k + 1]
-                    add_event(job, name, data, raw[k])
+                _build_events(job, raw)
                 built += 1
         self.pending.clear()
         return built
+
+
+def _build_events(job: jobfsm.Job, raw: RawEvents) -> None:
+    """Decode the job's deferred steps again and add their events, stamped as replay did."""
+    last, loads, event_time, add_event = raw[0], orjson.loads, jobfsm.event_time, jobfsm.add_event
+    for step in raw[1:]:
+        record = loads(step) if isinstance(step, bytes) else step
+        t = record["t"]
+        for change in record["changes"]:
+            if change[0] == "event":
+                _, name, data = change
+                last = event_time(last, t)
+                add_event(job, name, data, last)
