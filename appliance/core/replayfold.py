@@ -3,12 +3,13 @@
 A job's SSE events are shown only while it runs or lingers (``wait_complete_time`` after its
 end); past that its feed answers with a summary and the server drops them (``Dispatcher``'s
 ``retire`` and ``resume``). In a long log nearly every event belongs to such a job, and
-rendering its timestamp and merging its data was most of the replay's work. So the fold keeps
-each event as (time, name, data), the time already bumped by `jobfsm.event_time` so that
-``last_event_t`` and the org feed come out exact, and `settle` builds the events of the jobs
-a feed still shows, with the `jobfsm.add_event` of a live step, once the clock that decides
-is running. After `settle` the state equals `state.apply` folded over the same records, except
-that the jobs `settle` was told not to keep have no events (as the server leaves them).
+rendering its timestamp and merging its data was most of the replay's work. So the fold only
+bumps each event's time (as `jobfsm.event_time` does, so that ``last_event_t`` and the org feed
+come out exact) and keeps the bytes of the job's step records that added events; `settle`
+decodes them again for the jobs a feed still shows, once the clock that decides is running,
+and builds their events with the `jobfsm.add_event` of a live step. After `settle` the state
+equals `state.apply` folded over the same records, except that the jobs `settle` was told not
+to keep have no events (as the server leaves them).
 """
 
 from __future__ import annotations
