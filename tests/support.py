@@ -618,3 +618,4 @@ def make_agent(
         **config,
     )
     return Agent(settings, hostname=hostname)
+
