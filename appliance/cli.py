@@ -176,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return client_main()
     words = sys.argv[1:] if argv is None else argv
+    if words[:1] == ["_snapshot"]:  # the server's snapshot builder (a child it starts)
+        from appliance.server.snapshots import child_main
+
+        return child_main(words[1:])
     first = next((w for w in words if not w.startswith("-")), None)
     args = _parser(server_only=first in ("server", "edge")).parse_args(argv)
     if args.command == "server":

@@ -36,6 +36,7 @@ BATCH = 20_000  # records per log append while building
 MAX_JOBS = 10_000_000
 STEP_SECONDS = 0.002  # between two messages of one job
 _REPLAYED = re.compile(r"replayed (\d+) records \(snapshot at (\w+)\) in ([0-9.]+) s")
+_SETTLED = re.compile(r"built the events of \d+ jobs in ([0-9.]+) s")
 
 
 @dataclass
@@ -277,10 +278,12 @@ def _replay_line(log_text: str) -> dict[str, Any]:
     if not found:
         return {}
     count, snapshot, seconds = found[-1]
+    settled = _SETTLED.findall(log_text)
     return {
         "replayed_records": int(count),
         "snapshot_seq": None if snapshot == "None" else int(snapshot),
         "store_load_s": float(seconds),
+        "settle_s": float(settled[-1]) if settled else None,  # the events built at resume
     }
 
 
@@ -369,18 +372,32 @@ def run_server_mode(root: Path, built: Built, args: Any) -> list[dict]:
 
 
 def _timed_load(directory: Path) -> tuple[Any, float, dict[str, float]]:
+    """``Store.load`` as the server runs it (events deferred), then the events settled as its
+    start does (``Dispatcher.resume``: only the jobs inside the 5 s linger window keep them)."""
+    from appliance.core import jobfsm
     from appliance.server.store import Store
 
     store = Store(directory, segment_max_bytes=2**40, retention_days=0)
     t0, cpu0 = time.perf_counter(), time.process_time()
-    store.load()
+    store.load(defer_events=True)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    return store, wall, {"load_cpu_s": round(cpu, 3), **_memory(os.getpid())}
+    now = time.time()
+    store.settle_events(lambda job: jobfsm.shows_events(job, now, 5.0))
+    settled = time.perf_counter() - t0
+    return (
+        store,
+        wall,
+        {
+            "load_cpu_s": round(cpu, 3),
+            "with_settle_s": round(settled, 3),
+            **_memory(os.getpid()),
+        },
+    )
 
 
 def run_in_process(built: Built) -> list[dict]:
     """``Store.load`` alone, in this process; then a snapshot written as the server would."""
-    from appliance.core import jobfsm
+    from appliance.server import snapshots
 
     store, seconds, memory = _timed_load(built.directory)
     rows = [
@@ -392,11 +409,8 @@ def run_in_process(built: Built) -> list[dict]:
             "records_per_cpu_s": round(built.records / max(memory["load_cpu_s"], 0.001)),
         }
     ]
-    for job in store.state.jobs.values():
-        if jobfsm.job_finished(job):
-            job.events.clear()  # what the server does to jobs past their linger window
     t0 = time.perf_counter()
-    payload = store._snapshot(store.log.last_seq)
+    payload = snapshots.payload(store.state)  # what the snapshot child ends with
     encode_s = time.perf_counter() - t0
     store.log.write_snapshot(store.log.last_seq, payload)
     store.log.close()
@@ -414,6 +428,14 @@ def run_in_process(built: Built) -> list[dict]:
     )
     store.log.close()
     return rows
+
+
+def _stall(built: Built, args: Any) -> dict:
+    from appliance.bench import stall
+
+    return stall.measure(
+        built.directory, segment_bytes=2**20, snapshots=2, timeout=args.startup_seconds
+    )
 
 
 # -- reporting -----------------------------------------------------------------------------
@@ -454,6 +476,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--in-process", action="store_true", help="time Store.load here, no server process"
     )
+    parser.add_argument(
+        "--stall",
+        action="store_true",
+        help="the loop's longest stall while the committer snapshots the state (1 MiB segments)",
+    )
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp)")
     parser.add_argument("--keep", action="store_true", help="keep the built state directory")
     parser.add_argument(
@@ -481,6 +508,7 @@ def run(args: argparse.Namespace) -> int:
         "capture_every": args.capture_every,
         "flap_every": args.flap_every,
         "in_process": args.in_process,
+        "stall": args.stall,
     }
     root = Path(tempfile.mkdtemp(prefix="pushy-bench-replay-", dir=args.dir))
     try:
@@ -501,7 +529,12 @@ def run(args: argparse.Namespace) -> int:
             f"{built.changes:,} job changes, {built.sse_events:,} SSE events), "
             f"{built.log_bytes / 2**20:.1f} MiB in {built.seconds:.1f} s"
         )
-        rows = run_in_process(built) if args.in_process else run_server_mode(root, built, args)
+        if args.stall:
+            rows = [{"phase": "loop stall, snapshots of the state", **_stall(built, args)}]
+        elif args.in_process:
+            rows = run_in_process(built)
+        else:
+            rows = run_server_mode(root, built, args)
         results = {
             "records": built.records,
             "log_bytes": built.log_bytes,

@@ -43,8 +43,11 @@ __all__ = [
     "Send",
     "Step",
     "abort",
+    "add_event",
     "apply_change",
     "crash",
+    "event_data",
+    "event_time",
     "job_finished",
     "new_job",
     "nodes_by_status",
@@ -54,6 +57,7 @@ __all__ = [
     "on_run_timeout",
     "on_voting_timeout",
     "running_deadline",
+    "shows_events",
     "start",
     "voting_deadline",
 ]
@@ -156,25 +160,46 @@ class Step:
 # The reducer
 
 
+def event_time(last_event_t: float, t: float) -> float:
+    """The time an event at ``t`` is stamped with: at least 1 µs after the job's previous one.
+
+    Pedant wants unique, increasing timestamps within a job, even for events that happen in
+    the same microsecond; working in integer microseconds makes the rendered strings differ."""
+    us = round(t * 1_000_000)
+    floor = round(last_event_t * 1_000_000) + 1
+    return (us if us >= floor else floor) / 1_000_000
+
+
+def event_data(data: dict[str, Any], ts: float) -> dict[str, Any]:
+    """An event's data as the feeds show it: its ``timestamp`` (``ts`` from `event_time`) first."""
+    return {"timestamp": sse_timestamp_us(round(ts * 1_000_000)), **data}
+
+
+def add_event(job: Job, name: str, data: dict[str, Any], ts: float) -> None:
+    """Append an event stamped ``ts``; its SSE id (job-N) is its position."""
+    events = job.events
+    events.append((len(events) + 1, name, event_data(data, ts)))
+
+
+def shows_events(job: Job, now: float, linger: float) -> bool:
+    """Whether the job's feed still shows its events: not finished, or finished less than
+    ``linger`` (``wait_complete_time``) seconds ago; past that it answers with a summary."""
+    if job.status not in FINISHED:
+        return True
+    finished_at = job.finished_at
+    if not finished_at:
+        return False
+    return now - finished_at < linger
+
+
 def apply_change(job: Job, change: list[Any], t: float) -> None:
     """Apply one durable change at time ``t``: the only code that mutates a Job."""
-    # Replay runs this for every change in the log, so the commonest kinds come first and
-    # the work is inlined; it must stay exactly what the live handlers did.
+    # Replay runs this for every change in the log, so the commonest kinds come first.
     kind = change[0]
     if kind == "event":
         _, name, data = change
-        # Pedant wants unique, increasing timestamps within a job, even for events that
-        # happen in the same microsecond: bump by 1 µs, working in integer microseconds so
-        # the rendered strings differ too.
-        us = round(t * 1_000_000)
-        floor = round(job.last_event_t * 1_000_000) + 1
-        if us < floor:
-            us = floor
-        ts = us / 1_000_000
-        back = ts * 1_000_000  # sse_timestamp(ts) without a second round() when exact
-        stamp = sse_timestamp_us(us if back == us else round(back))
-        events = job.events
-        events.append((len(events) + 1, name, {"timestamp": stamp, **data}))
+        ts = event_time(job.last_event_t, t)
+        add_event(job, name, data, ts)
         job.last_event_t = ts
     elif kind == "node":
         _, name, status = change
@@ -235,28 +260,29 @@ def new_job(
     node_map = dict.fromkeys(nodes, "new")
     if len(node_map) != len(nodes):
         raise ValueError("duplicate node name")
+    # positionally, in field order: replay makes one per job_created record
     return Job(
-        id=id,
-        org=org,
-        command=command,
-        nodes=node_map,
-        quorum=quorum,
-        run_timeout=run_timeout,
-        user=user,
-        dir=dir,
-        env=dict(env) if env is not None else None,
-        file=file,
-        capture=bool(capture),
-        requestor=requestor,
-        status="new",
-        created_at=now,
-        updated_at=now,
-        voting_at=None,
-        running_at=None,
-        finished_at=None,
-        events=[],
-        outputs={},
-        last_event_t=0.0,
+        id,
+        org,
+        command,
+        node_map,
+        quorum,
+        run_timeout,
+        user,
+        dir,
+        dict(env) if env is not None else None,
+        file,
+        bool(capture),
+        requestor,
+        "new",  # status
+        now,  # created_at
+        now,  # updated_at
+        None,  # voting_at
+        None,  # running_at
+        None,  # finished_at
+        [],  # events
+        {},  # outputs
+        0.0,  # last_event_t
     )
 
 

@@ -95,12 +95,17 @@ class State:
             if name not in ORG_FEED_EVENTS:
                 continue
             self.org_event_count += 1
-            payload = {"timestamp": data["timestamp"], "job": job.id}
-            payload.update((k, v) for k, v in data.items() if k != "timestamp")
-            event = OrgEvent(self.org_event_count, job.org, job.last_event_t, name, payload)
+            event = org_event(self.org_event_count, job, job.last_event_t, name, data)
             self.org_events.append(event)
             added.append(event)
         return added
+
+
+def org_event(n: int, job: jobfsm.Job, t: float, name: str, data: dict[str, Any]) -> OrgEvent:
+    """The org feed's copy of a job's event (``data`` stamped), which names the job."""
+    payload = {"timestamp": data["timestamp"], "job": job.id}
+    payload.update((k, v) for k, v in data.items() if k != "timestamp")
+    return OrgEvent(n, job.org, t, name, payload)
 
 
 def apply(state: State, record: dict[str, Any]) -> None:
@@ -156,7 +161,8 @@ def _jobs_restore(state: State, r: dict[str, Any]) -> None:
     job_type = jobfsm.Job
     for row in r["rows"]:
         job = job_type(*row) if positional else job_type(**dict(zip(fields, row, strict=True)))
-        job.events = [tuple(e) for e in job.events]
+        if job.events:  # most jobs in a snapshot are past their linger window: none
+            job.events = [tuple(e) for e in job.events]
         if job.outputs:
             job.outputs = {k: tuple(v) for k, v in job.outputs.items()}
         jobs[job.id] = job

@@ -186,6 +186,9 @@ class Dispatcher:
         speak again (ghosts), and the jobs that were live are supervised again."""
         for key, incarnation in self.state.up_nodes.items():
             self.table.restore(key, incarnation, now)
+        linger = self.settings.wait_complete_time
+        # a replay leaves the events unbuilt: only the jobs whose feed shows them get theirs
+        self.store.settle_events(lambda job: jobfsm.shows_events(job, now, linger))
         for job in list(self.state.jobs.values()):
             if job.status == "new":
                 # A crash tore its creation batch (job_created without the start step, or
@@ -193,9 +196,7 @@ class Dispatcher:
                 # stay "new" forever and hold its nodes; it is crashed instead.
                 self.live.add(job)
                 self.job_crashed(job, now, tell_nodes=False)  # its nodes never heard of it
-            elif not jobfsm.job_finished(job):
-                self.live.add(job)
-            elif job.finished_at and now - job.finished_at < self.settings.wait_complete_time:
+            elif jobfsm.shows_events(job, now, linger):
                 self.live.add(job)
             else:
                 job.events.clear()  # past its linger window: the feed answers with a summary

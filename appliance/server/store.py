@@ -19,8 +19,10 @@ from typing import Any
 import orjson
 import trio
 
-from appliance.core import migrations
+from appliance.core import jobfsm, migrations
 from appliance.core import state as corestate
+from appliance.core.replayfold import DeferredFold
+from appliance.server import snapshots
 from appliance.server.clock import Clock
 from appliance.store.committer import Committer, CommitterClosed
 from appliance.store.errors import StorageError
@@ -28,27 +30,41 @@ from appliance.store.log import EventLog
 from appliance.store.replay import OpenReport
 
 log = logging.getLogger("pushy.store")
-PROGRESS_EVERY = 1000  # records between two replay progress calls
 READ_SYNC_WAIT_SECONDS = 5.0  # a read waits at most this long for the disk (see `barrier`)
 
 
 class Store:
-    def __init__(self, directory: Path, *, segment_max_bytes: int, retention_days: float) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        segment_max_bytes: int,
+        retention_days: float,
+        linger: float = 5.0,
+    ) -> None:
         self.log = EventLog(directory, segment_max_bytes=segment_max_bytes)
         self.retention = retention_days * 86400.0
+        self.linger = linger  # wait_complete_time: how long a finished job's events are shown
         self.state = corestate.State()
         self.committer: Committer | None = None
         self.report: OpenReport | None = None
         self.clock: Clock | None = None
+        self._fold: DeferredFold | None = None  # the events `load` deferred
 
     # Start -----------------------------------------------------------------------------------
     def load(
-        self, *, recover: bool = False, progress: Callable[[int], None] | None = None
+        self,
+        *,
+        recover: bool = False,
+        progress: Callable[[int], None] | None = None,
+        defer_events: bool = False,
     ) -> corestate.State:
         """Replay snapshot + log into a fresh state (blocking; call before trio starts serving).
 
-        ``progress(n)`` is called every `PROGRESS_EVERY` records applied (snapshot and log),
-        so a long replay can tell systemd it is still making headway.
+        ``progress(n)`` is called every 1000 records applied (snapshot and log), so a long
+        replay can tell systemd it is still making headway. With ``defer_events`` the jobs'
+        SSE events are left unbuilt until `settle_events` (the server calls it once its clock
+        runs, to build only those a feed still shows); otherwise all are built here.
 
         The garbage collector is paused meanwhile: replay makes millions of objects that all
         stay alive, so each collection would walk them for nothing (a third of the time). What
@@ -58,10 +74,15 @@ class Store:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            count = self._replay(recover, progress)
+            snapshot, records = self.log.open(recover=recover)
+            fold = DeferredFold(self.state)
+            count = fold.replay(snapshot, records, progress)
+            if not defer_events:
+                fold.settle(lambda _job: True)
         finally:
             if collecting:
                 gc.enable()
+        self._fold = fold if defer_events else None
         self.state.last_seq = self.log.last_seq
         self.report = self.log.report
         log.info(
@@ -70,44 +91,28 @@ class Store:
             self.report.snapshot_seq,
             time.monotonic() - started,
         )
-        self.committer = Committer(self.log, snapshot=self._snapshot)
-        return self.state
-
-    def _replay(self, recover: bool, progress: Callable[[int], None] | None) -> int:
-        """Apply the snapshot, then the log after it; returns the number of log records.
-
-        Records of an older format go through ``core.migrations`` on their way in: the
-        reducer only ever sees the current format."""
-        snapshot, records = self.log.open(recover=recover)
-        state, apply, loads = self.state, corestate.apply, orjson.loads
-        upgrade, current = migrations.upgrade_record, migrations.FORMAT
-        applied = 0
-        if snapshot is not None:
-            payload, fmt = snapshot
-            for record in migrations.upgrade_snapshot(loads(payload), fmt):
-                apply(state, record)
-                applied += 1
-                if progress is not None and applied % PROGRESS_EVERY == 0:
-                    progress(applied)
-        count = 0
-        for _seq, payload, fmt in records:
-            record = loads(payload)
-            if fmt != current:
-                record = upgrade(record, fmt)
-            apply(state, record)  # no reducer needs the seq; ``load`` sets state.last_seq
-            count += 1
-            if progress is not None and (applied + count) % PROGRESS_EVERY == 0:
-                progress(applied + count)
-        older = sorted(f for f in self.log.report.formats if f != current)
+        older = sorted(f for f in self.report.formats if f != migrations.FORMAT)
         if older:
             log.info(
                 "the event log holds files of format %s (an older release's), migrated to "
                 "format %d as they were read; new records are written in format %d",
                 ", ".join(map(str, older)),
-                current,
-                current,
+                migrations.FORMAT,
+                migrations.FORMAT,
             )
-        return count
+        self.committer = Committer(self.log, snapshot=self._snapshot)
+        return self.state
+
+    def settle_events(self, keep: Callable[[jobfsm.Job], bool]) -> int:
+        """Build the events `load` deferred for the jobs ``keep`` accepts (the others are left
+        without any); returns how many jobs got theirs. Nothing to do after a plain load."""
+        fold, self._fold = self._fold, None
+        if fold is None:
+            return 0
+        started = time.monotonic()
+        built = fold.settle(keep)
+        log.info("built the events of %d jobs in %.3f s", built, time.monotonic() - started)
+        return built
 
     def initialise(self, records: list[dict[str, Any]]) -> None:
         """First start: write the server's founding records synchronously, then apply them."""
@@ -181,16 +186,32 @@ class Store:
         if seq:
             await self.committer.wait_synced(seq)
 
-    def _snapshot(self, seq: int) -> bytes:
-        """Called by the committer when the segment is full: the state after every record so far."""
+    async def _snapshot(self, seq: int) -> None:
+        """The committer's hook when a segment is full: the snapshot of the state after ``seq``
+        (sealed), built and written by a child process from the log's files
+        (``server.snapshots``), never on this loop.
+
+        Finished jobs past the retention period leave the live state here too, at the same
+        ``now`` the child prunes with, so both hold the same jobs."""
         now = self.clock.now() if self.clock is not None else time.time()
         expired = corestate.prune_jobs(self.state, now=now, retention=self.retention)
         if expired:
             log.info("dropped %d finished jobs older than the retention period", len(expired))
-        records = corestate.to_records(self.state)
-        payload = orjson.dumps(records)
-        log.info("snapshot at seq %d: %d records, %d bytes", seq, len(records), len(payload))
-        return payload
+        started = time.monotonic()
+        path = await snapshots.build_in_child(
+            self.log.directory,
+            seq,
+            fmt=self.log.format,
+            now=now,
+            linger=self.linger,
+            retention=self.retention,
+        )
+        log.info(
+            "snapshot at seq %d: %d bytes, built in %.3f s by a child process",
+            seq,
+            path.stat().st_size,
+            time.monotonic() - started,
+        )
 
     def close(self) -> None:
         """Stop accepting appends; ``run`` returns once every queued record is on disk."""

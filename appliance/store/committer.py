@@ -16,7 +16,7 @@ for waiters already registered (call it before the next checkpoint after `append
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 import trio
@@ -69,9 +69,11 @@ def _copy_error(exc: StorageError) -> StorageError:
 class Committer:
     """The single writer of the log; run `run()` in the nursery that owns the store.
 
-    `snapshot(seq)`, if given, is called on the trio thread when the current segment is
-    full and must return the state after every record appended so far (seq is the last
-    assigned one) as bytes; the committer writes the queued records, then the snapshot.
+    When the current segment is full the committer seals it (`EventLog.seal`: the records up
+    to seq S stay in files no append touches again) and, while it goes on writing, awaits
+    `snapshot(S)` in a task of its own; that must write the snapshot file of S (the bytes of
+    `EventLog.write_snapshot_file`) with the state after S, built from those files, never
+    from the live state (which has moved on). The files it makes obsolete are then dropped.
     """
 
     def __init__(
@@ -79,7 +81,7 @@ class Committer:
         log: EventLog,
         encode: Callable[[dict], bytes] = orjson.dumps,
         *,
-        snapshot: Callable[[int], bytes] | None = None,
+        snapshot: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         if not log.ready:
             raise RuntimeError("open the event log and consume its replay before committing")
@@ -95,7 +97,8 @@ class Committer:
         self._running = False
         self._finished = False
         self._snapshot_retry_at = 0
-        self._hold: trio.Event | None = None  # set while a snapshot holds durable writes back
+        self._snapshotting = False  # a snapshot task is under way
+        self._log_lock = trio.Lock()  # one EventLog call in a worker thread at a time
         self.batches = 0
         self.failures = 0
         self.snapshots = 0
@@ -105,6 +108,11 @@ class Committer:
     def synced_seq(self) -> int:
         """Every record with seq <= this is on disk."""
         return self._synced
+
+    @property
+    def snapshot_under_way(self) -> bool:
+        """A snapshot is being built or written."""
+        return self._snapshotting
 
     @property
     def last_seq(self) -> int:
@@ -133,15 +141,12 @@ class Committer:
     ) -> int:
         """Queue `records` (consecutive seqs, one batch) and wait until they are durable.
 
-        `on_synced` runs on the committer task right after the write succeeded, before any
-        snapshot is considered: the place to apply the records to in-memory state, so that a
-        snapshot never covers a seq whose effect is not in the state yet.
+        `on_synced` runs on the committer task right after the write succeeded: the place to
+        apply the records to in-memory state.
 
         Returns the last seq; raises `StorageError` if the write failed (none of them is then
         in the log, and `on_synced` did not run) or `CommitterClosed`.
         """
-        while self._hold is not None:  # a snapshot is being taken: one batch + one snapshot
-            await self._hold.wait()
         if self._closed:
             raise CommitterClosed("the event log committer is closed")
         if not records:
@@ -192,29 +197,14 @@ class Committer:
         if self._running:
             raise RuntimeError("Committer.run is already running")
         self._running = True
-        task_status.started()
         try:
-            failures_in_a_row = 0
-            while True:
-                while not self._queue and not self._closed:
-                    self._wakeup = trio.Event()
-                    await self._wakeup.wait()
-                if not self._queue:
-                    return
-                if await self._write_batch():
-                    failures_in_a_row = 0
-                    if not self._closed:
-                        await self._maybe_snapshot()
-                    continue
-                failures_in_a_row += 1
-                if self._closed and failures_in_a_row >= CLOSE_ATTEMPTS:
-                    logger.error(
-                        "event log: giving up at shutdown, %d records not written", len(self._queue)
-                    )
-                    return
-                # Records nobody waits for stay queued: retry, backing off, until the disk
-                # takes them again (new REST writes meanwhile fail fast with StorageError).
-                await trio.sleep(min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2**failures_in_a_row))
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                try:
+                    await self._write_until_closed(nursery)
+                finally:
+                    # a snapshot still being built is dropped: the log holds all it would
+                    nursery.cancel_scope.cancel()
         finally:
             self._closed = True
             self._finished = True
@@ -224,12 +214,36 @@ class Committer:
                 waiter.event.set()
             self._waiters.clear()
 
+    async def _write_until_closed(self, nursery: trio.Nursery) -> None:
+        failures_in_a_row = 0
+        while True:
+            while not self._queue and not self._closed:
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+            if not self._queue:
+                return
+            if await self._write_batch():
+                failures_in_a_row = 0
+                if not self._closed:
+                    await self._maybe_snapshot(nursery)
+                continue
+            failures_in_a_row += 1
+            if self._closed and failures_in_a_row >= CLOSE_ATTEMPTS:
+                logger.error(
+                    "event log: giving up at shutdown, %d records not written", len(self._queue)
+                )
+                return
+            # Records nobody waits for stay queued: retry, backing off, until the disk
+            # takes them again (new REST writes meanwhile fail fast with StorageError).
+            await trio.sleep(min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2**failures_in_a_row))
+
     async def _write_batch(self) -> bool:
         batch, self._queue = self._queue, []
         last = batch[-1].seq
         items = [(entry.seq, entry.payload) for entry in batch]
         try:
-            await trio.to_thread.run_sync(self._log.append, items)
+            async with self._log_lock:
+                await trio.to_thread.run_sync(self._log.append, items)
         except StorageError as exc:
             self._fail(batch, exc)
             return False
@@ -286,34 +300,40 @@ class Committer:
                 waiter.event.set()
         self._waiters = still_waiting
 
-    async def _maybe_snapshot(self) -> None:
+    async def _maybe_snapshot(self, nursery: trio.Nursery) -> None:
+        """The segment is full: seal it and build the snapshot of its last seq meanwhile."""
         log = self._log
-        if self._snapshot is None or not log.needs_snapshot():
+        if self._snapshot is None or self._snapshotting or not log.needs_snapshot():
             return
         if log.segment_bytes() < self._snapshot_retry_at:
             return
-        hold = self._hold = trio.Event()
+        self._snapshotting = True  # from now: a test waiting for idle must wait for it too
         try:
-            # Records from append_and_wait are applied only once written (on_synced), so a
-            # payload taken while one is queued would claim its seq without its effect. Write
-            # those first, holding new ones back: then the queue holds only records whose
-            # effect is in the state already.
-            if any(entry.waited for entry in self._queue) and not await self._write_batch():
-                return
-            seq = self._next_seq - 1
-            payload = self._snapshot(seq)
-            # The snapshot covers everything appended so far: write the rest of it first. No
-            # checkpoint separates the two, so the queue holds exactly the records <= seq.
-            if self._queue and not await self._write_batch():
-                return
-            try:
-                await trio.to_thread.run_sync(log.write_snapshot, seq, payload)
-            except StorageError as exc:
-                logger.error("event log: snapshot at seq %d failed: %s", seq, exc)
-                self._snapshot_retry_at = log.segment_bytes() + max(1, log.segment_max_bytes // 16)
-                return
+            async with self._log_lock:
+                seq = await trio.to_thread.run_sync(log.seal)
+        except BaseException as exc:
+            self._snapshotting = False
+            if not isinstance(exc, StorageError):
+                raise
+            logger.error("event log: cannot start a new segment for a snapshot: %s", exc)
+            self._snapshot_retry_at = log.segment_bytes() + max(1, log.segment_max_bytes // 16)
+            return
+        self._snapshot_retry_at = 0
+        nursery.start_soon(self._take_snapshot, seq)
+
+    async def _take_snapshot(self, seq: int) -> None:
+        """Have the snapshot of ``seq`` (sealed) built and written beside the appends, then
+        drop what it makes obsolete. A failure leaves the log whole; the next full segment
+        tries again."""
+        assert self._snapshot is not None
+        log = self._log
+        try:
+            await self._snapshot(seq)
+            async with self._log_lock:
+                await trio.to_thread.run_sync(log.snapshot_written, seq)
+        except Exception as exc:  # noqa: BLE001 - any failure: the log still holds everything
+            logger.error("event log: snapshot at seq %d failed: %s", seq, exc)
+        else:
             self.snapshots += 1
-            self._snapshot_retry_at = 0
         finally:
-            self._hold = None
-            hold.set()
+            self._snapshotting = False

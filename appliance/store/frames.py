@@ -50,6 +50,14 @@ def snapshot_name(seq: int) -> str:
     return f"snapshot-{seq:020d}.snap"
 
 
+def snapshot_parts(fmt: int, seq: int, payload: bytes) -> list[bytes]:
+    """A snapshot file's bytes: its header (with the CRC of header and payload), then the
+    payload itself (not copied into one buffer: it may be tens of MiB)."""
+    head = struct.pack("<HQI", fmt, seq, len(payload))
+    crc = zlib.crc32(payload, zlib.crc32(head))
+    return [SNAPSHOT_MAGIC + head + struct.pack("<I", crc), payload]
+
+
 def frame(seq: int, payload: bytes) -> bytes:
     crc = zlib.crc32(payload, zlib.crc32(_SEQ.pack(seq)))
     return REC_HEADER.pack(len(payload), crc, seq) + payload

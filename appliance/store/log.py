@@ -34,25 +34,23 @@ import errno
 import fcntl
 import logging
 import os
-import struct
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from appliance.core import migrations
 from appliance.store.errors import StorageError, storage_error
-from appliance.store.files import fsync_dir
+from appliance.store.files import fsync_dir, write_atomically
 from appliance.store.frames import (
     MAX_PAYLOAD,
     SEG_HEADER,
     SEGMENT_MAGIC,
-    SNAPSHOT_MAGIC,
     frame,
     header_format,
     list_segments,
     list_snapshots,
     segment_name,
     snapshot_name,
+    snapshot_parts,
 )
 from appliance.store.replay import OpenReport, Replay
 
@@ -125,17 +123,7 @@ class EventLog:
             self.close()
             raise
         self.report.snapshot_seq = base if payload is not None else None
-        return payload, self._replay_or_close(reader, segments, base, recover)
-
-    def _replay_or_close(
-        self, reader: Replay, segments: list[tuple[int, Path]], base: int, recover: bool
-    ) -> Iterator[tuple[int, bytes, int]]:
-        # A failed or abandoned replay releases the directory lock for the next attempt.
-        try:
-            yield from self._replay(reader, segments, base, recover)
-        except BaseException:
-            self.close()
-            raise
+        return payload, self._replay(reader, segments, base, recover)
 
     def _prepare_directory(self) -> None:
         try:
@@ -161,33 +149,38 @@ class EventLog:
     def _replay(
         self, reader: Replay, segments: list[tuple[int, Path]], base: int, recover: bool
     ) -> Iterator[tuple[int, bytes, int]]:
-        report = self.report
-        expect, tail = yield from reader.records(segments, base, recover)
-        self._last_seq = max(expect - 1, base)
-        if tail is not None and tail[1].exists() and expect - 1 == self._last_seq:
-            self._use_segment(tail[1], tail[0], header_format(tail[1]))
-        if self._fd is None or self._segment_format != self.format:
-            # never append records of one format to a segment of another: an older release
-            # must meet this segment's header (and refuse), not misread its records
-            if self._fd is not None:
-                logger.info(
-                    "event log: %s is in format %d; new records go to a new segment in format "
-                    "%d (the older files stay, read through the migration, until snapshots "
-                    "cover them)",
-                    self._segment.name if self._segment else "?",
-                    self._segment_format,
-                    self.format,
-                )
-            self._start_segment(self._last_seq + 1)
-        report.last_seq = self._last_seq
-        report.segments = len(list_segments(self.path))
-        self._ready = True
-        logger.info(
-            "event log: opened at seq %d (snapshot %s, %d records replayed)",
-            self._last_seq,
-            report.snapshot_seq,
-            report.records_replayed,
-        )
+        # A failed or abandoned replay releases the directory lock for the next attempt.
+        try:
+            report = self.report
+            expect, tail = yield from reader.records(segments, base, recover)
+            self._last_seq = max(expect - 1, base)
+            if tail is not None and tail[1].exists() and expect - 1 == self._last_seq:
+                self._use_segment(tail[1], tail[0], header_format(tail[1]))
+            if self._fd is None or self._segment_format != self.format:
+                # never append records of one format to a segment of another: an older release
+                # must meet this segment's header (and refuse), not misread its records
+                if self._fd is not None:
+                    logger.info(
+                        "event log: %s is in format %d; new records go to a new segment in format "
+                        "%d (the older files stay, read through the migration, until snapshots "
+                        "cover them)",
+                        self._segment.name if self._segment else "?",
+                        self._segment_format,
+                        self.format,
+                    )
+                self._start_segment(self._last_seq + 1)
+            report.last_seq = self._last_seq
+            report.segments = len(list_segments(self.path))
+            self._ready = True
+            logger.info(
+                "event log: opened at seq %d (snapshot %s, %d records replayed)",
+                self._last_seq,
+                report.snapshot_seq,
+                report.records_replayed,
+            )
+        except BaseException:
+            self.close()
+            raise
 
     # -- appends ---------------------------------------------------------------------------
 
@@ -277,54 +270,59 @@ class EventLog:
 
     # -- snapshots and segments ------------------------------------------------------------
 
-    def write_snapshot(self, seq: int, payload: bytes) -> None:
-        """Store the state after `seq` (== last_seq), start segment seq+1, drop obsolete files.
-
-        The previous snapshot and the segments after it are kept, so a damaged newest
-        snapshot still leaves a full replay path.
-        """
+    def seal(self) -> int:
+        """Start a new segment after the last record (unless the current one is still empty)
+        and return that record's seq: every record up to it now lies in files no append
+        touches again, which a snapshot can be built from off the writer's way."""
         self._check_ready()
-        if seq != self._last_seq:
-            raise ValueError(f"write_snapshot: seq {seq} is not the last seq {self._last_seq}")
+        if not (self._segment_first == self._last_seq + 1 and self._end == SEG_HEADER.size):
+            self._start_segment(self._last_seq + 1)
+        return self._last_seq
+
+    def write_snapshot(self, seq: int, payload: bytes) -> None:
+        """Store the state after `seq`, drop obsolete files: `write_snapshot_file`, then
+        `snapshot_written`. The previous snapshot and the segments after it are kept, so a
+        damaged newest snapshot still leaves a full replay path."""
+        self.write_snapshot_file(seq, payload)
+        self.snapshot_written(seq)
+
+    def write_snapshot_file(self, seq: int, payload: bytes) -> None:
+        """The snapshot's file alone. ``seq`` is the last seq or one `seal` returned: then
+        this may run in one thread while `append` runs in another (it reads no append state
+        but the last seq)."""
+        self._check_ready()
+        if seq > self._last_seq or (
+            seq < self._last_seq and not (self.path / segment_name(seq + 1)).exists()
+        ):
+            raise ValueError(f"write_snapshot: seq {seq} is neither the last seq nor sealed")
         if len(payload) >= 2**32:
             raise ValueError("write_snapshot: payload too large")
-        final = self.path / snapshot_name(seq)
-        head = struct.pack("<HQI", self.format, seq, len(payload))
-        crc = zlib.crc32(payload, zlib.crc32(head))
-        data = SNAPSHOT_MAGIC + head + struct.pack("<I", crc) + payload
-        self._write_file_atomically(final, data, "writing a snapshot")
-        if not (self._segment_first == seq + 1 and self._end == SEG_HEADER.size):
+        parts = snapshot_parts(self.format, seq, payload)
+        self._write_file_atomically(self.path / snapshot_name(seq), parts, "writing a snapshot")
+
+    def snapshot_written(self, seq: int) -> None:
+        """After `write_snapshot_file` (or another process wrote the same file): start the
+        segment after ``seq`` unless there is one, then drop what neither this snapshot nor
+        the previous one needs."""
+        self._check_ready()
+        if not (self.path / snapshot_name(seq)).exists():
+            raise ValueError(f"snapshot_written: there is no snapshot file of seq {seq}")
+        if seq == self._last_seq and not (
+            self._segment_first == seq + 1 and self._end == SEG_HEADER.size
+        ):
             self._start_segment(seq + 1)
         self._prune(seq)
 
-    def _write_file_atomically(self, final: Path, data: bytes, what: str) -> None:
-        tmp = final.with_name(final.name + ".tmp")
+    def _write_file_atomically(self, final: Path, parts: list[bytes], what: str) -> None:
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(data)
-                written = 0
-                while written < len(data):  # each pass writes >= 1 byte or raises
-                    n = self._write(fd, view[written:])
-                    if n <= 0:
-                        raise OSError(errno.EIO, "write returned no progress")
-                    written += n
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-            fsync_dir(self.path)
+            write_atomically(final, parts, self._write)
         except OSError as exc:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
             raise storage_error(exc, what, final) from exc
 
     def _start_segment(self, first: int) -> None:
         path = self.path / segment_name(first)
         header = SEG_HEADER.pack(SEGMENT_MAGIC, self.format, 0)
-        self._write_file_atomically(path, header, "creating a log segment")
+        self._write_file_atomically(path, [header], "creating a log segment")
         self._use_segment(path, first, self.format)
 
     def _use_segment(self, path: Path, first: int, fmt: int) -> None:

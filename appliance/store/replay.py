@@ -25,6 +25,7 @@ from appliance.store.frames import (
     SNAPSHOT_MAGIC,
     find_frame,
     first_record_intact,
+    list_segments,
     list_snapshots,
 )
 
@@ -209,16 +210,18 @@ class Replay:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         mv = memoryview(mm)
         bad = None
+        replayed = 0
         try:
             unpack = REC_HEADER.unpack_from
             crc32 = zlib.crc32
+            head = REC_HEADER.size
             off = SEG_HEADER.size
             while off < size:
-                if size - off < REC_HEADER.size:
+                if size - off < head:
                     bad = _Bad(off, "partial record header", False)
                     break
                 length, crc, seq = unpack(mm, off)
-                end = off + REC_HEADER.size + length
+                end = off + head + length
                 if end > size:
                     bad = _Bad(off, f"record length {length} runs past the end of file", False)
                     break
@@ -229,8 +232,8 @@ class Replay:
                     bad = _Bad(off, f"record has seq {seq}, expected {expect}", True)
                     break
                 if seq > base:
-                    self.report.records_replayed += 1
-                    yield seq, mm[off + REC_HEADER.size : end], version
+                    replayed += 1
+                    yield seq, mm[off + head : end], version
                 expect += 1
                 off = end
             if bad is not None and not bad.certain:
@@ -243,6 +246,7 @@ class Replay:
                         bad.reason += f"; a valid record follows at offset {found}"
             return bad, expect
         finally:
+            self.report.records_replayed += replayed  # counted here: one add per segment
             mv.release()
             mm.close()
 
@@ -320,3 +324,49 @@ class Replay:
             os.replace(path, aside)
         if paths:
             fsync_dir(self.path)
+
+
+def read_upto(
+    path: Path, seq: int
+) -> tuple[tuple[bytes, int] | None, Iterator[tuple[int, bytes, int]]]:
+    """The state at ``seq`` as `EventLog.open` gives it, read from the log directory ``path``
+    while a server appends to it: the newest snapshot at or before ``seq``, then the records
+    after it up to ``seq`` (which must all be on disk, in segments no longer written to).
+
+    Strictly read-only (no lock, nothing cut or repaired): any damage raises `LogCorruption`,
+    and so does a log that ends before ``seq``."""
+    reader = Replay(path, OpenReport())
+    base, payload = 0, None
+    snapshots = [(s, p) for s, p in list_snapshots(path) if s <= seq]
+    if snapshots:
+        base, snap_path = snapshots[-1]
+        payload = reader._read_snapshot(snap_path, base)
+    segments = [(first, p) for first, p in list_segments(path) if first <= seq]
+    return payload, _records_upto(reader, segments, base, seq)
+
+
+def _records_upto(
+    reader: Replay, segments: list[tuple[int, Path]], base: int, seq: int
+) -> Iterator[tuple[int, bytes, int]]:
+    expect = base + 1
+    if expect > seq:
+        return
+    start = max((i for i, (first, _) in enumerate(segments) if first <= expect), default=0)
+    for first, path in segments[start:]:
+        if first > expect:
+            raise LogCorruption(f"seq gap: segment starts at seq {first}", path=path, seq=expect)
+        scanner = reader._scan_segment(path, first, base, False)
+        while True:
+            try:
+                record = next(scanner)
+            except StopIteration as stop:
+                bad, expect = stop.value
+                break
+            yield record
+            if record[0] >= seq:  # not a byte further: what follows may be being written
+                scanner.close()
+                return
+        if bad is not None:
+            raise LogCorruption(bad.reason, path=path, offset=bad.offset, seq=expect)
+    if expect <= seq:
+        raise LogCorruption(f"the log ends at seq {expect - 1}, before seq {seq}", path=reader.path)

@@ -25,6 +25,7 @@ import trio.testing
 
 from appliance.store.committer import Committer
 from appliance.store.log import EventLog
+from appliance.store.replay import read_upto
 from tests.campaigns import storage
 from tests.campaigns.storage import History, Tally
 
@@ -210,13 +211,21 @@ async def test_snapshot_never_claims_a_durable_record_it_does_not_contain(tmp_pa
     batch that filled the segment was covered by the snapshot's seq but missing from its
     payload (durable records are applied only once written), so a restart from that snapshot
     lost an acknowledged job. Found as "the fallback lost data" by the snapshot flip
-    campaign (the older snapshot lacked a job)."""
+    campaign (the older snapshot lacked a job). Snapshots are built from the sealed files
+    now (``read_upto``), never from the live state: the same race must still lose nothing."""
     disk = _GatedDisk()
     log = EventLog(tmp_path, segment_max_bytes=4096, write=disk.write)
     _, records = log.open()
     assert list(records) == []
     state: list[int] = []  # the "state": the seqs whose effect was applied
-    committer = Committer(log, snapshot=lambda seq: orjson.dumps(state))
+
+    async def snapshot(seq: int) -> None:
+        snap, records = read_upto(tmp_path / "log", seq)
+        older = orjson.loads(snap[0]) if snap is not None else []
+        payload = orjson.dumps(older + [s for s, _, _ in records])
+        await trio.to_thread.run_sync(log.write_snapshot_file, seq, payload)
+
+    committer = Committer(log, snapshot=snapshot)
     async with trio.open_nursery() as nursery:
         await nursery.start(committer.run)
         disk.hold = True

@@ -31,9 +31,10 @@ import pytest
 
 from appliance.core import wire
 from appliance.core.keys import generate_rsa, private_pem
+from appliance.core.replayfold import PROGRESS_EVERY
 from appliance.core.settings import LIVE_KEYS, Settings, load_settings, reload_settings
 from appliance.server import main as server_main
-from appliance.server.store import PROGRESS_EVERY, Store
+from appliance.server.store import Store
 from tests.e2e.helpers import Fleet, Node, post_job, run_to_success, wait_available, wait_job
 from tests.support import REPO, ClientProcess, Server, setup_org, wait_for
 

@@ -12,10 +12,11 @@ import pytest
 
 from appliance.core import migrations
 from appliance.core.state import State, apply, to_records
+from appliance.server import snapshots
 from appliance.server.store import Store
 from appliance.store.errors import UnsupportedFormat
 from appliance.store.log import EventLog
-from tests.unit.test_state import build
+from tests.unit.test_state import T0, build
 from tests.unit.test_state_replay_speed import old_job_restore_records
 
 
@@ -84,7 +85,9 @@ def test_a_snapshot_after_the_upgrade_is_in_the_current_format(tmp_path: Path) -
     expected = _format_1_log(tmp_path, records, split=len(records) // 2)
     store = Store(tmp_path, segment_max_bytes=2**40, retention_days=0)
     store.load()
-    store.log.write_snapshot(store.log.last_seq, store._snapshot(store.log.last_seq))
+    # built as the server's snapshot child builds it: from the files, format 1 ones included
+    payload = snapshots.build(tmp_path, store.log.last_seq, now=T0, linger=1e9, retention=0)
+    store.log.write_snapshot(store.log.last_seq, payload)
     store.log.close()
     snaps = sorted((tmp_path / "log").glob("*.snap"))
     assert [_header_format(p) for p in snaps] == [1, migrations.FORMAT]

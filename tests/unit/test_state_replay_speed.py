@@ -23,6 +23,7 @@ from appliance.core import jobfsm, render
 from appliance.core import state as corestate
 from appliance.core.migrations import FORMAT, upgrade_snapshot
 from appliance.core.state import State, apply, to_records
+from appliance.server import snapshots
 from appliance.server.store import Store
 from appliance.store.log import EventLog
 from tests.unit.test_state import build, job_created
@@ -266,7 +267,7 @@ def test_store_snapshot_round_trip_through_the_new_form(tmp_path: Path) -> None:
     _write_log(tmp_path, records, None, len(records))
     store = Store(tmp_path, segment_max_bytes=2**40, retention_days=0)
     store.load()
-    payload = store._snapshot(store.log.last_seq)
+    payload = snapshots.payload(store.state)
     assert b'"jobs_restore"' in payload and b'"job_restore"' not in payload
     store.log.write_snapshot(store.log.last_seq, payload)
     store.log.close()

@@ -14,7 +14,9 @@ import trio.testing
 
 from appliance.store.committer import Committer, CommitterClosed
 from appliance.store.errors import StorageError
+from appliance.store.frames import segment_name
 from appliance.store.log import EventLog
+from appliance.store.replay import read_upto
 
 
 class Disk:
@@ -396,56 +398,76 @@ async def test_stopped_committer_fails_its_waiters(tmp_path: Path) -> None:
     assert [r["n"] for _, r in replay(tmp_path)[1]] == ["in flight"]
 
 
+def state_from_files(directory: Path, seq: int) -> list[int]:
+    """What a snapshot hook may use: the log's files up to a sealed seq (never live state)."""
+    snap, records = read_upto(directory / "log", seq)
+    return (orjson.loads(snap[0]) if snap else []) + [orjson.loads(p)["i"] for _, p, _ in records]
+
+
+async def settled(committer: Committer) -> None:
+    """Until the committer is idle and no snapshot is under way."""
+    await trio.testing.wait_all_tasks_blocked()
+    while committer.snapshot_under_way:
+        await trio.sleep(0.001)
+        await trio.testing.wait_all_tasks_blocked()
+
+
 async def test_snapshot_hook_bounds_the_log(tmp_path: Path) -> None:
     log = open_log(tmp_path, segment_max_bytes=2000)
-    state: list[int] = []
     taken: list[int] = []
 
-    def snapshot(seq: int) -> bytes:
-        assert len(state) == seq  # the hook sees everything appended so far
+    async def snapshot(seq: int) -> None:
+        # sealed: every record up to seq is in files no append touches again
+        assert seq <= committer.synced_seq
+        assert log.last_seq == seq or (tmp_path / "log" / segment_name(seq + 1)).exists()
+        await trio.sleep(0.001)  # built off the committer's way: appends go on meanwhile
+        state = state_from_files(tmp_path, seq)
+        assert state == list(range(seq))
         taken.append(seq)
-        return orjson.dumps(state)
+        await trio.to_thread.run_sync(log.write_snapshot_file, seq, orjson.dumps(state))
 
     committer = Committer(log, snapshot=snapshot)
     async with trio.open_nursery() as nursery:
         await nursery.start(committer.run)
         for i in range(400):
-            state.append(i)
             seq = committer.append({"i": i, "pad": "x" * 40})
             if i % 9 == 0:
                 await committer.wait_synced(seq)
+                await settled(committer)
         await committer.wait_synced(400)
+        await settled(committer)
         committer.close()
     log.close()
     assert committer.snapshots >= 3 and len(taken) == committer.snapshots
+    assert taken == sorted(taken)
     snap, got = replay(tmp_path)
     assert snap is not None
     restored = orjson.loads(snap) + [r["i"] for _, r in got]
     assert restored == list(range(400))
-    assert len(list((tmp_path / "log").glob("*.seg"))) <= 3
+    assert len(list((tmp_path / "log").glob("*.seg"))) <= 4
 
 
 async def test_failed_snapshot_is_retried_later(tmp_path: Path) -> None:
     disk = Disk()
     log = open_log(tmp_path, disk, segment_max_bytes=500)
-    state: list[int] = []
     calls: list[int] = []
 
-    def snapshot(seq: int) -> bytes:
+    async def snapshot(seq: int) -> None:
         calls.append(seq)
         if len(calls) == 1:
             disk.fail_next = errno.ENOSPC  # the snapshot write hits a full disk
-        return orjson.dumps(state)
+        payload = orjson.dumps(state_from_files(tmp_path, seq))
+        await trio.to_thread.run_sync(log.write_snapshot_file, seq, payload)
 
     committer = Committer(log, snapshot=snapshot)
     async with trio.open_nursery() as nursery:
         await nursery.start(committer.run)
         for i in range(40):
-            state.append(i)
             await committer.append_and_wait([{"i": i, "pad": "y" * 30}])
+            await settled(committer)  # the injected failure must hit the snapshot
         committer.close()
     log.close()
-    assert committer.snapshots >= 1 and len(calls) == committer.snapshots + 1
+    assert committer.snapshots >= 1 and len(calls) == committer.snapshots + 1  # 1st failed
     assert disk.fail_next is None  # the failure was really injected
     snap, got = replay(tmp_path)
     assert orjson.loads(snap) + [r["i"] for _, r in got] == list(range(40))

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from appliance.core.migrations import FORMAT
 from appliance.store.errors import LogCorruption, StorageError, UnsupportedFormat
 from appliance.store.log import EventLog
+from appliance.store.replay import read_upto
 
 HEADER = 12
 REC = 16
@@ -656,3 +657,47 @@ def test_unwritable_state_directory_is_a_storage_error(tmp_path: Path) -> None:
     blocker.write_bytes(b"")
     with pytest.raises(StorageError):
         EventLog(blocker / "state").open()
+
+
+# -- read_upto: a snapshot builder reading the files beside a writer -------------------------
+
+
+def test_seal_then_read_upto_gives_the_state_at_the_sealed_seq(tmp_path: Path) -> None:
+    log, _, _ = open_log(tmp_path, segment_max_bytes=2**20)
+    log.append([(s, payload(s)) for s in range(1, 6)])
+    log.write_snapshot(5, b"S5")
+    log.append([(s, payload(s)) for s in range(6, 11)])
+    assert log.seal() == 10
+    assert log.seal() == 10  # the new segment is still empty: no other one
+    log.append([(s, payload(s)) for s in range(11, 14)])  # the writer goes on
+    snap, records = read_upto(tmp_path / "log", 10)
+    assert snap == (b"S5", FORMAT)
+    assert [(s, p) for s, p, _ in records] == [(s, payload(s)) for s in range(6, 11)]
+    log.write_snapshot(10, b"S10")  # sealed: allowed although records came after it
+    log.close()
+    log, snap, recs = open_log(tmp_path)
+    assert snap == b"S10" and [s for s, _ in recs] == [11, 12, 13]
+    log.close()
+
+
+def test_read_upto_touches_nothing_and_refuses_what_is_not_there(tmp_path: Path) -> None:
+    log, _, _ = open_log(tmp_path)
+    log.append([(s, payload(s)) for s in range(1, 4)])
+    log.seal()
+    log.append([(4, payload(4))])
+    segment = segments(tmp_path)[-1]
+    with open(segment, "ab") as f:
+        f.write(b"\x07torn")  # a write in progress past the sealed seq
+    size = segment.stat().st_size
+    snap, records = read_upto(tmp_path / "log", 3)
+    assert snap is None and [s for s, _, _ in records] == [1, 2, 3]
+    assert segment.stat().st_size == size  # not cut: the writer owns it
+    assert [s for s, _, _ in read_upto(tmp_path / "log", 4)[1]] == [1, 2, 3, 4]
+    with pytest.raises(LogCorruption, match="partial record header"):
+        list(read_upto(tmp_path / "log", 9)[1])  # not there: the torn bytes are in the way
+    segment.write_bytes(segment.read_bytes()[:-5])
+    with pytest.raises(LogCorruption, match="ends at seq 4"):
+        list(read_upto(tmp_path / "log", 9)[1])
+    with pytest.raises(ValueError, match="neither the last seq nor sealed"):
+        log.write_snapshot(2, b"S2")
+    log.close()

@@ -1,0 +1,157 @@
+"""The reducer as replay runs it: a job's events are kept raw until it is known who sees them.
+
+A job's SSE events are shown only while it runs or lingers (``wait_complete_time`` after its
+end); past that its feed answers with a summary and the server drops them (``Dispatcher``'s
+``retire`` and ``resume``). In a long log nearly every event belongs to such a job, and
+rendering its timestamp and merging its data was most of the replay's work. So the fold only
+bumps each event's time (as `jobfsm.event_time` does, so that ``last_event_t`` and the org feed
+come out exact) and keeps the bytes of the job's step records that added events; `settle`
+decodes them again for the jobs a feed still shows, once the clock that decides is running,
+and builds their events with the `jobfsm.add_event` of a live step. After `settle` the state
+equals `state.apply` folded over the same records, except that the jobs `settle` was told not
+to keep have no events (as the server leaves them).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+
+from appliance.core import jobfsm, migrations
+from appliance.core.state import ORG_EVENTS_KEPT, ORG_FEED_EVENTS, State, apply, org_event
+
+# A job's deferred events: its last_event_t before them, then each step record that added some,
+# as the log's bytes (decoded again only for a job that keeps them) or, for a record migrated
+# from an older format, the record. Keeping the decoded changes instead held millions of small
+# objects until the start: a quarter of the replay's time went to that.
+RawEvents = list[Any]
+PROGRESS_EVERY = 1000  # records between two progress calls
+_NODE = frozenset(jobfsm.NODE_STATUSES)
+
+
+class DeferredFold:
+    """Folds a snapshot and log records into ``state`` like `state.apply`, job events deferred."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self.pending: dict[str, RawEvents] = {}  # job id -> its events not built yet
+        # (n, job, t, name, data, stamped time) of the org feed's last events
+        self._org: deque[tuple[int, jobfsm.Job, float, str, dict[str, Any], float]]
+        self._org = deque(maxlen=ORG_EVENTS_KEPT)
+
+    def replay(
+        self,
+        snapshot: tuple[bytes, int] | None,
+        records: Iterable[tuple[int, bytes, int]],
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Apply a snapshot (payload, format), then the log's (seq, payload, format) records
+        after it; returns the number of log records. ``progress(n)`` is called every
+        `PROGRESS_EVERY` records (snapshot and log), so a long replay can show headway.
+
+        Older formats go through ``core.migrations`` on their way in: the reducer only ever
+        sees the current format. No reducer needs the seq: the caller sets ``last_seq``."""
+        state, loads = self.state, orjson.loads
+        upgrade, current = migrations.upgrade_record, migrations.FORMAT
+        applied = 0
+        if snapshot is not None:
+            payload, fmt = snapshot
+            for record in migrations.upgrade_snapshot(loads(payload), fmt):
+                apply(state, record)
+                applied += 1
+                if progress is not None and applied % PROGRESS_EVERY == 0:
+                    progress(applied)
+        count = 0
+        jobs, pending, note_org = state.jobs, self.pending, self._org_events
+        apply_change = jobfsm.apply_change
+        for _seq, payload, fmt in records:
+            record = loads(payload)
+            if fmt != current:
+                record = upgrade(record, fmt)
+            count += 1
+            if progress is not None and (applied + count) % PROGRESS_EVERY == 0:
+                progress(applied + count)
+            if record["type"] != "job_step":
+                apply(state, record)
+                continue
+            # A job step, inline: nine records in ten are one
+            job_id = record["job"]
+            job = jobs.get(job_id)
+            if job is None:
+                continue
+            t = record["t"]
+            us = round(t * 1_000_000)
+            nodes, org, before = job.nodes, None, job.last_event_t
+            for change in record["changes"]:
+                kind = change[0]
+                if kind == "event":
+                    _, name, _data = change
+                    floor = round(job.last_event_t * 1_000_000) + 1  # jobfsm.event_time, inline
+                    ts = job.last_event_t = (us if us >= floor else floor) / 1_000_000
+                    if name in ORG_FEED_EVENTS:
+                        org = org or []
+                        org.append((ts, change))
+                elif kind == "node":  # the commonest change: anything odd goes to apply_change
+                    try:
+                        plain = len(change) == 3 and change[1] in nodes and change[2] in _NODE
+                    except TypeError:  # unhashable
+                        plain = False
+                    if plain:
+                        nodes[change[1]] = change[2]
+                    else:
+                        apply_change(job, change, t)
+                else:
+                    apply_change(job, change, t)
+            if job.last_event_t != before:  # the step had events: kept to be built later
+                raw = pending.get(job_id)
+                if raw is None:
+                    raw = pending[job_id] = [before]
+                raw.append(payload if fmt == current else record)
+            if org:
+                note_org(job, org)
+        self._build_org_feed()
+        return count
+
+    def _org_events(self, job: jobfsm.Job, events: list[tuple[float, list[Any]]]) -> None:
+        """Count a step's org feed events; keep the last ones, built in `_build_org_feed`."""
+        state = self.state
+        for ts, (_, name, data) in events:
+            state.org_event_count += 1
+            self._org.append((state.org_event_count, job, job.last_event_t, name, data, ts))
+
+    def _build_org_feed(self) -> None:
+        """The org feed keeps only the last ``ORG_EVENTS_KEPT`` events: only those are built."""
+        feed, event_data = self.state.org_events, jobfsm.event_data
+        for n, job, t, name, data, ts in self._org:
+            feed.append(org_event(n, job, t, name, event_data(data, ts)))
+        self._org.clear()
+
+    def settle(self, keep: Callable[[jobfsm.Job], bool]) -> int:
+        """Build the deferred events of the jobs ``keep`` accepts; every other job is left
+        without events. Returns how many jobs' events were built; the fold is empty after."""
+        built = 0
+        for job in self.state.jobs.values():
+            raw = self.pending.get(job.id)
+            if not keep(job):
+                job.events.clear()
+            elif raw:
+                _build_events(job, raw)
+                built += 1
+        self.pending.clear()
+        return built
+
+
+def _build_events(job: jobfsm.Job, raw: RawEvents) -> None:
+    """Decode the job's deferred steps again and add their events, stamped as replay did."""
+    last, loads, event_time, add_event = raw[0], orjson.loads, jobfsm.event_time, jobfsm.add_event
+    for step in raw[1:]:
+        record = loads(step) if isinstance(step, bytes) else step
+        t = record["t"]
+        for change in record["changes"]:
+            if change[0] == "event":
+                _, name, data = change
+                last = event_time(last, t)
+                add_event(job, name, data, last)
