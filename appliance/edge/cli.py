@@ -143,7 +143,7 @@ async def _stop_on_signal(scope) -> None:  # noqa: ANN001
 
 
 def run_edge_key(args: argparse.Namespace) -> int:
-    from appliance.server.edges import EDGE_KEYS_DIR, link_keypair
+    from appliance.server.edges import EDGE_KEYS_DIR, LINK_KEY_FILE, link_keypair
 
     name = args.name
     if not name or not all(c.isalnum() or c in "-_" for c in name) or len(name) > 64:
@@ -158,6 +158,10 @@ def run_edge_key(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     output = args.output or Path(f"{name}.edge")
     coordinator_public, _ = link_keypair(state_dir)
+    kept = state_dir / LINK_KEY_FILE
+    if not kept.exists() or coordinator_public not in kept.read_text():
+        print(f"pushy edge-key: cannot keep the link key in {kept}", file=sys.stderr)
+        return EXIT_FAILURE
     public, secret = (k.decode("ascii") for k in zmq.curve_keypair())
     creds = {
         "name": name,

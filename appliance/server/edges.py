@@ -55,16 +55,37 @@ ENV_LINK = "PUSHY_EDGE_LINK"  # local edges: "COORDINATOR_PUBLIC EDGE_PUBLIC EDG
 
 
 def link_keypair(state_dir: Path) -> tuple[str, str]:
-    """The link's CURVE key pair, made (0600) the first time it is needed."""
+    """The link's CURVE key pair, made the first time it is needed and kept (0600, written to a
+    temporary file and renamed, so a full disk never leaves half a key). When it cannot be
+    kept (a read-only state directory) this run uses a fresh pair: the server's own edges do
+    not need it, only edges on other hosts do (they hold its public half)."""
     path = state_dir / LINK_KEY_FILE
     try:
         public, secret = path.read_text().split()
+        if len(public) == len(secret) == 40:
+            return public, secret
+        log.warning("%s is damaged: making a new link key pair", path)
     except FileNotFoundError:
-        pub, sec = zmq.curve_keypair()
-        public, secret = pub.decode("ascii"), sec.decode("ascii")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        pass
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read %s (%s): making a new link key pair", path, exc)
+    pub, sec = zmq.curve_keypair()
+    public, secret = pub.decode("ascii"), sec.decode("ascii")
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(f"{public}\n{secret}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning(
+            "cannot keep the edge link key in %s (%s): edges on other hosts cannot join "
+            "until it can be written",
+            path,
+            exc,
+        )
     return public, secret
 
 
