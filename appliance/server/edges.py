@@ -184,8 +184,11 @@ class EdgeHub:
                     port = s.edge_link_port
                 self.ports["edge_link_port"] = port
                 self.link = TrioSocket(link)
-                connect_host = host if host not in ("0.0.0.0", "::") else "127.0.0.1"
-                self._url = f"tcp://{_bracket(connect_host)}:{port}"
+                # local edges reach the link where it listens (any address: loopback)
+                link_host = where.removeprefix("tcp://").strip("[]")
+                if link_host in ("*", "0.0.0.0", "::"):
+                    link_host = "127.0.0.1"
+                self._url = f"tcp://{_bracket(link_host)}:{port}"
                 nursery.start_soon(self._link_loop)
                 nursery.start_soon(self.beat.run, lambda: self.settings, self.clock, self._publish)
                 nursery.start_soon(self._watch)

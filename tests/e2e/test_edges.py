@@ -174,6 +174,24 @@ def test_a_local_edge_whose_server_is_already_gone_stops(tmp_path) -> None:
     assert done.returncode == 0 and "is gone" in done.stderr, done.stderr
 
 
+def test_edges_reach_the_link_where_it_listens_not_where_nodes_connect(tmp_path) -> None:
+    """Nodes on 127.0.0.2, the edge link on its default loopback address 127.0.0.1."""
+    with Server(
+        tmp_path / "state",
+        edge_processes=2,
+        zeromq_listen_address="tcp://127.0.0.2",
+        server_name="127.0.0.2",
+    ) as server:
+        fleet = ClientFleet(server, "other", tmp_path / "clients")
+        try:
+            assert len(edges(server)) == 2
+            fleet.add("n1", whitelist=TRUE)
+            fleet.wait_available("n1")
+            assert fleet.run("chef-client", ["n1"])["status"] == "complete"
+        finally:
+            fleet.close()
+
+
 def test_single_process_mode_holds_the_sockets_itself(tmp_path) -> None:
     with Server(tmp_path / "state", edge_processes=0) as server:
         fleet = ClientFleet(server, "solo", tmp_path / "clients")
