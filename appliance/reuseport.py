@@ -32,12 +32,13 @@ def host_of(zmq_address: str) -> str:
     return host
 
 
-def _socket(host: str, port: int) -> socket.socket:
+def _socket(host: str, port: int, *, share: bool = True) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if share:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError:
         sock.close()
@@ -50,8 +51,14 @@ def reserve(host: str, port: int) -> socket.socket:
     return _socket(host, port)
 
 
-def listener(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port`` that shares the port with the other edges'."""
-    sock = _socket(host, port)
+def listener(host: str, port: int, *, share: bool = True) -> socket.socket:
+    """A listening socket on ``host:port`` that shares the port with the other edges' (or,
+    ``share=False``, one of its own).
+
+    Handing libzmq a socket we bound also keeps it from resolving the address itself: for a
+    bind to a literal address it first tries it as an interface name, through getifaddrs,
+    which needs a netlink socket; the packaged unit's RestrictAddressFamilies denies that, and
+    libzmq aborts ("Address family not supported by protocol", ip_resolver.cpp)."""
+    sock = _socket(host, port, share=share)
     sock.listen(BACKLOG)
     return sock

@@ -176,17 +176,16 @@ class EdgeHub:
                 link.setsockopt(zmq.RCVHWM, 1_000_000)
                 link.curve_server = True
                 link.curve_secretkey = secret.encode("ascii")
-                where = s.edge_link_address.rstrip("/")
-                if s.edge_link_port == 0:
-                    port = link.bind_to_random_port(where)
-                else:
-                    link.bind(f"{where}:{s.edge_link_port}")
-                    port = s.edge_link_port
+                # our own listener, handed over (see reuseport.listener: no NIC lookup)
+                link_host = reuseport.host_of(s.edge_link_address)
+                listening = reuseport.listener(link_host, s.edge_link_port, share=False)
+                port = listening.getsockname()[1]
+                link.setsockopt(zmq.USE_FD, listening.detach())
+                link.bind(f"tcp://*:{port}")  # with USE_FD libzmq ignores the address
                 self.ports["edge_link_port"] = port
                 self.link = TrioSocket(link)
                 # local edges reach the link where it listens (any address: loopback)
-                link_host = where.removeprefix("tcp://").strip("[]")
-                if link_host in ("*", "0.0.0.0", "::"):
+                if link_host in ("0.0.0.0", "::"):
                     link_host = "127.0.0.1"
                 self._url = f"tcp://{_bracket(link_host)}:{port}"
                 nursery.start_soon(self._link_loop)
