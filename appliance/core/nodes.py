@@ -106,6 +106,9 @@ class NodeTable:
     params: Liveness
     nodes: dict[NodeKey, Node] = field(default_factory=dict)
     addresses: dict[bytes, NodeKey] = field(default_factory=dict)
+    # nodes put in rehab (a superset: the timer drops those that left it), so the timer does
+    # not walk every node each time one more is sent ``abort`` (quadratic over a connect storm)
+    rehab: dict[NodeKey, None] = field(default_factory=dict)  # ordered: the sends' order
 
     # Queries ---------------------------------------------------------------------------------
     def online(self, key: NodeKey) -> Node | None:
@@ -154,15 +157,24 @@ class NodeTable:
     def on_rehab_timer(self, now: float) -> list:
         """Re-send ``abort`` to every node whose rehab period elapsed."""
         effects: list = []
-        for node in self.nodes.values():
-            if node.state == "rehab" and node.rehab_due is not None and node.rehab_due <= now:
+        for node in self._in_rehab():
+            if node.rehab_due is not None and node.rehab_due <= now:
                 node.rehab_due = now + self.params.rehab_interval
                 effects.append(Send(node.key, "abort"))
         return effects
 
     def next_rehab_due(self) -> float | None:
-        dues = [n.rehab_due for n in self.nodes.values() if n.state == "rehab" and n.rehab_due]
-        return min(dues, default=None)
+        return min((n.rehab_due for n in self._in_rehab() if n.rehab_due), default=None)
+
+    def _in_rehab(self) -> list[Node]:
+        found = []
+        for key in list(self.rehab):
+            node = self.nodes.get(key)
+            if node is None or node.state != "rehab":
+                del self.rehab[key]
+            else:
+                found.append(node)
+        return found
 
     def scan(self, now: float) -> list:
         """The liveness scanner: every node whose decayed heartbeat rate fell below the threshold stops."""
@@ -186,6 +198,7 @@ class NodeTable:
             return []
         node.state = "rehab"
         node.rehab_due = now + self.params.rehab_interval
+        self.rehab[key] = None
         return [Send(key, "abort")]
 
     def edge_down(self, key: NodeKey, address: bytes, reason: str) -> list:
@@ -225,6 +238,7 @@ class NodeTable:
     ) -> Node:
         node = Node(key, incarnation, state="rehab", rehab_due=now + self.params.rehab_interval)
         self.nodes[key] = node
+        self.rehab[key] = None
         self._readdress(node, address)
         effects.append(Up(key, incarnation or ""))
         effects.append(Send(key, "abort"))

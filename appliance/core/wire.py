@@ -8,7 +8,6 @@ caller supplies keys and "now".
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import math
 from collections.abc import Callable, Iterable
@@ -71,7 +70,7 @@ def format_header(method: str, signature: str) -> bytes:
 
 
 def hmac_signature(key: bytes, body: bytes) -> str:
-    return base64.b64encode(hmac.new(key, body, hashlib.sha256).digest()).decode("ascii")
+    return base64.b64encode(hmac.digest(key, body, "sha256")).decode("ascii")
 
 
 def hmac_ok(key: bytes, body: bytes, signature: str) -> bool:
@@ -107,7 +106,13 @@ def rsa_frames(key: RSAPrivateKey, body: dict[str, Any]) -> list[bytes]:
 
 def http_date(t: float) -> str:
     """RFC 1123 date in GMT (floored to the second), as message ``timestamp`` fields carry it."""
-    return formatdate(math.floor(t), usegmt=True)
+    second = math.floor(t)
+    if second != _last_date[0]:  # a job start dates 20,000 messages within the same second
+        _last_date[:] = [second, formatdate(second, usegmt=True)]
+    return _last_date[1]
+
+
+_last_date: list[Any] = [None, ""]
 
 
 def parse_http_date(text: Any) -> float | None:

@@ -86,6 +86,7 @@ class Edge:
         self.reactor: Reactor | None = None
         self.ctx = zmq.Context(io_threads=1)
         self.link: TrioSocket | None = None
+        self.hello_at = -HELLO_EVERY_SECONDS  # trio time of the last hello a WHO asked for
         # a local edge serves the server that started it (it says its pid), and no other
         self.parent = opts.parent if opts.parent is not None else os.getppid()
         self._listeners: dict[str, Any] = {}
@@ -256,7 +257,11 @@ class Edge:
             live = {k: v for k, v in orjson.loads(frames[1]).items() if k in edgelink.LIVE_AT_EDGES}
             self.reactor.settings = dataclasses.replace(self.reactor.settings, **live)
         elif kind == edgelink.WHO:
-            self.link.send_nowait(self._hello())
+            # every message of ours a new coordinator does not know brings a WHO; one hello
+            # answers them all (each costs the coordinator a whole SETUP)
+            if trio.current_time() - self.hello_at >= HELLO_EVERY_SECONDS:
+                self.hello_at = trio.current_time()
+                self.link.send_nowait(self._hello())
 
     async def _stats(self) -> None:
         """The edge's beat to the coordinator: what it holds and what it costs."""

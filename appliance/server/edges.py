@@ -46,6 +46,7 @@ from appliance.zmqio import TrioSocket
 log = logging.getLogger("pushy.edges")
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 EDGE_SILENCE_SECONDS = 5.0  # an edge reports every second; this much silence and it is lost
+WHO_EVERY_SECONDS = 1.0  # how often an unknown edge is asked who it is
 KEYS_ACK_SECONDS = 5.0  # the longest a config fetch waits for the edges to learn its keys
 EDGE_START_SECONDS = 30.0  # the longest a start waits for its local edges before READY
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
@@ -148,6 +149,7 @@ class EdgeHub:
         self.ports: dict[str, int] = {}
         self._local_joined = trio.Event()
         self._keys_seq = 0
+        self._asked: dict[bytes, float] = {}  # when an unknown edge was last asked WHO
         self._keys_acked = trio.Event()  # pulsed whenever an edge acknowledges KEYS
 
     # Lifecycle -------------------------------------------------------------------------------
@@ -282,7 +284,9 @@ class EdgeHub:
             self._hello(ident, orjson.loads(frames[2]), now)
             return
         if info is None:
-            self._send(ident, [edgelink.WHO])
+            if now - self._asked.get(ident, -WHO_EVERY_SECONDS) >= WHO_EVERY_SECONDS:
+                self._asked[ident] = now  # once a second: each answer costs a whole SETUP
+                self._send(ident, [edgelink.WHO])
             return
         info.last_seen = now
         d = self.dispatcher
@@ -300,6 +304,7 @@ class EdgeHub:
             self._pulse_keys_acked()
 
     def _hello(self, ident: bytes, hello: dict[str, Any], now: float) -> None:
+        self._asked.pop(ident, None)
         name = str(hello.get("name", "?"))
         remote = hello.get("advertise")
         for other in [i for i in self.edges.values() if i.name == name and i.ident != ident]:
@@ -348,9 +353,22 @@ class EdgeHub:
         self.dispatcher.edge_lost(info.prefix, self.clock.now())
 
     async def _watch(self) -> None:
-        """Edges that went silent (hung, or a remote host gone) are lost."""
+        """Edges that went silent (hung, or a remote host gone) are lost.
+
+        Only judged when the link has nothing left to read: after a long step of the
+        coordinator's own (a 20,000-node job start), the edges' reports are queued, not
+        missing, and reading them is what tells."""
+        assert self.link is not None
         while True:
+            planned = trio.current_time() + 1.0
             await trio.sleep(1.0)
+            late = trio.current_time() - planned
+            if late > 0.5:  # we stood still (a long step, a stopped process): not their silence
+                for info in self.edges.values():
+                    info.last_seen += late
+                continue
+            if self.link.pending():
+                continue
             now = self.clock.now()
             for info in list(self.edges.values()):
                 if now - info.last_seen > EDGE_SILENCE_SECONDS:

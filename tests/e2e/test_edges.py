@@ -141,6 +141,26 @@ def test_nodes_of_a_killed_edge_move_to_another_one_without_a_reset(server, flee
     assert fleet.run("chef-client", names)["status"] == "complete"
 
 
+def test_a_coordinator_that_stood_still_keeps_its_edges(server, fleet) -> None:
+    """A 20,000-node job start held the coordinator's loop for seconds; it then judged its
+    edges silent and killed them all. Silence is what the edges did not say, not what the
+    coordinator did not read: a server stopped for 8 s (SIGSTOP) keeps every edge."""
+    names = ["s0", "s1"]
+    for name in names:
+        fleet.add(name, whitelist=TRUE)
+    fleet.wait_available(*names)
+    before = {x["name"]: x["pid"] for x in edges(server)}
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        subprocess.run(["sleep", "8"], check=True)
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    fleet.wait_available(*names, seconds=40)
+    assert fleet.run("chef-client", names)["status"] == "complete"
+    assert {x["name"]: x["pid"] for x in edges(server)} == before
+    assert "is gone" not in server.log() and "restarting it" not in server.log()
+
+
 def test_local_edges_stop_when_their_server_is_killed(tmp_path) -> None:
     server = Server(tmp_path / "state", edge_processes=2).start()
     try:

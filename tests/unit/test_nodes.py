@@ -121,6 +121,24 @@ def test_rehab_timer_resends_abort_until_aborted(table, jobs):
     assert table.on_rehab_timer(T0 + 100) == []
 
 
+def test_rehab_timer_follows_nodes_in_and_out_of_rehab_without_walking_the_others(table, jobs):
+    """The timer looks only at the nodes put in rehab (a 20,000-node connect storm sent one
+    ``abort`` after another, and each re-armed a timer that walked every node)."""
+    keys = [("org", f"n{i}") for i in range(50)]
+    for i, key in enumerate(keys):
+        table.on_message(key, b"\x00a%d" % i, msg("heartbeat"), T0, jobs.view)
+    for i, key in enumerate(keys[:48]):
+        table.on_message(key, b"\x00a%d" % i, msg("aborted"), T0 + 0.5, jobs.view)
+    assert table.on_rehab_timer(T0 + 1.0) == [Send(k, "abort") for k in keys[48:]]
+    assert list(table.rehab) == keys[48:]  # the ones that left were dropped from the index
+    table.on_message(keys[48], b"\x00a48", msg("aborted"), T0 + 1.1, jobs.view)
+    assert table.do_rehab(keys[0], T0 + 1.2) == [Send(keys[0], "abort")]
+    assert table.next_rehab_due() == T0 + 2.0  # keys[49], re-armed by the timer at T0 + 1
+    assert table.on_rehab_timer(T0 + 2.2) == [Send(keys[49], "abort"), Send(keys[0], "abort")]
+    table.drop(keys[49])
+    assert table.next_rehab_due() == T0 + 3.2 and list(table.rehab) == [keys[0]]
+
+
 def test_other_messages_in_rehab_do_nothing(table, jobs):
     table.on_message(KEY, ADDR, msg("heartbeat"), T0, jobs.view)
     assert table.on_message(KEY, ADDR, msg("heartbeat", job_id=JOB), T0 + 0.1, jobs.view) == []
