@@ -618,4 +618,3 @@ def make_agent(
         **config,
     )
     return Agent(settings, hostname=hostname)
-

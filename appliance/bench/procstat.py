@@ -86,6 +86,14 @@ class CpuMeter:
         return 100.0 * (cpu - self.cpu0) / wall
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat: everything but idle and
+    iowait), to tell whether the machine itself was saturated during a phase."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
+    return (sum(ticks) - ticks[3] - ticks[4]) / TICKS
+
+
 def group_pss_mib(pgids: set[int]) -> float:
     """Summed PSS of every process in these process groups, from /proc (RSS where the kernel
     has no smaps_rollup): forked workers share pages, which RSS would count once per process."""

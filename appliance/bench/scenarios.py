@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import calendar
+import os
 import statistics
 import time
 from collections import Counter
@@ -176,6 +177,7 @@ async def run_job(
     meter = procstat.CpuMeter(setup.server_pid) if setup.server_pid else None
     if meter:
         meter.mark()
+    fleet0, busy0, wall0 = run.fleet.cpu_seconds(), procstat.machine_busy_seconds(), time.time()
     body = {"command": command, "nodes": nodes, "run_timeout": int(seconds)}
     path = f"/organizations/{setup.org}/pushy/jobs"
     t_post = time.time()
@@ -187,6 +189,9 @@ async def run_job(
     events, resumed = await trio.to_thread.run_sync(read_job_feed, setup, job_id, seconds)
     t_seen = time.time()
     cpu = meter.read() if meter else None
+    wall = max(time.time() - wall0, 1e-6)
+    fleet_cpu = 100 * (run.fleet.cpu_seconds() - fleet0) / wall  # the workers report every 0.25 s
+    machine_cpu = 100 * (procstat.machine_busy_seconds() - busy0) / wall
     job: dict[str, Any] = {}
     for _ in range(int(seconds / 0.2) + 1):  # the feed may have given up first: poll
         job = await trio.to_thread.run_sync(
@@ -203,6 +208,8 @@ async def run_job(
         "events": events,
         "job": job,
         "server_cpu_percent": cpu,
+        "fleet_cpu_percent": fleet_cpu,
+        "machine_cpu_percent": machine_cpu,
         "feed_resumed": resumed,
     }
 
@@ -246,6 +253,8 @@ def job_timeline(outcome: dict[str, Any], sim_runs: dict[str, tuple[float, float
         "sim_run_90_s": at_fraction(sim, 90),
         "sim_run_99_s": at_fraction(sim, 99),
         "server_cpu_percent": rounded(outcome["server_cpu_percent"], 1),
+        "fleet_cpu_percent": rounded(outcome["fleet_cpu_percent"], 1),
+        "machine_cpu_percent": rounded(outcome["machine_cpu_percent"], 1),
         "feed_resumed": outcome["feed_resumed"],
     }
 
@@ -269,6 +278,11 @@ def fanout(args: argparse.Namespace) -> int:
         ("running phase (s)", r.get("running_s")),
         ("POST -> 201 (s)", r.get("post_to_created_s")),
         ("server CPU % during the job", r.get("server_cpu_percent")),
+        ("fleet CPU % during the job (all workers)", r.get("fleet_cpu_percent")),
+        (
+            f"machine CPU % during the job (of {100 * (os.cpu_count() or 1)})",
+            r.get("machine_cpu_percent"),
+        ),
         ("jobs complete, all nodes succeeded", results["all_succeeded"]),
     ]
     return finish(setup, "fanout", params, results, rows)

@@ -46,7 +46,9 @@ class Node(WireNode):
             assert self.dealer is not None
             self.dealer.sndtimeo = 5000
         if self._beater is None or not self._beater.is_alive():
-            self._beater = threading.Thread(target=self._beat, name=f"beat-{self.name}", daemon=True)
+            self._beater = threading.Thread(
+                target=self._beat, name=f"beat-{self.name}", daemon=True
+            )
             self._beater.start()
         return self
 
