@@ -8,9 +8,8 @@ offline, every job node succeeded, no node stuck after a restart). No timing is 
 
 from __future__ import annotations
 
-import os
-
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
