@@ -558,6 +558,10 @@ class Fleet:
     def cpu_seconds(self) -> float:
         return sum(float(s.get("cpu_seconds") or 0.0) for s in self.stats.values())
 
+    def cpu_seconds_now(self) -> float:
+        """The workers' CPU read from /proc now (``cpu_seconds`` lags by a report)."""
+        return sum(procstat.cpu_seconds(pid) or 0.0 for pid in self.pids)
+
     def alive(self) -> bool:
         return all(p.is_alive() for p in self._procs) and not self.errors
 

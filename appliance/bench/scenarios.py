@@ -177,7 +177,7 @@ async def run_job(
     meter = procstat.CpuMeter(setup.server_pid) if setup.server_pid else None
     if meter:
         meter.mark()
-    fleet0, busy0, wall0 = run.fleet.cpu_seconds(), procstat.machine_busy_seconds(), time.time()
+    fleet0, busy0, wall0 = run.fleet.cpu_seconds_now(), procstat.machine_busy_seconds(), time.time()
     body = {"command": command, "nodes": nodes, "run_timeout": int(seconds)}
     path = f"/organizations/{setup.org}/pushy/jobs"
     t_post = time.time()
@@ -190,7 +190,7 @@ async def run_job(
     t_seen = time.time()
     cpu = meter.read() if meter else None
     wall = max(time.time() - wall0, 1e-6)
-    fleet_cpu = 100 * (run.fleet.cpu_seconds() - fleet0) / wall  # the workers report every 0.25 s
+    fleet_cpu = 100 * (run.fleet.cpu_seconds_now() - fleet0) / wall
     machine_cpu = 100 * (procstat.machine_busy_seconds() - busy0) / wall
     job: dict[str, Any] = {}
     for _ in range(int(seconds / 0.2) + 1):  # the feed may have given up first: poll

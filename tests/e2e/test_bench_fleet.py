@@ -97,8 +97,9 @@ def test_fanout(tmp_path, key_cache):
         assert job["nodes"] == NODES and job["succeeded"] == NODES
         for key in ("post_to_complete_s", "voting_s", "running_s", "running_99_s"):
             assert job[key] is not None, (key, job)
-        # who had the machine during the job: the fleet's share and all cores' busy time
-        assert job["fleet_cpu_percent"] > 0 and job["machine_cpu_percent"] > 0, job
+        # who had the machine during the job: the fleet's share (8 nodes may cost it less than
+        # the 10 ms /proc counts in) and all cores' busy time
+        assert job["fleet_cpu_percent"] >= 0 and job["machine_cpu_percent"] > 0, job
         assert job["machine_cpu_percent"] <= 100 * (os.cpu_count() or 1) * 1.05, job
     assert r["all_succeeded"] is True
     assert r["median"]["post_to_complete_s"] is not None
