@@ -9,27 +9,9 @@ while edges come and go, and takes no connections itself.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 
 BACKLOG = 4096
-
-
-def host_of(zmq_address: str) -> str:
-    """The bind host of ``zeromq_listen_address`` (``tcp://*`` is every IPv4 address)."""
-    host = zmq_address.removeprefix("tcp://").rstrip("/")
-    if host == "*":
-        return "0.0.0.0"
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(
-            f"edges bind their own listeners: zeromq_listen_address must be '*' or an IP "
-            f"address, not {zmq_address!r} (or set edge_processes = 0)"
-        ) from None
-    return host
 
 
 def _socket(host: str, port: int, *, share: bool = True) -> socket.socket:

@@ -33,6 +33,7 @@ Decisions:
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -206,6 +207,25 @@ def _zmq_address(key: str, value: Any) -> str:
     return value
 
 
+def bind_host(zmq_address: str) -> str:
+    """The host a ``tcp://HOST`` address binds (``*`` is every IPv4 address). With edges the
+    server binds the sockets itself and hands them to libzmq, so HOST must be an IP address."""
+    host = zmq_address.removeprefix("tcp://").rstrip("/")
+    if host == "*":
+        return "0.0.0.0"
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"with edges (edge_processes is not 0) the server binds its ZeroMQ sockets itself: "
+            f"{zmq_address!r} must be 'tcp://*' or tcp:// and an IP address, e.g. "
+            f"'tcp://192.0.2.10' (or set edge_processes = 0)"
+        ) from None
+    return host
+
+
 def _abs_path(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
         raise _fail(key, "an absolute path", value)
@@ -290,6 +310,12 @@ def load_settings(
         if port and port in seen:
             raise SettingsError(key, f"setting {key!r} uses port {port}, as does {seen[port]!r}")
         seen[port] = key
+    if settings.edge_processes != 0:
+        for key in ("zeromq_listen_address", "edge_link_address"):
+            try:
+                bind_host(getattr(settings, key))
+            except ValueError as exc:
+                raise SettingsError(key, f"setting {key!r}: {exc}") from None
     if settings.disable_curve_encryption:
         warnings.append(
             "setting 'disable_curve_encryption' is true: the command channel is not encrypted"

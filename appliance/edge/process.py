@@ -28,7 +28,7 @@ import zmq
 from appliance import reuseport
 from appliance.core import edgelink
 from appliance.core import nodes as corenodes
-from appliance.core.settings import Settings
+from appliance.core.settings import Settings, bind_host
 from appliance.core.state import NodeKeys
 from appliance.server.clock import Clock
 from appliance.server.reactor import Reactor
@@ -91,7 +91,7 @@ class Edge:
         self.parent = opts.parent if opts.parent is not None else os.getppid()
         self._listeners: dict[str, Any] = {}
         if not opts.local:  # bind now: the hello says which ports nodes connect to
-            host = reuseport.host_of(opts.listen or "tcp://*")
+            host = bind_host(opts.listen or "tcp://*")
             for name, port in (
                 ("command_port", opts.command_port),
                 ("server_heartbeat_port", opts.heartbeat_port),
@@ -102,7 +102,7 @@ class Edge:
         o = self.opts
         hello: dict[str, Any] = {"name": o.name, "pid": os.getpid()}
         if not o.local:
-            host = reuseport.host_of(o.listen or "tcp://*")
+            host = bind_host(o.listen or "tcp://*")
             if host in ("0.0.0.0", "::"):  # every interface: this host's name
                 host = socket.getfqdn()
             hello["advertise"] = {
@@ -171,7 +171,7 @@ class Edge:
             ].getsockname()[1]
         settings = Settings(**values)
         if self.opts.local:
-            host = reuseport.host_of(settings.zeromq_listen_address)
+            host = bind_host(settings.zeromq_listen_address)
             for name in ("command_port", "server_heartbeat_port"):
                 self._listeners[name] = reuseport.listener(host, getattr(settings, name))
         # libzmq owns the descriptors from here (it closes them with its sockets)

@@ -37,7 +37,7 @@ import zmq
 from appliance import reuseport
 from appliance.core import edgelink
 from appliance.core import nodes as corenodes
-from appliance.core.settings import Settings
+from appliance.core.settings import Settings, bind_host
 from appliance.core.state import State
 from appliance.server.clock import Clock
 from appliance.server.outbound import NodeSigner, ServerBeat
@@ -158,7 +158,7 @@ class EdgeHub:
     ) -> None:
         """Reserve the node ports, bind the link, start the local edges; serve until cancelled."""
         s = self.settings
-        host = reuseport.host_of(s.zeromq_listen_address)
+        host = bind_host(s.zeromq_listen_address)
         for name in ("command_port", "server_heartbeat_port"):
             sock = reuseport.reserve(host, getattr(s, name))
             self._reserved.append(sock)
@@ -179,7 +179,7 @@ class EdgeHub:
                 link.curve_server = True
                 link.curve_secretkey = secret.encode("ascii")
                 # our own listener, handed over (see reuseport.listener: no NIC lookup)
-                link_host = reuseport.host_of(s.edge_link_address)
+                link_host = bind_host(s.edge_link_address)
                 listening = reuseport.listener(link_host, s.edge_link_port, share=False)
                 port = listening.getsockname()[1]
                 link.setsockopt(zmq.USE_FD, listening.detach())

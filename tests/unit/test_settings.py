@@ -8,7 +8,13 @@ import tomllib
 
 import pytest
 
-from appliance.core.settings import IGNORED_KEYS, Settings, SettingsError, load_settings
+from appliance.core.settings import (
+    IGNORED_KEYS,
+    Settings,
+    SettingsError,
+    bind_host,
+    load_settings,
+)
 
 # key: (default, good value, expected stored value, bad types, bad range values)
 CASES: dict[str, tuple[object, object, object, list[object], list[object]]] = {
@@ -179,7 +185,8 @@ def test_not_a_table() -> None:
 
 def test_zeromq_address_forms() -> None:
     for good in ("tcp://*", "tcp://eth0", "tcp://[::1]", "tcp://host-1.example.com"):
-        assert load_settings({"zeromq_listen_address": good})[0].zeromq_listen_address == good
+        single = {"zeromq_listen_address": good, "edge_processes": 0}  # libzmq resolves names
+        assert load_settings(single)[0].zeromq_listen_address == good
     for bad in ("tcp://[]", "tcp://::1", "tcp://u@h"):
         with pytest.raises(SettingsError):
             load_settings({"zeromq_listen_address": bad})
@@ -233,3 +240,24 @@ def test_auto_edges_follow_the_cores_and_the_descriptor_limit() -> None:
     fixed, _ = load_settings({"edge_processes": 1}, {})
     assert fixed.edge_count(8, 20_000, 20_000) == 1
     assert load_settings({"edge_processes": 0}, {})[0].edge_count(8) == 0
+
+
+def test_edges_need_ip_addresses_to_bind_and_say_so() -> None:
+    """With edges the server binds the node and link sockets itself: a host name is refused
+    at load with the setting named (it used to end the start in a traceback)."""
+    for key in ("zeromq_listen_address", "edge_link_address"):
+        with pytest.raises(SettingsError) as caught:
+            load_settings({key: "tcp://localhost"}, {})
+        assert caught.value.key == key and "edge_processes = 0" in str(caught.value)
+    single, _ = load_settings({"zeromq_listen_address": "tcp://localhost", "edge_processes": 0}, {})
+    assert single.zeromq_listen_address == "tcp://localhost"  # libzmq resolves it itself
+    for address, host in (
+        ("tcp://*", "0.0.0.0"),
+        ("tcp://[::1]", "::1"),
+        ("tcp://10.0.0.1", "10.0.0.1"),
+    ):
+        assert (
+            load_settings({"zeromq_listen_address": address}, {})[0].zeromq_listen_address
+            == address
+        )
+        assert bind_host(address) == host
