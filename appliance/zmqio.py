@@ -8,8 +8,11 @@ after each burst of sends ``EVENTS`` is read again and a parked receiver kicked
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 import zmq
+import zmq.utils.z85
 
 FAIRNESS_BATCH = 64
 _NOBLOCK = int(zmq.NOBLOCK)  # plain ints: pyzmq's enum flags cost more than the send
@@ -103,3 +106,35 @@ class TrioSocket:
         self.closed = True
         trio.lowlevel.notify_closing(self.fd)
         self.sock.close(linger=0)
+
+
+# ZAP (RFC 27): who may complete a CURVE handshake on this context's sockets ----------------
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+
+
+def zap_verdict(frames: list[bytes], allowed: Callable[[str], bool], refusal: bytes) -> list[bytes]:
+    """The reply to one ZAP request: 200 for a CURVE client whose z85 public key is
+    ``allowed``, 400 with ``refusal`` for anything else."""
+    version = frames[0] if frames else b"1.0"
+    request_id = frames[1] if len(frames) > 1 else b""
+    if len(frames) >= 7 and frames[5] == b"CURVE" and len(frames[6]) == 32:
+        if allowed(zmq.utils.z85.encode(frames[6]).decode("ascii")):
+            return [version, request_id, b"200", b"OK", b"", b""]
+    return [version, request_id, b"400", refusal, b"", b""]
+
+
+def zap_socket(ctx: zmq.Context) -> TrioSocket:
+    """The context's ZAP handler socket, bound: libzmq asks it about every CURVE handshake."""
+    zap = TrioSocket(ctx.socket(zmq.REP))
+    zap.sock.linger = 0
+    zap.sock.bind(ZAP_ENDPOINT)
+    return zap
+
+
+async def serve_zap(zap: TrioSocket, reply: Callable[[list[bytes]], list[bytes]]) -> None:
+    """Answer ZAP requests with ``reply`` until cancelled; closes the socket."""
+    try:
+        while True:
+            zap.send_nowait(reply(await zap.recv_multipart()))
+    finally:
+        zap.close()

@@ -6,6 +6,7 @@ monitor, the server's CPU and memory from /proc, and the table and JSON file at 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -172,6 +173,57 @@ def edge_costs(
     return out
 
 
+def _costs_now(setup: Setup, run: Run) -> dict[str, float | None]:
+    """CPU seconds so far of the server, its edges, the fleet and the whole machine."""
+    try:
+        edges = (server_status(setup.url).get("counters") or {}).get("edges") or []
+    except (OSError, ValueError):  # a server too busy to answer in 10 s: no edge figure
+        edges = []
+    return {
+        "t": time.monotonic(),
+        "server": procstat.cpu_seconds(setup.server_pid) if setup.server_pid else None,
+        "edges": sum(float(e.get("cpu_seconds") or 0.0) for e in edges) if edges else None,
+        "fleet": run.fleet.cpu_seconds_now(),
+        "machine": procstat.machine_busy_seconds(),
+    }
+
+
+def connect_costs(
+    start: dict[str, float | None], end: dict[str, float | None], nodes: int
+) -> dict[str, Any]:
+    """Where the CPU of the connect phase went: seconds and ms per node for each part, and how
+    busy the machine was (200 % = both cores of this machine), so a reader can tell a slow
+    server from a saturated machine. An edge restarted mid-phase makes its figure low."""
+    wall = max(float(end["t"] or 0) - float(start["t"] or 0), 1e-6)
+    out: dict[str, Any] = {"seconds": round(wall, 2)}
+    for part in ("server", "edges", "fleet", "machine"):
+        a, b = start.get(part), end.get(part)
+        if a is None or b is None:
+            continue
+        out[f"{part}_cpu_s"] = round(b - a, 2)
+        out[f"{part}_ms_per_node"] = round(1000 * (b - a) / max(nodes, 1), 2)
+    if "machine_cpu_s" in out:
+        out["machine_cpu_percent"] = round(100 * out["machine_cpu_s"] / wall, 1)
+    return out
+
+
+def connect_rows(results: dict[str, Any]) -> list[tuple[str, Any]]:
+    c = results.get("connect")
+    if not c:
+        return []
+    parts = [p for p in ("server", "edges", "fleet") if f"{p}_ms_per_node" in c]
+    return [
+        (
+            "connect: CPU ms per node (" + ", ".join(parts) + ")",
+            ", ".join(str(c[f"{p}_ms_per_node"]) for p in parts),
+        ),
+        (
+            f"connect: machine CPU % over {c['seconds']} s (of {100 * (os.cpu_count() or 1)})",
+            c.get("machine_cpu_percent"),
+        ),
+    ]
+
+
 def edge_rows(results: dict[str, Any]) -> list[tuple[str, Any]]:
     """Report rows: one per edge (nodes, CPU %, RSS MiB, descriptors)."""
     rows = []
@@ -222,12 +274,15 @@ async def with_fleet(
         with trio.move_on_after(MONITOR_CONNECT_SECONDS):
             await monitor.connected.wait()
         try:
+            start = await trio.to_thread.run_sync(_costs_now, setup, run)
             run.t0 = fleet.start()
             progress(f"starting {len(setup.names)} nodes over {args.ramp:g} s")
             await wait_available(run, args.available_timeout + args.ramp, "connecting")
+            connected = await trio.to_thread.run_sync(_costs_now, setup, run)
+            results["connect"] = connect_costs(start, connected, len(setup.names))
             before = await trio.to_thread.run_sync(server_status, setup.url)
             started = time.monotonic()
-            results = await body(run)
+            results.update(await body(run))
             after = await trio.to_thread.run_sync(server_status, setup.url)
             results["edges"] = edge_costs(before, after, time.monotonic() - started)
         finally:
@@ -295,7 +350,7 @@ def finish(
     if setup.notes:
         results["notes"] = setup.notes
     path = report.write(scenario, params, results, directory=setup.args.results_dir)
-    print(report.table([("metric", "value"), *rows, *edge_rows(results)]))
+    print(report.table([("metric", "value"), *rows, *connect_rows(results), *edge_rows(results)]))
     print(f"\nresults: {path}")
     return 0
 

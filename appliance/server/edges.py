@@ -41,10 +41,9 @@ from appliance.core.settings import Settings, bind_host
 from appliance.core.state import State
 from appliance.server.clock import Clock
 from appliance.server.outbound import NodeSigner, ServerBeat
-from appliance.zmqio import TrioSocket
+from appliance.zmqio import TrioSocket, serve_zap, zap_socket, zap_verdict
 
 log = logging.getLogger("pushy.edges")
-ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 EDGE_SILENCE_SECONDS = 5.0  # an edge reports every second; this much silence and it is lost
 WHO_EVERY_SECONDS = 1.0  # how often an unknown edge is asked who it is
 KEYS_ACK_SECONDS = 5.0  # the longest a config fetch waits for the edges to learn its keys
@@ -167,10 +166,7 @@ class EdgeHub:
         self._link_public = public
         async with trio.open_nursery() as nursery:
             try:
-                zap = TrioSocket(self.ctx.socket(zmq.REP))
-                zap.sock.linger = 0
-                zap.sock.bind(ZAP_ENDPOINT)
-                nursery.start_soon(self._zap_loop, zap)
+                nursery.start_soon(serve_zap, zap_socket(self.ctx), self._zap_reply)
                 link = self.ctx.socket(zmq.ROUTER)
                 link.linger = 0
                 link.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -247,23 +243,14 @@ class EdgeHub:
             await trio.sleep(delay)
 
     # The link --------------------------------------------------------------------------------
-    async def _zap_loop(self, zap: TrioSocket) -> None:
-        try:
-            while True:
-                frames = await zap.recv_multipart()
-                zap.send_nowait(self._zap_reply(frames))
-        finally:
-            zap.close()
-
     def _zap_reply(self, frames: list[bytes]) -> list[bytes]:
-        version = frames[0] if frames else b"1.0"
-        request_id = frames[1] if len(frames) > 1 else b""
-        if len(frames) >= 7 and frames[5] == b"CURVE" and len(frames[6]) == 32:
-            key = zmq.utils.z85.encode(frames[6]).decode("ascii")
-            if key == self._local_public or key in allowed_edge_keys(self.state_dir):
-                return [version, request_id, b"200", b"OK", b"", b""]
-        log.warning("refused an edge link connection: its CURVE key is not allowed")
-        return [version, request_id, b"400", b"Not an edge of this server", b"", b""]
+        reply = zap_verdict(frames, self._edge_key_allowed, b"Not an edge of this server")
+        if reply[2] != b"200":
+            log.warning("refused an edge link connection: its CURVE key is not allowed")
+        return reply
+
+    def _edge_key_allowed(self, key: str) -> bool:
+        return key == self._local_public or key in allowed_edge_keys(self.state_dir)
 
     async def _link_loop(self) -> None:
         assert self.link is not None

@@ -22,13 +22,12 @@ from appliance.core.settings import Settings
 from appliance.core.state import NodeKeys
 from appliance.server.clock import Clock
 from appliance.server.outbound import NodeSigner, ServerBeat
-from appliance.zmqio import TrioSocket
+from appliance.zmqio import TrioSocket, serve_zap, zap_socket, zap_verdict
 
 # (node key, ROUTER address, validated body, now): the dispatcher's ``node_message``
 Deliver = Callable[[corenodes.NodeKey, bytes, dict[str, Any], float], None]
 
 log = logging.getLogger("pushy.reactor")
-ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 DROP_LOG_WINDOW_SECONDS = 60.0
 DROP_LOG_LINES_PER_WINDOW = 20
 MAX_SUBSCRIPTION_BYTES = 256  # inbound on the heartbeat port: only subscriptions, a few bytes
@@ -88,10 +87,7 @@ class Reactor:
         async with trio.open_nursery() as nursery:
             try:
                 if curve:
-                    zap = TrioSocket(self.ctx.socket(zmq.REP))
-                    zap.sock.linger = 0
-                    zap.sock.bind(ZAP_ENDPOINT)
-                    nursery.start_soon(self._zap_loop, zap)
+                    nursery.start_soon(serve_zap, zap_socket(self.ctx), self.zap_reply)
                 router = self.ctx.socket(zmq.ROUTER)
                 router.linger = 0
                 router.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -130,24 +126,12 @@ class Reactor:
         self.ctx.destroy(linger=0)
 
     # ZAP -------------------------------------------------------------------------------------
-    async def _zap_loop(self, zap: TrioSocket) -> None:
-        try:
-            while True:
-                frames = await zap.recv_multipart()
-                zap.send_nowait(self.zap_reply(frames))
-        finally:
-            zap.close()
-
     def zap_reply(self, frames: list[bytes]) -> list[bytes]:
         """RFC 27: allow a CURVE client whose key a node sent as ``ccpk`` in an authenticated fetch."""
-        version = frames[0] if frames else b"1.0"
-        request_id = frames[1] if len(frames) > 1 else b""
-        if len(frames) >= 7 and frames[5] == b"CURVE" and len(frames[6]) == 32:
-            z85 = zmq.utils.z85.encode(frames[6]).decode("ascii")
-            if z85 in self.keys.curve_index:
-                return [version, request_id, b"200", b"OK", b"", b""]
-        self.dropped["zap_denied"] += 1
-        return [version, request_id, b"400", b"No such client", b"", b""]
+        reply = zap_verdict(frames, self.keys.curve_index.__contains__, b"No such client")
+        if reply[2] != b"200":
+            self.dropped["zap_denied"] += 1
+        return reply
 
     # Heartbeat channel -----------------------------------------------------------------------
     async def _subscription_loop(self) -> None:

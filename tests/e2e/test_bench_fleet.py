@@ -87,6 +87,11 @@ def test_hold(tmp_path, key_cache):
     assert r["available_end"] == NODES
     assert r["server_heartbeats_per_s"] > 0
     assert r["fleet"]["reconfigures"] == {}
+    # the connect phase's CPU by part (the server connected 8 nodes: some of its CPU was theirs)
+    c = r["connect"]
+    assert c["seconds"] > 0 and c["server_cpu_s"] > 0 and c["machine_cpu_percent"] > 0, c
+    assert abs(c["server_ms_per_node"] - 1000 * c["server_cpu_s"] / NODES) < 1, c
+    assert c["edges_cpu_s"] >= 0 and c["fleet_cpu_s"] >= 0, c
 
 
 def test_fanout(tmp_path, key_cache):
@@ -97,10 +102,9 @@ def test_fanout(tmp_path, key_cache):
         assert job["nodes"] == NODES and job["succeeded"] == NODES
         for key in ("post_to_complete_s", "voting_s", "running_s", "running_99_s"):
             assert job[key] is not None, (key, job)
-        # who had the machine during the job: the fleet's share (8 nodes may cost it less than
-        # the 10 ms /proc counts in) and all cores' busy time
-        assert job["fleet_cpu_percent"] >= 0 and job["machine_cpu_percent"] > 0, job
-        assert job["machine_cpu_percent"] <= 100 * (os.cpu_count() or 1) * 1.05, job
+        # who had the machine during the job: the fleet's share and all cores' busy time
+        # (/proc counts in 10 ms ticks: over an 8-node job either may read 0, or past 200 %)
+        assert job["fleet_cpu_percent"] >= 0 and job["machine_cpu_percent"] >= 0, job
     assert r["all_succeeded"] is True
     assert r["median"]["post_to_complete_s"] is not None
 
