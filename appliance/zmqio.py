@@ -8,6 +8,7 @@ after each burst of sends ``EVENTS`` is read again and a parked receiver kicked
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import trio
@@ -106,6 +107,19 @@ class TrioSocket:
         self.closed = True
         trio.lowlevel.notify_closing(self.fd)
         self.sock.close(linger=0)
+
+
+async def handle_forever(
+    sock: TrioSocket, handle: Callable[[list[bytes]], None], log: logging.Logger, what: str
+) -> None:
+    """Receive forever, handing each message to ``handle``: a bug in it is logged (as an error
+    while handling ``what``) and must not take the socket's loop down."""
+    while True:
+        frames = await sock.recv_multipart()
+        try:
+            handle(frames)
+        except Exception:
+            log.exception("error while handling %s", what)
 
 
 # ZAP (RFC 27): who may complete a CURVE handshake on this context's sockets ----------------

@@ -32,7 +32,7 @@ from appliance.core.settings import Settings, bind_host
 from appliance.core.state import NodeKeys
 from appliance.server.clock import Clock
 from appliance.server.reactor import Reactor
-from appliance.zmqio import TrioSocket
+from appliance.zmqio import TrioSocket, handle_forever
 
 log = logging.getLogger("pushy.edge")
 HELLO_EVERY_SECONDS = 2.0
@@ -130,7 +130,9 @@ class Edge:
                 self._start(setup)
                 assert self.reactor is not None
                 await nursery.start(self.reactor.run, self._deliver)
-                nursery.start_soon(self._link_loop)
+                nursery.start_soon(
+                    handle_forever, self.link, self._on_link, log, "a coordinator message"
+                )
                 nursery.start_soon(self._scanner)
                 nursery.start_soon(self._stats)
                 if o.local:
@@ -223,15 +225,6 @@ class Edge:
                 self.link.send_nowait([edgelink.DOWN, address, orjson.dumps([*key, reason])])
 
     # The link --------------------------------------------------------------------------------
-    async def _link_loop(self) -> None:
-        assert self.link is not None and self.reactor is not None and self.nodes is not None
-        while True:
-            frames = await self.link.recv_multipart()
-            try:
-                self._on_link(frames)
-            except Exception:  # a bug must not take the link down
-                log.exception("error while handling a coordinator message")
-
     def _on_link(self, frames: list[bytes]) -> None:
         assert self.reactor is not None and self.nodes is not None and self.link is not None
         kind = frames[0]

@@ -41,7 +41,7 @@ from appliance.core.settings import Settings, bind_host
 from appliance.core.state import State
 from appliance.server.clock import Clock
 from appliance.server.outbound import NodeSigner, ServerBeat
-from appliance.zmqio import TrioSocket, serve_zap, zap_socket, zap_verdict
+from appliance.zmqio import TrioSocket, handle_forever, serve_zap, zap_socket, zap_verdict
 
 log = logging.getLogger("pushy.edges")
 EDGE_SILENCE_SECONDS = 5.0  # an edge reports every second; this much silence and it is lost
@@ -186,7 +186,7 @@ class EdgeHub:
                 if link_host in ("0.0.0.0", "::"):
                     link_host = "127.0.0.1"
                 self._url = f"tcp://{_bracket(link_host)}:{port}"
-                nursery.start_soon(self._link_loop)
+                nursery.start_soon(handle_forever, self.link, self._on_link, log, "an edge message")
                 nursery.start_soon(self.beat.run, lambda: self.settings, self.clock, self._publish)
                 nursery.start_soon(self._watch)
                 for i in range(self.count):
@@ -251,15 +251,6 @@ class EdgeHub:
 
     def _edge_key_allowed(self, key: str) -> bool:
         return key == self._local_public or key in allowed_edge_keys(self.state_dir)
-
-    async def _link_loop(self) -> None:
-        assert self.link is not None
-        while True:
-            frames = await self.link.recv_multipart()
-            try:
-                self._on_link(frames)
-            except Exception:  # a bug must not take the link down
-                log.exception("error while handling an edge message")
 
     def _on_link(self, frames: list[bytes]) -> None:
         if len(frames) < 2:
