@@ -9,7 +9,6 @@ offline, every job node succeeded, no node stuck after a restart). No timing is 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
