@@ -61,6 +61,11 @@ TICK = 0.02
 REPORT_SECONDS = 0.25
 FETCH_TIMEOUT = 30.0
 FDS_PER_NODE = 5  # 2 TCP connections, 2 socket mailboxes, slack
+# One source address reaches one server port through at most this many connections: Linux's
+# ephemeral port range (32768-60999 by default: 28,232 ports). Past it, each worker's nodes
+# connect from a loopback address of their own (127.0.0.2, .3, ...): a fleet on one host is
+# what runs out, not the server (real nodes come from their own addresses).
+PORTS_PER_SOURCE = 25_000
 STOP_SECONDS = 30.0
 BACKOFF_MAX_WAIT = 30.0  # after a socket error (e.g. an address zmq refuses)
 
@@ -77,6 +82,7 @@ class WorkerSpec:
     job_seconds: float = 0.0
     whitelist: tuple[str, ...] = ("true",)
     fetch_threads: int = 8
+    source: str | None = None  # the loopback address its node sockets connect from
 
 
 # Worker process ------------------------------------------------------------------------------
@@ -266,6 +272,11 @@ class Worker:
     async def _serve(self, node: SimNode, conn: Connection) -> None:
         hb = conn.config["push_jobs"]["heartbeat"]
         curve = (conn.config, node.curve_public, node.curve_secret)
+        if self.spec.source:
+            hb = {
+                k: _from_source(v, self.spec.source) if k.endswith("_addr") else v
+                for k, v in hb.items()
+            }
         dealer, sub = command_sockets(self.ctx, hb, curve)
         conn.dealer, conn.sub = TrioSocket(dealer), TrioSocket(sub)
         old, node.conn = node.conn, conn
@@ -488,6 +499,7 @@ class Fleet:
                 job_seconds=self.job_seconds,
                 whitelist=self.whitelist,
                 fetch_threads=self.fetch_threads,
+                source=worker_source(w, len(self.names)),
             )
             parent, child = ctx.Pipe(duplex=True)
             proc = ctx.Process(target=worker_entry, args=(child, spec), name=f"bench-worker-{w}")
@@ -580,3 +592,18 @@ class Fleet:
             if proc.is_alive():
                 proc.kill()
                 await trio.to_thread.run_sync(proc.join, 5)
+
+
+def worker_source(worker: int, nodes: int) -> str | None:
+    """The loopback address worker ``worker`` connects its nodes from (None: the kernel's
+    choice, 127.0.0.1), for a fleet of ``nodes``."""
+    return f"127.0.0.{2 + worker}" if nodes > PORTS_PER_SOURCE else None
+
+
+def _from_source(address: str, source: str) -> str:
+    """A loopback ``tcp://HOST:PORT`` as libzmq's ``tcp://SOURCE:0;HOST:PORT`` (connect from
+    SOURCE); any other address as it is."""
+    host = address.removeprefix("tcp://").rsplit(":", 1)[0]
+    if not address.startswith("tcp://") or not host.startswith("127."):
+        return address
+    return f"tcp://{source}:0;{address.removeprefix('tcp://')}"
