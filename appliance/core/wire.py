@@ -106,13 +106,15 @@ def rsa_frames(key: RSAPrivateKey, body: dict[str, Any]) -> list[bytes]:
 
 def http_date(t: float) -> str:
     """RFC 1123 date in GMT (floored to the second), as message ``timestamp`` fields carry it."""
+    global _last_date
     second = math.floor(t)
-    if second != _last_date[0]:  # a job start dates 20,000 messages within the same second
-        _last_date[:] = [second, formatdate(second, usegmt=True)]
-    return _last_date[1]
+    cached = _last_date  # one tuple: read whole, even beside a thread that replaces it
+    if cached[0] != second:  # a job start dates 20,000 messages within the same second
+        cached = _last_date = (second, formatdate(second, usegmt=True))
+    return cached[1]
 
 
-_last_date: list[Any] = [None, ""]
+_last_date: tuple[int | None, str] = (None, "")
 
 
 def parse_http_date(text: Any) -> float | None:

@@ -162,7 +162,8 @@ class EdgeHub:
             sock = reuseport.reserve(host, getattr(s, name))
             self._reserved.append(sock)
             self.ports[name] = sock.getsockname()[1]
-        public, secret = link_keypair(self.state_dir)
+        # its first write is synced to disk: not on the loop
+        public, secret = await trio.to_thread.run_sync(link_keypair, self.state_dir)
         self._link_public = public
         async with trio.open_nursery() as nursery:
             try:
@@ -348,6 +349,9 @@ class EdgeHub:
             if self.link.pending():
                 continue
             now = self.clock.now()
+            for ident, asked in list(self._asked.items()):  # strangers that never said hello
+                if now - asked > 60 * WHO_EVERY_SECONDS:
+                    del self._asked[ident]
             for info in list(self.edges.values()):
                 if now - info.last_seen > EDGE_SILENCE_SECONDS:
                     self._lost(info, f"silent for {now - info.last_seen:.0f} s")

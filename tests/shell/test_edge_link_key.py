@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from appliance.server.edges import LINK_KEY_FILE, link_keypair
@@ -23,12 +21,10 @@ def test_a_damaged_file_is_replaced(tmp_path, content) -> None:
     assert (tmp_path / LINK_KEY_FILE).read_text().split() == [public, secret]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory")
-def test_a_read_only_state_dir_still_gives_a_key(tmp_path) -> None:
-    tmp_path.chmod(0o500)
-    try:
-        public, secret = link_keypair(tmp_path)
-        assert len(public) == len(secret) == 40
-        assert not (tmp_path / LINK_KEY_FILE).exists()
-    finally:
-        tmp_path.chmod(0o700)
+def test_a_key_that_cannot_be_kept_still_gives_a_key(tmp_path) -> None:
+    """A state directory the key cannot be written to (here its temporary file's name is taken
+    by a directory: it fails the same way for root) must not stop a start."""
+    (tmp_path / (LINK_KEY_FILE + ".tmp")).mkdir()
+    public, secret = link_keypair(tmp_path)
+    assert len(public) == len(secret) == 40
+    assert not (tmp_path / LINK_KEY_FILE).exists()
