@@ -65,7 +65,11 @@ def bench(tmp_path: Path, key_cache: Path, scenario: str, *extra: str) -> dict:
     if scenario == "fetch":
         return document
     fleet = document["results"]["fleet"]
-    assert fleet["errors"] == [] and fleet["fetch_failures"] == 0, output
+    assert fleet["errors"] == [], output
+    # a storm stops the server: a node that reconfigures while it is down fails its fetch and
+    # backs off (1, 2, 4 s: at most 3 tries in the few seconds it is down); none elsewhere
+    allowed = 3 * NODES if scenario == "storm" else 0
+    assert fleet["fetch_failures"] <= allowed, output
     assert fleet["heartbeats_sent"] > 0 and fleet["config_fetches"] >= NODES, output
     assert fleet["signatures"] == NODES, output  # each node's config request signed once
     return document
