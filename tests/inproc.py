@@ -62,6 +62,9 @@ class FakeRouter:
         self.sent.append(frames)
         return True
 
+    def pending(self) -> bool:
+        return False  # the tests hand messages to the dispatcher directly
+
     def close(self) -> None:
         pass
 

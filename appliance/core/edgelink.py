@@ -129,6 +129,7 @@ class EdgeNodes:
 
     def __init__(self, params: Liveness) -> None:
         self.params = params
+        self.attention = liveness.Attention(params.tick)
         self.seen: dict[NodeKey, Seen] = {}
         self.live_jobs: set[str] = set()
         self.forwarded = 0
@@ -141,6 +142,7 @@ class EdgeNodes:
 
         A node whose heartbeat rate fell below the threshold is down (the coordinator is told;
         this heartbeat is not forwarded); its next message is a first contact again."""
+        now = self.attention.at(now)
         seen = self.seen.get(key)
         is_beat = body.get("type") == "heartbeat"
         incarnation = body.get("incarnation_id")
@@ -172,6 +174,7 @@ class EdgeNodes:
     def scan(self, now: float) -> list[tuple[NodeKey, bytes, str]]:
         """The liveness scanner: the nodes that stopped beating, forgotten here."""
         p = self.params
+        now = self.attention.at(now)
         dead = [
             (key, seen.address, "missed heartbeats")
             for key, seen in self.seen.items()
@@ -181,6 +184,10 @@ class EdgeNodes:
         for key, _, _ in dead:
             del self.seen[key]
         return dead
+
+    def attend(self, now: float) -> None:
+        """The shell's regular reading of the time (every ``params.tick``)."""
+        self.attention.at(now)
 
     def forget(self, key: NodeKey) -> None:
         self.seen.pop(key, None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Health", "advance", "create", "is_dead", "on_heartbeat"]
+__all__ = ["Attention", "Health", "advance", "create", "is_dead", "on_heartbeat"]
 
 
 @dataclass
@@ -21,6 +21,31 @@ class Health:
     avg: float
     interval_start: float
     hb: int
+
+
+@dataclass
+class Attention:
+    """Liveness time: the receiver's own standstills left out.
+
+    A node is judged by the gaps between its beats as the receiver saw them. When the receiving
+    process stood still (starved of CPU, stopped, a long step of its own), the beats sent
+    meanwhile wait in its socket: the gap is ours, not the node's, and judging it would mark
+    live nodes offline. The shell reads the time at least every ``tick`` (``at``); a longer gap
+    between two readings is a standstill, and all of it but one tick is excused from then on.
+    ``tick`` None: times are taken as given (the pure tables' tests drive time by hand).
+    """
+
+    tick: float | None = None
+    last: float | None = None
+    excused: float = 0.0
+
+    def at(self, now: float) -> float:
+        if self.tick is None:
+            return now
+        if self.last is not None and now - self.last > 2 * self.tick:
+            self.excused += now - self.last - self.tick
+        self.last = now
+        return now - self.excused
 
 
 def _us(seconds: float) -> int:

@@ -74,6 +74,9 @@ class Liveness:
     rehab_interval: float
     restart_grace: float = 60.0  # how long a node that was up may take to return after a restart
     at_edges: bool = False  # edges keep liveness and send only changes (core.edgelink)
+    # the shell reads the time at least this often (``attend``): longer gaps are its own
+    # standstills, excused from liveness (``liveness.Attention``); None: time as given
+    tick: float | None = None
 
 
 @dataclass(slots=True)
@@ -109,6 +112,10 @@ class NodeTable:
     # nodes put in rehab (a superset: the timer drops those that left it), so the timer does
     # not walk every node each time one more is sent ``abort`` (quadratic over a connect storm)
     rehab: dict[NodeKey, None] = field(default_factory=dict)  # ordered: the sends' order
+    attention: liveness.Attention = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.attention = liveness.Attention(self.params.tick)
 
     # Queries ---------------------------------------------------------------------------------
     def online(self, key: NodeKey) -> Node | None:
@@ -130,6 +137,10 @@ class NodeTable:
         )
 
     # Inputs ----------------------------------------------------------------------------------
+    def attend(self, now: float) -> None:
+        """The shell's regular reading of the time (every ``params.tick``)."""
+        self.attention.at(now)
+
     def on_message(
         self, key: NodeKey, address: bytes, body: dict[str, Any], now: float, jobs: JobView
     ) -> list:
@@ -137,6 +148,7 @@ class NodeTable:
         kind = body.get("type")
         if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
             return []
+        beat_time = self.attention.at(now)
         effects: list = []
         node = self.nodes.get(key)
         incarnation = body.get("incarnation_id")
@@ -151,7 +163,7 @@ class NodeTable:
         elif node.address != address:
             self._readdress(node, address)
             effects.append(Send(key, "ack"))
-        self._handle(node, kind, body, now, jobs, effects)
+        self._handle(node, kind, body, now, beat_time, jobs, effects)
         return effects
 
     def on_rehab_timer(self, now: float) -> list:
@@ -180,13 +192,16 @@ class NodeTable:
         """The liveness scanner: every node whose decayed heartbeat rate fell below the threshold stops."""
         effects: list = []
         p = self.params
+        beat_time = self.attention.at(now)
         for node in list(self.nodes.values()):
             if node.ghost and node.ghost_until is not None and now >= node.ghost_until:
                 self._stop(node, "did not come back after the server restart", effects)
             elif (
                 node.health is not None
                 and not p.at_edges
-                and liveness.is_dead(node.health, now, p.interval, p.decay_window, p.threshold)
+                and liveness.is_dead(
+                    node.health, beat_time, p.interval, p.decay_window, p.threshold
+                )
             ):
                 self._stop(node, "missed heartbeats", effects)
         return effects
@@ -273,7 +288,14 @@ class NodeTable:
         return None
 
     def _handle(
-        self, node: Node, kind: str, body: dict[str, Any], now: float, jobs: JobView, effects: list
+        self,
+        node: Node,
+        kind: str,
+        body: dict[str, Any],
+        now: float,
+        beat_time: float,
+        jobs: JobView,
+        effects: list,
     ) -> None:
         p = self.params
         job_id = job_id_of(body)
@@ -281,9 +303,9 @@ class NodeTable:
             if p.at_edges:
                 pass  # the edge counted it (and says when the node stops beating)
             elif node.health is None:
-                node.health = liveness.create(now, p.threshold)
+                node.health = liveness.create(beat_time, p.threshold)
             elif not liveness.on_heartbeat(
-                node.health, now, p.interval, p.decay_window, p.threshold
+                node.health, beat_time, p.interval, p.decay_window, p.threshold
             ):
                 self._stop(node, "heartbeat rate fell below the threshold", effects)
                 return

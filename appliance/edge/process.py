@@ -32,6 +32,7 @@ from appliance.core.settings import Settings, bind_host
 from appliance.core.state import NodeKeys
 from appliance.server.clock import Clock
 from appliance.server.reactor import Reactor
+from appliance.server.scanner import watch_liveness
 from appliance.zmqio import TrioSocket, handle_forever
 
 log = logging.getLogger("pushy.edge")
@@ -197,6 +198,7 @@ class Edge:
             decay_window=settings.decay_window,
             threshold=settings.down_threshold,
             rehab_interval=1.0,
+            tick=settings.heartbeat_seconds / 4,
         )
         if self.nodes is None:
             self.nodes = edgelink.EdgeNodes(params)
@@ -218,11 +220,20 @@ class Edge:
 
     async def _scanner(self) -> None:
         assert self.nodes is not None and self.reactor is not None and self.link is not None
-        s = self.reactor.settings
-        while True:
-            await trio.sleep(s.heartbeat_interval / 1000.0 * s.detect_offline_nodes_interval)
-            for key, address, reason in self.nodes.scan(self.clock.now()):
-                self.link.send_nowait([edgelink.DOWN, address, orjson.dumps([*key, reason])])
+        nodes, reactor, link = self.nodes, self.reactor, self.link
+
+        def scan(now: float) -> None:
+            for key, address, reason in nodes.scan(now):
+                link.send_nowait([edgelink.DOWN, address, orjson.dumps([*key, reason])])
+
+        await watch_liveness(
+            nodes.params.tick or nodes.params.interval / 4,
+            lambda: reactor.settings.offline_scan_seconds,
+            self.clock,
+            nodes.attend,
+            scan,
+            reactor.behind,
+        )
 
     # The link --------------------------------------------------------------------------------
     def _on_link(self, frames: list[bytes]) -> None:

@@ -49,6 +49,8 @@ class Outbound(Protocol):
 
     def keys_changed(self, key: NodeKey) -> None: ...
 
+    def behind(self) -> bool: ...
+
 
 class Dispatcher:
     def __init__(

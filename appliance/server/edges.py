@@ -382,6 +382,10 @@ class EdgeHub:
             return False
         return True
 
+    def behind(self) -> bool:
+        """Whether the edges' reports wait to be read (the liveness scan waits for them)."""
+        return self.link is not None and self.link.pending()
+
     def forget(self, key: corenodes.NodeKey) -> None:
         self.signer.forget(key)
         self._broadcast([edgelink.FORGET, orjson.dumps(list(key))])

@@ -230,6 +230,7 @@ def build_context(
             decay_window=p.decay_window,
             threshold=p.down_threshold,
             rehab_interval=p.rehab_timer / 1000.0,
+            tick=p.heartbeat_seconds / 4,
         )
     )
     signer = NodeSigner(state, table)

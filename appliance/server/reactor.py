@@ -225,6 +225,10 @@ class Reactor:
             return False
         return True
 
+    def behind(self) -> bool:
+        """Whether node messages wait to be read (the liveness scan waits for them)."""
+        return self.router is not None and self.router.pending()
+
     def forget(self, key: corenodes.NodeKey) -> None:
         if self.signer is not None:
             self.signer.forget(key)

@@ -16,6 +16,7 @@ from appliance.core import jobfsm
 from appliance.core.settings import Settings
 from appliance.server.clock import Clock
 from appliance.server.dispatcher import Dispatcher
+from appliance.server.scanner import watch_liveness
 
 log = logging.getLogger("pushy.jobs")
 
@@ -66,10 +67,15 @@ class Timers:
         return None
 
     async def _scanner(self) -> None:
-        while True:
-            s = self.settings
-            await trio.sleep(s.heartbeat_interval / 1000.0 * s.detect_offline_nodes_interval)
-            self.dispatcher.liveness_scan(self.clock.now())
+        d = self.dispatcher
+        await watch_liveness(
+            d.table.params.tick or d.table.params.interval / 4,
+            lambda: self.settings.offline_scan_seconds,
+            self.clock,
+            d.table.attend,
+            d.liveness_scan,
+            d.outbound.behind,
+        )
 
     async def _rehab(self) -> None:
         d = self.dispatcher

@@ -237,14 +237,19 @@ def wait_job(
     return wait_for(done, seconds, nodes)
 
 
-def wait_available(admin: Chef, org: str, node: Node) -> None:
-    """Poll the node's state until it is available, the node heartbeating meanwhile."""
+def wait_available(admin: Chef, org: str, node: Node, others: tuple[Node, ...] = ()) -> None:
+    """Poll the node's state until it is available, the nodes heartbeating meanwhile.
+
+    A job posted right after a node's ``aborted`` may reach the server first (the reply goes
+    through an edge, the POST does not): the node is still in rehab then, so the job fails its
+    quorum and sends the node ``abort`` again, as the original does."""
     path = f"/organizations/{org}/pushy/node_states/{node.name}"
-    wait_for(lambda: admin.get(path).json()["availability"] == "available", nodes=(node,))
+    wait_for(lambda: admin.get(path).json()["availability"] == "available", nodes=(node, *others))
 
 
 def assert_runs_a_new_job(admin: Chef, org: str, node: Node) -> None:
-    """The node is usable: a new job on it alone runs to success."""
+    """The node is usable: once available, a new job on it alone runs to success."""
+    wait_available(admin, org, node)
     later = post_job(admin, org, [node.name])
     run_to_success(node, later)
     assert wait_job(admin, org, later, "complete", (node,))["nodes"] == {"succeeded": [node.name]}
@@ -282,6 +287,18 @@ def run_to_success(node: Node, job_id: str, **output: str) -> dict:
     node.send("succeeded", job_id=job_id, **output)
     node.idle()
     return commit
+
+
+def finish_run(
+    node: Node, job_id: str, others: tuple[Node, ...] = (), seconds: float = 5.0
+) -> None:
+    """Answer the run of an already committed node and succeed."""
+    run = node.expect("run", others=others, seconds=seconds)
+    assert run["job_id"] == job_id
+    node.working(job_id, "running")
+    node.send("ack_run", job_id=job_id)
+    node.send("succeeded", job_id=job_id)
+    node.idle()
 
 
 SUCCESS = [

@@ -311,7 +311,6 @@ def test_nack_commit_naming_no_job_sends_the_node_to_rehab(fleet):
     org, admin, (n1,) = fleet.setup("n1")
     n1.send("nack_commit", job_id="a")
     n1.answer_abort()
-    wait_available(admin, org, n1)
     assert_runs_a_new_job(admin, org, n1)
 
 
@@ -549,7 +548,6 @@ def test_abort_a_running_job(fleet, server):
     assert again.status_code == 409
     assert isinstance(again.json()["error"], str)
     # The node is usable again.
-    wait_available(admin, org, n1)
     assert_runs_a_new_job(admin, org, n1)
 
 

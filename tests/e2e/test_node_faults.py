@@ -31,11 +31,13 @@ from tests.e2e.helpers import (
     Node,
     commit_and_run,
     feed_path,
+    finish_run,
     get_job,
     join_node,
     pause,
     post_job,
     shape,
+    wait_available,
     wait_job,
 )
 from tests.support import (
@@ -145,26 +147,16 @@ def revive(node: Node, others: tuple[Node, ...]) -> None:
 
 
 def run_new_job(admin: Any, org: str, node: Node, others: tuple[Node, ...] = ()) -> None:
-    """The node is usable: a new job on it alone runs to success (the others keep beating)."""
+    """The node is usable: once available, a new job on it alone runs to success (the others
+    keep beating)."""
     node.take("commit", "run")  # stale ones of the faulty job
+    wait_available(admin, org, node, others)
     job_id = post_job(admin, org, [node.name])
     commit_and_run(node, job_id, others=others)
     node.send("succeeded", job_id=job_id)
     node.idle()
     job = wait_job(admin, org, job_id, "complete", (node, *others))
     assert job["nodes"] == {"succeeded": [node.name]}
-
-
-def finish_run(
-    node: Node, job_id: str, others: tuple[Node, ...] = (), seconds: float = 5.0
-) -> None:
-    """Answer the run of an already committed node and succeed."""
-    run = node.expect("run", others=others, seconds=seconds)
-    assert run["job_id"] == job_id
-    node.working(job_id, "running")
-    node.send("ack_run", job_id=job_id)
-    node.send("succeeded", job_id=job_id)
-    node.idle()
 
 
 def job_feed(server: Server, org: str, job_id: str) -> Feed:

@@ -3,6 +3,8 @@ what the coordinator's node table does with edge reports (core.nodes)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from appliance.core import edgelink
 from appliance.core import nodes as corenodes
 from appliance.core.state import NodeKeys
@@ -51,6 +53,25 @@ def test_a_node_that_stops_beating_is_reported_once_and_then_is_new_again() -> N
     assert down == [(KEY, b"\0a", "missed heartbeats")]
     assert nodes.scan(7.0) == []
     assert nodes.on_message(KEY, b"\0a", beat(), 8.0) == (True, None)
+
+
+def test_an_edge_that_stood_still_keeps_its_beating_nodes() -> None:
+    """Beats queued while the edge stood still (starved, stopped) are not a silence: neither
+    the late scan nor the first beat read after it reports the node down."""
+    nodes = edgelink.EdgeNodes(dataclasses.replace(PARAMS, tick=0.25))
+    t = 0.0
+    for _ in range(8):
+        nodes.on_message(KEY, b"\0a", beat(), t)
+        for _ in range(4):
+            t += 0.25
+            nodes.attend(t)
+    t += 30.0
+    assert nodes.scan(t) == []
+    assert nodes.on_message(KEY, b"\0a", beat(), t) == (False, None)
+    for _ in range(12):  # then silence, attended: down within a few intervals
+        t += 0.25
+        nodes.attend(t)
+    assert nodes.scan(t) == [(KEY, b"\0a", "missed heartbeats")]
 
 
 def test_a_heartbeat_after_a_long_silence_reports_the_node_down_and_is_not_forwarded() -> None:

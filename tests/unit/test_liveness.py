@@ -121,3 +121,46 @@ def test_clock_going_backwards_does_not_decay():
     h = liveness.Health(avg=1.0, interval_start=T0, hb=1)
     liveness.advance(h, T0 - 100.0, 10.0, 4)
     assert h == liveness.Health(avg=1.0, interval_start=T0, hb=1)
+
+
+# Attention: the receiver's own standstills -------------------------------------------------
+def test_attention_without_a_tick_takes_time_as_given():
+    a = liveness.Attention()
+    assert [a.at(t) for t in (0.0, 100.0, 5.0)] == [0.0, 100.0, 5.0]
+
+
+def test_attention_excuses_a_standstill_but_one_tick():
+    a = liveness.Attention(tick=0.25)
+    for k in range(9):  # read every tick (and a little late): nothing is excused
+        assert a.at(k * 0.3) == pytest.approx(k * 0.3)
+    assert a.at(2.4 + 3.0) == pytest.approx(2.4 + 0.25)  # stood still 3 s
+    assert a.at(5.6) == pytest.approx(2.65 + 0.2)  # and from then on, 2.75 s behind
+    assert a.excused == pytest.approx(2.75)
+
+
+def test_attention_after_a_standstill_keeps_a_beating_node_alive_and_a_silent_one_dies():
+    interval, window, threshold, tick = 0.2, 4, 0.6, 0.05
+    a = liveness.Attention(tick=tick)
+    beating = liveness.create(a.at(0.0), threshold)
+    silent = liveness.create(a.at(0.0), threshold)
+    t = 0.0
+    for _ in range(20):  # both beat every interval, read every tick
+        for _ in range(4):
+            t += tick
+            a.at(t)
+        liveness.on_heartbeat(beating, a.at(t), interval, window, threshold)
+        liveness.on_heartbeat(silent, a.at(t), interval, window, threshold)
+    t += 2.0  # the receiver stood still 2 s; the beats sent meanwhile were queued
+    assert not liveness.is_dead(beating, a.at(t), interval, window, threshold)
+    for _ in range(10):  # the queue drains: ten beats at once
+        assert liveness.on_heartbeat(beating, a.at(t), interval, window, threshold)
+    for _ in range(40):  # then 2 s of beats as before; the silent node has said nothing since
+        t += tick
+        if round(t / tick) % 4 == 0:
+            liveness.on_heartbeat(beating, a.at(t), interval, window, threshold)
+        a.at(t)
+    assert not liveness.is_dead(beating, a.at(t), interval, window, threshold)
+    assert liveness.is_dead(silent, a.at(t), interval, window, threshold)
+    # without the excuse the 2 s standstill would have killed both
+    plain = liveness.Health(avg=1.0, interval_start=0.0, hb=1)
+    assert liveness.is_dead(plain, 2.0, interval, window, threshold)

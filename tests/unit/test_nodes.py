@@ -3,6 +3,8 @@ creation, rehab, readdressing, incarnations, routing to jobs, liveness, ghosts a
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from appliance.core import liveness
@@ -293,6 +295,46 @@ def test_scanner_keeps_a_node_that_beats_every_interval(table, jobs):
         assert table.on_message(KEY, ADDR, msg("heartbeat"), T0 + 10 * k, jobs.view) == []
         assert table.scan(T0 + 10 * k + 5) == []
     assert table.nodes[KEY].available
+
+
+def test_the_tables_own_standstill_is_excused_and_a_silent_node_still_stops(jobs):
+    """The shell reads the time every tick; a standstill of the server (its beats queued in
+    the socket) kills no node, on a late scan or on the first beat read after it. The node
+    that truly stopped beating is still stopped, about as late as without the standstill."""
+    table = NodeTable(dataclasses.replace(PARAMS, tick=2.5))
+    other = ("org", "silent")
+    table.on_message(other, ADDR2, msg("heartbeat"), T0, jobs.view)
+    joined(table, jobs)
+    t = T0
+    for _ in range(4):  # both beat a while, the shell attending every tick
+        for _ in range(4):
+            t += 2.5
+            table.attend(t)
+        for key, addr in ((KEY, ADDR), (other, ADDR2)):
+            assert table.on_message(key, addr, msg("heartbeat"), t, jobs.view) == []
+    t += 60.0  # the server stood still a minute (six silent intervals)
+    assert table.scan(t) == []
+    assert table.on_message(KEY, ADDR, msg("heartbeat"), t, jobs.view) == []
+    stopped_at = None
+    for k in range(1, 40):  # KEY beats on; ``other`` never again
+        t += 2.5
+        table.attend(t)
+        if k % 4 == 0:
+            assert table.on_message(KEY, ADDR, msg("heartbeat"), t, jobs.view) == []
+        effects = table.scan(t)
+        if effects:
+            assert kinds(effects) == [("Down", other)] and stopped_at is None
+            stopped_at = k * 2.5
+    assert stopped_at is not None and stopped_at <= 50.0
+    assert table.nodes[KEY].available and other not in table.nodes
+
+
+def test_without_attention_a_standstill_stops_the_node(jobs):
+    table = NodeTable(PARAMS)  # tick None: the times are taken as given
+    joined(table, jobs)
+    for k in range(1, 5):
+        table.on_message(KEY, ADDR, msg("heartbeat"), T0 + 10 * k, jobs.view)
+    assert kinds(table.scan(T0 + 100)) == [("Down", KEY)]
 
 
 def test_scanner_ignores_a_node_that_never_sent_a_heartbeat(table, jobs):
