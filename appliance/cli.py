@@ -13,8 +13,13 @@ import os
 import sys
 import tomllib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from appliance import __version__
+
+if TYPE_CHECKING:
+    from appliance.core.settings import Settings
+    from appliance.server.edgelaunch import LocalLink
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EXIT_NEWER_STATE = 3  # the unit's RestartPreventExitStatus: restarting cannot help
@@ -243,10 +248,29 @@ def _server(args: argparse.Namespace) -> int:
     log = logging.getLogger("pushy.server")
     for warning in warnings:
         log.warning("%s", warning)
+    from appliance.localserver import pushy_command
+    from appliance.server.edgelaunch import start_local_link
+
+    # before the web stack is imported and the log replayed: the edges start meanwhile
+    local = start_local_link(settings, [*pushy_command(), "edge"])
+    try:
+        return _run_server(args, settings, overrides, local)
+    finally:
+        if local is not None:
+            local.close()
+
+
+def _run_server(
+    args: argparse.Namespace,
+    settings: Settings,
+    overrides: dict[str, Any],
+    local: LocalLink | None,
+) -> int:
     from appliance.core.migrations import FORMAT
     from appliance.server.main import run_server
     from appliance.store.errors import LogCorruption, UnsupportedFormat
 
+    log = logging.getLogger("pushy.server")
     try:
         return run_server(
             settings,
@@ -254,6 +278,7 @@ def _server(args: argparse.Namespace) -> int:
             ready_file=args.ready_file,
             config=args.config,  # re-read on SIGHUP (systemctl reload)
             overrides=overrides,
+            local=local,
         )
     except UnsupportedFormat as exc:  # --recover never discards it: no advice to use it
         log.error("%s", exc)

@@ -510,6 +510,8 @@ def run(args: argparse.Namespace) -> int:
         "in_process": args.in_process,
         "stall": args.stall,
     }
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)  # a work directory named anew
     root = Path(tempfile.mkdtemp(prefix="pushy-bench-replay-", dir=args.dir))
     try:
         try:

@@ -83,17 +83,19 @@ class DeferredFold:
             if job is None:
                 continue
             t = record["t"]
-            us = round(t * 1_000_000)
             nodes, org, before = job.nodes, None, job.last_event_t
+            last_us = -1  # the step's last event in µs (jobfsm.event_time, inline: integers)
             for change in record["changes"]:
                 kind = change[0]
                 if kind == "event":
                     _, name, _data = change
-                    floor = round(job.last_event_t * 1_000_000) + 1  # jobfsm.event_time, inline
-                    ts = job.last_event_t = (us if us >= floor else floor) / 1_000_000
+                    if last_us < 0:
+                        us = round(t * 1_000_000)
+                        last_us = round(before * 1_000_000)
+                    last_us = us if us > last_us else last_us + 1
                     if name in ORG_FEED_EVENTS:
                         org = org or []
-                        org.append((ts, change))
+                        org.append((last_us / 1_000_000, change))
                 elif kind == "node":  # the commonest change: anything odd goes to apply_change
                     try:
                         plain = len(change) == 3 and change[1] in nodes and change[2] in _NODE
@@ -105,7 +107,8 @@ class DeferredFold:
                         apply_change(job, change, t)
                 else:
                     apply_change(job, change, t)
-            if job.last_event_t != before:  # the step had events: kept to be built later
+            if last_us >= 0:  # the step had events: kept to be built later
+                job.last_event_t = last_us / 1_000_000
                 raw = pending.get(job_id)
                 if raw is None:
                     raw = pending[job_id] = [before]

@@ -62,7 +62,7 @@ def run_edge(args: argparse.Namespace) -> int:
     import trio
 
     from appliance.edge.process import Edge, EdgeOptions, EdgeStopped
-    from appliance.server.edges import ENV_LINK
+    from appliance.server.edgelaunch import ENV_LINK
 
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
@@ -143,7 +143,8 @@ async def _stop_on_signal(scope) -> None:  # noqa: ANN001
 
 
 def run_edge_key(args: argparse.Namespace) -> int:
-    from appliance.server.edges import EDGE_KEYS_DIR, LINK_KEY_FILE, link_keypair
+    from appliance.server.edgelaunch import LINK_KEY_FILE, link_keypair
+    from appliance.server.edges import EDGE_KEYS_DIR
 
     name = args.name
     if not name or not all(c.isalnum() or c in "-_" for c in name) or len(name) > 64:

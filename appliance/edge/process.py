@@ -148,7 +148,9 @@ class Edge:
     async def _first_setup(self) -> dict[str, Any]:
         assert self.link is not None
         for attempt in itertools.count(1):
-            if attempt % 5 == 0:  # said every 10 s until a coordinator answers
+            # said every 10 s until a coordinator answers (the server's own edges wait for
+            # it quietly: they start before it has replayed its log)
+            if attempt % 5 == 0 and not self.opts.local:
                 log.warning(
                     "no answer from the coordinator at %s after %d s: is it running in edge "
                     "mode and reachable there, and does it know this edge's key (pushy edge-key)?",

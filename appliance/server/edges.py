@@ -40,6 +40,7 @@ from appliance.core import nodes as corenodes
 from appliance.core.settings import Settings, bind_host
 from appliance.core.state import State
 from appliance.server.clock import Clock
+from appliance.server.edgelaunch import LocalLink
 from appliance.server.outbound import NodeSigner, ServerBeat
 from appliance.zmqio import TrioSocket, handle_forever, serve_zap, zap_socket, zap_verdict
 
@@ -47,46 +48,10 @@ log = logging.getLogger("pushy.edges")
 EDGE_SILENCE_SECONDS = 5.0  # an edge reports every second; this much silence and it is lost
 WHO_EVERY_SECONDS = 1.0  # how often an unknown edge is asked who it is
 KEYS_ACK_SECONDS = 5.0  # the longest a config fetch waits for the edges to learn its keys
+HELLO_REPEAT_SECONDS = 5.0  # a known edge's hello this soon after its SETUP is a queued copy
 EDGE_START_SECONDS = 30.0  # the longest a start waits for its local edges before READY
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
-LINK_KEY_FILE = "edge-link.key"  # the link's CURVE key pair (z85 public, newline, z85 secret)
 EDGE_KEYS_DIR = "edges"  # NAME.pub: the CURVE public keys of the remote edges allowed in
-ENV_LINK = "PUSHY_EDGE_LINK"  # local edges: "COORDINATOR_PUBLIC EDGE_PUBLIC EDGE_SECRET PID"
-
-
-def link_keypair(state_dir: Path) -> tuple[str, str]:
-    """The link's CURVE key pair, made the first time it is needed and kept (0600, written to a
-    temporary file and renamed, so a full disk never leaves half a key). When it cannot be
-    kept (a read-only state directory) this run uses a fresh pair: the server's own edges do
-    not need it, only edges on other hosts do (they hold its public half)."""
-    path = state_dir / LINK_KEY_FILE
-    try:
-        public, secret = path.read_text().split()
-        if len(public) == len(secret) == 40:
-            return public, secret
-        log.warning("%s is damaged: making a new link key pair", path)
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError) as exc:
-        log.warning("cannot read %s (%s): making a new link key pair", path, exc)
-    pub, sec = zmq.curve_keypair()
-    public, secret = pub.decode("ascii"), sec.decode("ascii")
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{public}\n{secret}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        log.warning(
-            "cannot keep the edge link key in %s (%s): edges on other hosts cannot join "
-            "until it can be written",
-            path,
-            exc,
-        )
-    return public, secret
 
 
 def allowed_edge_keys(state_dir: Path) -> set[str]:
@@ -108,6 +73,7 @@ class EdgeInfo:
     last_seen: float
     stats: dict[str, Any] = field(default_factory=dict)
     keys_acked: int = 0  # the last KEYS it applied
+    joined: float = 0.0  # when its SETUP was sent
 
     @property
     def prefix(self) -> bytes:
@@ -126,6 +92,7 @@ class EdgeHub:
         state_dir: Path,
         count: int,
         command: list[str],
+        local: LocalLink | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
@@ -135,6 +102,7 @@ class EdgeHub:
         self.state_dir = state_dir
         self.count = count  # local edge processes
         self.command = command  # how to start one: [*pushy_command(), "edge"]
+        self.local = local  # the link's listener and keys, and edges started early (or None)
         self.ctx = zmq.Context(io_threads=1)
         self.link: TrioSocket | None = None
         self.edges: dict[bytes, EdgeInfo] = {}
@@ -143,7 +111,6 @@ class EdgeHub:
         self.received: Counter[str] = Counter()  # totals of edges that are gone
         self.dropped: Counter[str] = Counter()
         self.restarts = 0
-        self._local_public, self._local_secret = (k.decode() for k in zmq.curve_keypair())
         self._reserved: list[socket.socket] = []
         self.ports: dict[str, int] = {}
         self._local_joined = trio.Event()
@@ -162,9 +129,12 @@ class EdgeHub:
             sock = reuseport.reserve(host, getattr(s, name))
             self._reserved.append(sock)
             self.ports[name] = sock.getsockname()[1]
-        # its first write is synced to disk: not on the loop
-        public, secret = await trio.to_thread.run_sync(link_keypair, self.state_dir)
-        self._link_public = public
+        if self.local is None:  # not made before the state was loaded (see edgelaunch)
+            # the key's first write is synced to disk: not on the loop
+            self.local = await trio.to_thread.run_sync(
+                LocalLink.open, s, self.state_dir, self.command
+            )
+        local = self.local
         async with trio.open_nursery() as nursery:
             try:
                 nursery.start_soon(serve_zap, zap_socket(self.ctx), self._zap_reply)
@@ -174,19 +144,13 @@ class EdgeHub:
                 link.setsockopt(zmq.SNDHWM, 1_000_000)
                 link.setsockopt(zmq.RCVHWM, 1_000_000)
                 link.curve_server = True
-                link.curve_secretkey = secret.encode("ascii")
+                link.curve_secretkey = local.secret.encode("ascii")
                 # our own listener, handed over (see reuseport.listener: no NIC lookup)
-                link_host = bind_host(s.edge_link_address)
-                listening = reuseport.listener(link_host, s.edge_link_port, share=False)
-                port = listening.getsockname()[1]
-                link.setsockopt(zmq.USE_FD, listening.detach())
+                port = local.listener.getsockname()[1]
+                link.setsockopt(zmq.USE_FD, local.listener.detach())
                 link.bind(f"tcp://*:{port}")  # with USE_FD libzmq ignores the address
                 self.ports["edge_link_port"] = port
                 self.link = TrioSocket(link)
-                # local edges reach the link where it listens (any address: loopback)
-                if link_host in ("0.0.0.0", "::"):
-                    link_host = "127.0.0.1"
-                self._url = f"tcp://{_bracket(link_host)}:{port}"
                 nursery.start_soon(handle_forever, self.link, self._on_link, log, "an edge message")
                 nursery.start_soon(self.beat.run, lambda: self.settings, self.clock, self._publish)
                 nursery.start_soon(self._watch)
@@ -212,17 +176,20 @@ class EdgeHub:
     # Local edge processes --------------------------------------------------------------------
     async def _supervise(self, index: int) -> None:
         """Run local edge ``index``, and again whenever it exits."""
+        assert self.local is not None
         failures = 0
         name = f"local-{index}"
-        env = dict(os.environ)
-        env[ENV_LINK] = (
-            f"{self._link_public} {self._local_public} {self._local_secret} {os.getpid()}"
-        )
+        early = self.local.adopt(index)
         while True:
-            argv = [*self.command, "--coordinator", self._url, "--name", name, "--local"]
-            argv += ["--log-level", self.settings.log_level]
             started = trio.current_time()
-            proc = await trio.lowlevel.open_process(argv, env=env, stdin=subprocess.DEVNULL)
+            proc: trio.Process | _Adopted
+            if early is not None:
+                proc, early = _Adopted(early), None
+            else:
+                self.local.log_level = self.settings.log_level  # a reload may have changed it
+                proc = await trio.lowlevel.open_process(
+                    self.local.argv(index), env=self.local.env(), stdin=subprocess.DEVNULL
+                )
             try:
                 code = await proc.wait()
             finally:
@@ -251,7 +218,8 @@ class EdgeHub:
         return reply
 
     def _edge_key_allowed(self, key: str) -> bool:
-        return key == self._local_public or key in allowed_edge_keys(self.state_dir)
+        assert self.local is not None
+        return key == self.local.local_public or key in allowed_edge_keys(self.state_dir)
 
     def _on_link(self, frames: list[bytes]) -> None:
         if len(frames) < 2:
@@ -284,13 +252,19 @@ class EdgeHub:
 
     def _hello(self, ident: bytes, hello: dict[str, Any], now: float) -> None:
         self._asked.pop(ident, None)
+        known = self.edges.get(ident)
+        if known is not None and now - known.joined < HELLO_REPEAT_SECONDS:
+            # one of the hellos an edge started early queued while the link was not yet
+            # served: its SETUP (a copy of every key) is already on its way
+            known.last_seen = now
+            return
         name = str(hello.get("name", "?"))
         remote = hello.get("advertise")
         for other in [i for i in self.edges.values() if i.name == name and i.ident != ident]:
             self._lost(other, "a new process of it said hello")
         # its SETUP carries every key so far
         self.edges[ident] = EdgeInfo(
-            ident, name, hello.get("pid"), remote, now, keys_acked=self._keys_seq
+            ident, name, hello.get("pid"), remote, now, keys_acked=self._keys_seq, joined=now
         )
         if sum(1 for i in self.edges.values() if i.remote is None) >= self.count:
             self._local_joined.set()
@@ -445,10 +419,6 @@ class EdgeHub:
         ]
 
 
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
 def _kill(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGKILL)
@@ -465,3 +435,31 @@ def _exit_text(code: int | None) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit status {code}"
+
+
+class _Adopted:
+    """An edge started before the loop ran (``edgelaunch``), waited for as trio waits for its
+    own children: on a pidfd."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll()
+
+    async def wait(self) -> int:
+        if self.proc.poll() is None:
+            fd = os.pidfd_open(self.pid)
+            try:
+                await trio.lowlevel.wait_readable(fd)
+            finally:
+                os.close(fd)
+        return self.proc.wait()
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        self.proc.kill()

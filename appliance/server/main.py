@@ -52,6 +52,7 @@ from appliance.server.app import create_app
 from appliance.server.clock import Clock
 from appliance.server.context import ServerContext
 from appliance.server.dispatcher import Dispatcher
+from appliance.server.edgelaunch import LocalLink
 from appliance.server.edges import EdgeHub
 from appliance.server.feeds import Hub
 from appliance.server.livejobs import LiveJobs
@@ -159,9 +160,11 @@ def run_server(
     ready_file: Path | None = None,
     config: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
+    local: LocalLink | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT. ``config`` and ``overrides`` (the command line's settings)
-    are what a reload (SIGHUP) re-reads, exactly as at start."""
+    are what a reload (SIGHUP) re-reads, exactly as at start. ``local``: the edge link and
+    the edges started before the state was loaded (``edgelaunch``), adopted here."""
     # a SIGHUP before the loop listens for it must not kill the server (default action)
     previous_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
@@ -180,6 +183,7 @@ def run_server(
                 ready_file=ready_file,
                 config=config,
                 overrides=overrides,
+                local=local,
             )
         )
     finally:
@@ -219,6 +223,7 @@ def build_context(
     clock: Clock,
     advertiser: Advertiser,
     hostname: str,
+    local: LocalLink | None = None,
 ) -> ServerContext:
     """The server's parts, wired once: the reactor (sockets) and the timers hand their inputs to
     the dispatcher, which alone changes jobs and nodes (see docs/architecture.md)."""
@@ -251,6 +256,7 @@ def build_context(
             state_dir=Path(settings.state_dir),
             count=edges,
             command=[*pushy_command(), "edge"],
+            local=local,
         )
     else:
         sockets = Reactor(
@@ -296,13 +302,20 @@ async def serve(
     ready_file: Path | None,
     config: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
+    local: LocalLink | None = None,
 ) -> None:
     clock = Clock()
     # the running server_name; checked (and the FQDN looked up) once the ports are bound
     advertiser = Advertiser(settings.server_name or socket.gethostname())
     hostname = socket.gethostname().split(".")[0]
     ctx = build_context(
-        settings, store, server_key, clock=clock, advertiser=advertiser, hostname=hostname
+        settings,
+        store,
+        server_key,
+        clock=clock,
+        advertiser=advertiser,
+        hostname=hostname,
+        local=local,
     )
     p = settings
     async with trio.open_nursery() as root:

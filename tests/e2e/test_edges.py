@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -357,3 +358,59 @@ def test_an_edge_with_a_key_the_server_does_not_know_is_refused(server, tmp_path
         )
     finally:
         _stop(edge)
+
+
+def _edge_processes_of(server_pid: int) -> list[int]:
+    """Every live edge started by the server ``server_pid`` (its link variable names it),
+    whether or not the server is still its parent."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for var in environ:
+            if var.startswith(b"PUSHY_EDGE_LINK=") and var.split()[-1] == str(server_pid).encode():
+                found.append(int(entry.name))
+    return found
+
+
+def _started_at(pid: int) -> float:
+    """The wall-clock time process ``pid`` started (within a clock tick)."""
+    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_restarted_server_starts_its_edges_before_it_replays_its_log(tmp_path) -> None:
+    """Edges start with the command line's settings, while the server imports its web stack
+    and replays its log (edgelaunch): each edge process is older than the end of the replay."""
+    with Server(tmp_path / "state", edge_processes=2):
+        pass  # a first start makes the link key a restart needs to start edges early
+    with Server(tmp_path / "state", edge_processes=2) as server:
+        replayed = [line for line in server.log().splitlines() if "pushy.store: replayed" in line][
+            -1
+        ]
+        stamp = time.mktime(time.strptime(replayed[:19], "%Y-%m-%d %H:%M:%S"))
+        replay_end = stamp + int(replayed[20:23]) / 1000
+        pids = [x["pid"] for x in edges(server)]
+        assert len(pids) == 2
+        for pid in pids:
+            assert _started_at(pid) < replay_end - 0.05, (pid, _started_at(pid), replay_end)
+
+
+def test_a_server_that_cannot_start_leaves_no_early_edge_behind(tmp_path) -> None:
+    """The edges started early are stopped when the start fails (here: a corrupt log)."""
+    with Server(tmp_path / "state", edge_processes=2):
+        pass
+    first = min((tmp_path / "state" / "log").glob("*.seg"))
+    data = bytearray(first.read_bytes())
+    data[30] ^= 0x10  # inside the first record, more follow: damage, not a torn tail
+    first.write_bytes(bytes(data))
+    server = Server(tmp_path / "state", edge_processes=2)
+    with pytest.raises(RuntimeError, match="corrupt"):
+        server.start()
+    assert server.proc is not None and server.proc.returncode == 1
+    assert _edge_processes_of(server.proc.pid) == []

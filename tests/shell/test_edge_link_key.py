@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.server.edges import LINK_KEY_FILE, link_keypair
+from appliance.server.edgelaunch import LINK_KEY_FILE, link_keypair
 
 
 def test_made_once_then_kept(tmp_path) -> None:
