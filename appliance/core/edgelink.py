@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.core import liveness
+from appliance.core.nodekeys import NodeKeys
 from appliance.core.nodes import Liveness, NodeKey
-from appliance.core.state import NodeKeys
 from appliance.core.wire import job_id_of
 
 __all__ = [

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.core import identity, jobfsm, records
+from appliance.core.nodekeys import NodeKeys
 
 NodeKey = tuple[str, str]
 ORG_FEED_EVENTS = ("start", "job_complete")
@@ -39,22 +40,6 @@ class ServerIdentity:
     curve_secret: str
     rsa_public_pem: str
     created_at: float
-
-
-@dataclass
-class NodeKeys:
-    """Per-node secrets: the HMAC session key (and the previous one during a rotation) and CURVE key."""
-
-    session_key: bytes | None = None
-    previous_key: bytes | None = None
-    previous_until: float = 0.0
-    ccpk: str | None = None
-
-    def accepted_keys(self, now: float) -> list[bytes]:
-        keys = [self.session_key] if self.session_key else []
-        if self.previous_key and now < self.previous_until:
-            keys.append(self.previous_key)
-        return keys
 
 
 @dataclass(frozen=True, slots=True)

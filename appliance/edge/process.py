@@ -28,8 +28,8 @@ import zmq
 from appliance import reuseport
 from appliance.core import edgelink
 from appliance.core import nodes as corenodes
+from appliance.core.nodekeys import NodeKeys
 from appliance.core.settings import Settings, bind_host
-from appliance.core.state import NodeKeys
 from appliance.server.clock import Clock
 from appliance.server.reactor import Reactor
 from appliance.server.scanner import watch_liveness

@@ -8,16 +8,19 @@ signs them here and an edge only puts them on the wire (``server.edges``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from appliance.core import nodes as corenodes
 from appliance.core import wire
 from appliance.core.settings import Settings
-from appliance.core.state import State
 from appliance.server.clock import Clock
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+    from appliance.core.state import State
 
 
 class NodeSigner:

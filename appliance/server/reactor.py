@@ -18,8 +18,8 @@ import zmq.utils.z85
 
 from appliance.core import nodes as corenodes
 from appliance.core import wire
+from appliance.core.nodekeys import NodeKeys
 from appliance.core.settings import Settings
-from appliance.core.state import NodeKeys
 from appliance.server.clock import Clock
 from appliance.server.outbound import NodeSigner, ServerBeat
 from appliance.zmqio import TrioSocket, serve_zap, zap_socket, zap_verdict
