@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 RETRY_FIRST_SECONDS = 0.05
 RETRY_MAX_SECONDS = 2.0
 CLOSE_ATTEMPTS = 3
+# a write + fdatasync this slow is said in the log: every HTTP answer, config fetch and REST
+# write waits for the disk, so a stalled disk looks like a stalled server
+SLOW_WRITE_SECONDS = 2.0
 
 
 class CommitterClosed(RuntimeError):
@@ -241,12 +244,25 @@ class Committer:
         batch, self._queue = self._queue, []
         last = batch[-1].seq
         items = [(entry.seq, entry.payload) for entry in batch]
+        started = trio.current_time()
         try:
             async with self._log_lock:
                 await trio.to_thread.run_sync(self._log.append, items)
         except StorageError as exc:
             self._fail(batch, exc)
             return False
+        took = trio.current_time() - started
+        if took >= SLOW_WRITE_SECONDS:
+            logger.warning(
+                "event log: writing and syncing %d records (seq %d..%d, %d bytes) took %.1f s; "
+                "every answer that waits for the log (HTTP replies, config fetches, REST "
+                "writes) waited as long: is the disk slow or saturated?",
+                len(items),
+                items[0][0],
+                last,
+                sum(len(payload) for _, payload in items),
+                took,
+            )
         self.batches += 1
         self.failing = False
         self._synced = last

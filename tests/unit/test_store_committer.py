@@ -471,3 +471,27 @@ async def test_failed_snapshot_is_retried_later(tmp_path: Path) -> None:
     assert disk.fail_next is None  # the failure was really injected
     snap, got = replay(tmp_path)
     assert orjson.loads(snap) + [r["i"] for _, r in got] == list(range(40))
+
+
+async def test_a_slow_write_is_said_in_the_log(tmp_path: Path, monkeypatch, caplog) -> None:
+    """A stalled disk stalls every answer that waits for the log: the operator reads why."""
+    monkeypatch.setattr("appliance.store.committer.SLOW_WRITE_SECONDS", 0.2)
+    disk = Disk()
+    log = open_log(tmp_path, disk)
+    committer = Committer(log)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+        assert await committer.append_and_wait([{"n": "fast"}]) == 1
+        assert "took" not in caplog.text
+        disk.hold = True
+        nursery.start_soon(committer.append_and_wait, [{"n": "slow"}, {"n": "er"}])
+        await disk.wait_entered()
+        await trio.sleep(0.3)  # the disk holds the write this long
+        disk.release.set()
+        while committer.synced_seq < 3:
+            await trio.sleep(0.01)
+        committer.close()
+    log.close()
+    slow = [r for r in caplog.records if "took" in r.getMessage()]
+    assert len(slow) == 1 and slow[0].levelname == "WARNING"
+    assert "2 records (seq 2..3" in slow[0].getMessage()
