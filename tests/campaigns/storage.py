@@ -252,10 +252,14 @@ def build_history(
         server.kill()
         ctx.destroy(linger=0)
     history = History(state_dir, settings, acked_jobs, clients, last)
-    kinds = {"job": "job_step", "identity": "client_created"}
-    last_rec = read_records(history.last_segment())[-1].record
-    if snapshots_every is None and not last_rec["type"].startswith(kinds[last].split("_")[0]):
-        raise AssertionError(f"the log does not end with the {last} operation: {last_rec}")
+    if snapshots_every is None:
+        # with small segments the last batch may have filled its segment: sealed, snapshotted,
+        # and the newest segment empty (when depends on the committer's timing), so only a
+        # history without snapshots is sure to end with the last operation's records
+        kinds = {"job": "job_step", "identity": "client_created"}
+        last_rec = read_records(history.last_segment())[-1].record
+        if not last_rec["type"].startswith(kinds[last].split("_")[0]):
+            raise AssertionError(f"the log does not end with the {last} operation: {last_rec}")
     return history
 
 
