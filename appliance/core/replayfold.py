@@ -5,7 +5,8 @@ end); past that its feed answers with a summary and the server drops them (``Dis
 ``retire`` and ``resume``). In a long log nearly every event belongs to such a job, and
 rendering its timestamp and merging its data was most of the replay's work. So the fold only
 bumps each event's time (as `jobfsm.event_time` does, so that ``last_event_t`` and the org feed
-come out exact) and keeps the bytes of the job's step records that added events; `settle`
+come out exact) and keeps the bytes of the job's step records that added events (none for
+a job that ended before the caller's ``ended_before``: it cannot be shown again); `settle`
 decodes them again for the jobs a feed still shows, once the clock that decides is running,
 and builds their events with the `jobfsm.add_event` of a live step. After `settle` the state
 equals `state.apply` folded over the same records, except that the jobs `settle` was told not
@@ -30,13 +31,19 @@ from appliance.core.state import ORG_EVENTS_KEPT, ORG_FEED_EVENTS, State, apply,
 RawEvents = list[Any]
 PROGRESS_EVERY = 1000  # records between two progress calls
 _NODE = frozenset(jobfsm.NODE_STATUSES)
+_FINISHED = jobfsm.FINISHED
 
 
 class DeferredFold:
     """Folds a snapshot and log records into ``state`` like `state.apply`, job events deferred."""
 
-    def __init__(self, state: State) -> None:
+    def __init__(self, state: State, *, ended_before: float | None = None) -> None:
+        """``ended_before``: a job that ended before this time can show no events any more
+        (its linger window closed before the caller's clock will start); its steps are not
+        kept. Keeping them held a bytes object per record until `settle`: in a long log that
+        was most of the replay's memory and a tenth of its time."""
         self.state = state
+        self.ended_before = ended_before
         self.pending: dict[str, RawEvents] = {}  # job id -> its events not built yet
         # (n, job, t, name, data, stamped time) of the org feed's last events
         self._org: deque[tuple[int, jobfsm.Job, float, str, dict[str, Any], float]]
@@ -67,6 +74,7 @@ class DeferredFold:
         count = 0
         jobs, pending, note_org = state.jobs, self.pending, self._org_events
         apply_change = jobfsm.apply_change
+        ended_before = float("-inf") if self.ended_before is None else self.ended_before
         for _seq, payload, fmt in records:
             record = loads(payload)
             if fmt != current:
@@ -109,10 +117,14 @@ class DeferredFold:
                     apply_change(job, change, t)
             if last_us >= 0:  # the step had events: kept to be built later
                 job.last_event_t = last_us / 1_000_000
-                raw = pending.get(job_id)
-                if raw is None:
-                    raw = pending[job_id] = [before]
-                raw.append(payload if fmt == current else record)
+                ended = job.finished_at
+                if ended is not None and ended < ended_before and job.status in _FINISHED:
+                    pending.pop(job_id, None)  # never shown again: settle drops its events
+                else:
+                    raw = pending.get(job_id)
+                    if raw is None:
+                        raw = pending[job_id] = [before]
+                    raw.append(payload if fmt == current else record)
             if org:
                 note_org(job, org)
         self._build_org_feed()

@@ -116,7 +116,7 @@ def open_store(
     gc.disable()
     try:
         # the events are built in ``Dispatcher.resume`` for the jobs whose feed still shows them
-        state = store.load(recover=recover, progress=progress, defer_events=True)
+        state = store.load(recover=recover, progress=progress, defer_events=True, now=time.time())
     finally:
         gc.freeze()
         if collecting:

@@ -49,7 +49,7 @@ def build(directory: Path, seq: int, *, now: float, linger: float, retention: fl
     collecting = gc.isenabled()
     gc.disable()  # nothing replay makes is garbage (see Store.load)
     try:
-        fold = DeferredFold(state)
+        fold = DeferredFold(state, ended_before=now - linger)
         fold.replay(snapshot, records)
         fold.settle(lambda job: jobfsm.shows_events(job, now, linger))
         corestate.prune_jobs(state, now=now, retention=retention)

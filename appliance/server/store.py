@@ -31,6 +31,10 @@ from appliance.store.replay import OpenReport
 
 log = logging.getLogger("pushy.store")
 READ_SYNC_WAIT_SECONDS = 5.0  # a read waits at most this long for the disk (see `barrier`)
+# The events a replay defers are built once the server's clock runs (`settle_events`), a
+# moment after the replay read the wall clock: a clock stepped back by up to this much
+# meanwhile still finds every job its feed shows.
+CLOCK_SLACK = 60.0
 
 
 class Store:
@@ -58,13 +62,16 @@ class Store:
         recover: bool = False,
         progress: Callable[[int], None] | None = None,
         defer_events: bool = False,
+        now: float | None = None,
     ) -> corestate.State:
         """Replay snapshot + log into a fresh state (blocking; call before trio starts serving).
 
         ``progress(n)`` is called every 1000 records applied (snapshot and log), so a long
         replay can tell systemd it is still making headway. With ``defer_events`` the jobs'
         SSE events are left unbuilt until `settle_events` (the server calls it once its clock
-        runs, to build only those a feed still shows); otherwise all are built here.
+        runs, to build only those a feed still shows); otherwise all are built here. ``now``
+        (with ``defer_events``): the wall time the server starts at; the jobs that ended more
+        than the linger window (and `CLOCK_SLACK`) before it keep nothing to build.
 
         The garbage collector is paused meanwhile: replay makes millions of objects that all
         stay alive, so each collection would walk them for nothing (a third of the time). What
@@ -75,7 +82,10 @@ class Store:
         gc.disable()
         try:
             snapshot, records = self.log.open(recover=recover)
-            fold = DeferredFold(self.state)
+            ended_before = None
+            if defer_events and now is not None:
+                ended_before = now - self.linger - CLOCK_SLACK
+            fold = DeferredFold(self.state, ended_before=ended_before)
             count = fold.replay(snapshot, records, progress)
             if not defer_events:
                 fold.settle(lambda _job: True)

@@ -104,6 +104,23 @@ def test_jobs_past_their_linger_window_get_no_events_and_nothing_else_differs() 
     assert_same(state, want, without_events=past)
 
 
+def test_jobs_that_ended_before_the_cutoff_keep_no_steps_and_settle_the_same() -> None:
+    records = fleet_records(5, finish_all=False)
+    want = applied(records)
+    finished = sorted(j.finished_at for j in want.jobs.values() if j.finished_at is not None)
+    now, linger = finished[-1] + 0.5, 2.0
+    past = frozenset(
+        j.id for j in want.jobs.values() if j.finished_at and now - j.finished_at >= linger
+    )
+    state = State()
+    fold = DeferredFold(state, ended_before=now - linger)
+    fold.replay(None, encoded(records))
+    assert set(fold.pending) == set(want.jobs) - past  # the lingering and the running jobs
+    built = fold.settle(lambda job: jobfsm.shows_events(job, now, linger))
+    assert built == len(want.jobs) - len(past)
+    assert_same(state, want, without_events=past)
+
+
 def test_a_job_restored_from_a_snapshot_numbers_its_later_events_on() -> None:
     records = fleet_records(3)
     split = len(records) - 4  # the last job is mid-run at the snapshot
