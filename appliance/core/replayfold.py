@@ -147,9 +147,11 @@ class DeferredFold:
     def settle(self, keep: Callable[[jobfsm.Job], bool]) -> int:
         """Build the deferred events of the jobs ``keep`` accepts; every other job is left
         without events. Returns how many jobs' events were built; the fold is empty after."""
-        built = 0
+        built, pending = 0, self.pending
         for job in self.state.jobs.values():
-            raw = self.pending.get(job.id)
+            raw = pending.get(job.id)
+            if raw is None and not job.events:
+                continue  # most jobs of a long log: nothing to build, nothing to drop
             if not keep(job):
                 job.events.clear()
             elif raw:

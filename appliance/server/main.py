@@ -76,10 +76,12 @@ def _write_secret(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
-def _key_file(path: Path) -> tuple[object, bool]:
-    """Load an RSA private key from ``path``, creating it (0600) on first start."""
+def _key_file(path: Path, *, trusted: bool = False) -> tuple[object, bool]:
+    """Load an RSA private key from ``path``, creating it (0600) on first start. ``trusted``:
+    the server's own key, read at every start from its 0700 directory, skips OpenSSL's
+    consistency check of the key (primality tests: tens of milliseconds of each start)."""
     if path.exists():
-        return load_private_pem(path.read_bytes()), False
+        return load_private_pem(path.read_bytes(), trusted=trusted), False
     key = generate_rsa(2048)
     _write_secret(path, private_pem(key))
     return key, True
@@ -100,7 +102,7 @@ def open_store(
     progress: Callable[[int], None] | None = None,
 ) -> tuple[Store, object]:
     """Replay the log; on first start write the server's identity and the superuser."""
-    server_key, _ = _key_file(state_dir / "server.pem")
+    server_key, _ = _key_file(state_dir / "server.pem", trusted=True)
     pivotal_path = state_dir / "pivotal.pem"
     store = Store(
         state_dir,
@@ -111,16 +113,15 @@ def open_store(
     # The replayed state is the long-lived heap: later full collections need not walk it (it
     # holds no reference cycles; objects dropped from it are still freed by reference counts).
     # Frozen before the collector runs again: its first run would otherwise walk all of it
-    # (every object replay made is young), half a second for 100,000 jobs.
-    collecting = gc.isenabled()
+    # (every object replay made is young), half a second for 100,000 jobs. The modules the
+    # server imported are frozen with it (``pushy server`` pauses the collector before them).
     gc.disable()
     try:
         # the events are built in ``Dispatcher.resume`` for the jobs whose feed still shows them
         state = store.load(recover=recover, progress=progress, defer_events=True, now=time.time())
     finally:
         gc.freeze()
-        if collecting:
-            gc.enable()
+        gc.enable()
     if state.server is None:
         pivotal_key, _ = _key_file(pivotal_path)
         curve_public, curve_secret = zmq.curve_keypair()

@@ -399,6 +399,8 @@ def test_a_restarted_server_starts_its_edges_before_it_replays_its_log(tmp_path)
         assert len(pids) == 2
         for pid in pids:
             assert _started_at(pid) < replay_end - 0.05, (pid, _started_at(pid), replay_end)
+            # they shared one processor while the server started; adopted, they have them all
+            assert os.sched_getaffinity(pid) == os.sched_getaffinity(server.proc.pid)
 
 
 def test_a_server_that_cannot_start_leaves_no_early_edge_behind(tmp_path) -> None:
