@@ -43,6 +43,15 @@ def _fleet_options(parser: argparse.ArgumentParser, *, nodes: int, interval: flo
         help="how long a fake job command runs (default 0: it succeeds at once)",
     )
     g.add_argument(
+        "--clients-nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the fleet and the load generator at niceness N (the server and its edges "
+        "keep theirs), as if they ran on other machines: they yield the cores whenever the "
+        "server wants one (default 0: all compete alike)",
+    )
+    g.add_argument(
         "--fetch-threads",
         type=int,
         default=8,

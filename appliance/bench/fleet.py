@@ -83,11 +83,14 @@ class WorkerSpec:
     whitelist: tuple[str, ...] = ("true",)
     fetch_threads: int = 8
     source: str | None = None  # the loopback address its node sockets connect from
+    nice: int = 0  # added to the worker's niceness (--clients-nice)
 
 
 # Worker process ------------------------------------------------------------------------------
 def worker_entry(pipe: multiprocessing.connection.Connection, spec: WorkerSpec) -> None:
     procstat.raise_open_files(len(spec.names) * FDS_PER_NODE + 256)
+    if spec.nice:
+        os.nice(spec.nice)
     try:
         trio.run(Worker(pipe, spec).run)
     except BaseException:  # tell the controller, then die
@@ -194,6 +197,7 @@ class Worker:
     def _stats(self) -> dict[str, Any]:
         stats = dict(self.counters)
         stats["cpu_seconds"] = procstat.cpu_seconds(os.getpid())
+        stats["niceness"] = os.nice(0)
         stats["signatures"] = self.presigned.signatures
         stats["rss_kib"] = procstat.memory_kib(os.getpid()).get("VmRSS")
         stats["connected"] = sum(1 for n in self.nodes if n.conn and n.conn.channel_up)
@@ -466,6 +470,7 @@ class Fleet:
     job_seconds: float = 0.0
     whitelist: tuple[str, ...] = ("true",)
     fetch_threads: int = 8
+    nice: int = 0  # added to each worker's niceness (--clients-nice)
     started: dict[str, float] = field(default_factory=dict)
     up: dict[str, float] = field(default_factory=dict)
     runs: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
@@ -500,6 +505,7 @@ class Fleet:
                 whitelist=self.whitelist,
                 fetch_threads=self.fetch_threads,
                 source=worker_source(w, len(self.names)),
+                nice=self.nice,
             )
             parent, child = ctx.Pipe(duplex=True)
             proc = ctx.Process(target=worker_entry, args=(child, spec), name=f"bench-worker-{w}")

@@ -262,6 +262,7 @@ async def with_fleet(
         job_seconds=args.job_seconds,
         whitelist=("true", "sleep", "chef-client"),
         fetch_threads=args.fetch_threads,
+        nice=args.clients_nice,
     )
     monitor = NodeMonitor(setup.url, setup.org, setup.user, setup.key)
     run = Run(setup, fleet, monitor)
@@ -362,6 +363,7 @@ def common_params(setup: Setup) -> dict[str, Any]:
         "workers": a.workers or None,
         "heartbeat_interval_ms": a.interval,
         "ramp_s": a.ramp,
+        "clients_nice": a.clients_nice,
         "job_seconds": a.job_seconds,
         "server": "external" if a.server_url else "local",
         "server_settings": server_settings(a) if not a.server_url else None,

@@ -32,6 +32,7 @@ class LoadSpec:
     rate: float
     seconds: float
     threads: int = 8
+    nice: int = 0  # added to the load generator's niceness (--clients-nice)
 
 
 def run_load(spec: LoadSpec) -> dict[str, Any]:
@@ -90,10 +91,13 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
     out["seconds"] = time.monotonic() - t0
     out["cpu_seconds"] = (procstat.cpu_seconds(os.getpid()) or 0.0) - cpu0
     out["signatures"] = presigned.signatures
+    out["niceness"] = os.nice(0)
     return out
 
 
 def _entry(spec: LoadSpec, pipe: Any) -> None:
+    if spec.nice:
+        os.nice(spec.nice)
     pipe.send(run_load(spec))
     pipe.close()
 

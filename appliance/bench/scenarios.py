@@ -484,6 +484,7 @@ def api(args: argparse.Namespace) -> int:
         ("server CPU %", results["server_cpu_percent"]),
         ("load generator CPU %", results["loadgen_cpu_percent"]),
         ("load generator RSA signatures", results["loadgen_signatures"]),
+        ("fleet and load generator niceness", results["clients_niceness"]),
         ("fleet CPU % (all workers)", results["fleet_cpu_percent"]),
         ("false offline transitions", results["false_offline"]),
     ]
@@ -517,6 +518,7 @@ async def _api_body(run: Run) -> dict[str, Any]:
         rate=args.rate,
         seconds=args.duration,
         threads=args.threads,
+        nice=args.clients_nice,
     )
     meter = procstat.CpuMeter(setup.server_pid) if setup.server_pid else None
     proc, pipe = await trio.to_thread.run_sync(loadgen.start, spec)
@@ -564,6 +566,9 @@ async def _api_body(run: Run) -> dict[str, Any]:
         if load["seconds"]
         else None,
         "loadgen_signatures": load["signatures"],
+        "clients_niceness": sorted(
+            {load["niceness"]} | {s.get("niceness") for s in run.fleet.stats.values()}
+        ),
         "fleet_cpu_seconds": round(fleet_cpu, 2),
         "fleet_cpu_percent": round(100 * fleet_cpu / wall, 1),
         "false_offline": len(run.monitor.downs),
