@@ -20,28 +20,38 @@ Decisions beyond the original (see DESIGN.md):
   ``crashed`` with a rehab event and ``run_complete`` ``crashed``; a terminal node is left
   alone (it is expected not to hold the job);
 * ``crash`` of an already finished job does nothing;
-* ``succeeded``/``failed`` output is stored in either phase (§7.2 names no phase).
+* ``succeeded``/``failed`` output is stored in either phase (§7.2 names no phase);
+* rolling execution (``max_concurrency``, ``max_errors``; ``core.rollout``): a rolling job
+  sends ``run`` to a window of its committed nodes at a time and records each one
+  (``run_sent``); ``_maybe_finished_running`` moves the window, or stops the rollout
+  (``stopped``), after every running-phase step. A step that ends a node starts the next in
+  the same record, so a replayed rollout never has a free slot to fill.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from appliance.core import jobmodel, rollout
+from appliance.core.jobmodel import (  # the model is named through this module too
+    FINISHED,
+    JOB_STATUSES,
+    NODE_STATUSES,
+    ArmTimer,
+    Finished,
+    Job,
+    JobFinished,
+    Rehab,
+    Send,
+    Step,
+    new_job,  # noqa: F401 (records and tests make jobs through this module)
+)
 from appliance.core.render import sse_timestamp_us
 
-__all__ = [
-    "FINISHED",
-    "JOB_STATUSES",
-    "NODE_STATUSES",
-    "ArmTimer",
-    "Finished",
-    "Job",
-    "JobFinished",
-    "Rehab",
-    "Send",
-    "Step",
+__all__ = [  # the model's names, then the state machine's
+    *jobmodel.__all__,
     "abort",
     "add_event",
     "apply_change",
@@ -49,7 +59,6 @@ __all__ = [
     "event_data",
     "event_time",
     "job_finished",
-    "new_job",
     "nodes_by_status",
     "on_message",
     "on_node_down",
@@ -62,98 +71,10 @@ __all__ = [
     "voting_deadline",
 ]
 
-JOB_STATUSES = (
-    "new",
-    "voting",
-    "running",
-    "complete",
-    "quorum_failed",
-    "aborted",
-    "timed_out",
-    "crashed",
-)
-NODE_STATUSES = (
-    "new",
-    "ready",
-    "running",
-    "succeeded",
-    "failed",
-    "aborted",
-    "unavailable",
-    "nacked",
-    "faulty",
-    "was_ready",
-    "crashed",
-    "timed_out",
-)
-FINISHED = frozenset({"complete", "quorum_failed", "aborted", "timed_out", "crashed"})
 _JOB_STATUS_SET = frozenset(JOB_STATUSES)
 _NODE_STATUS_SET = frozenset(NODE_STATUSES)
 _LIVE_NODE = ("new", "ready", "running")
-
-
-class JobFinished(Exception):
-    """The operation needs a job that has not finished yet."""
-
-
-@dataclass
-class Job:
-    id: str
-    org: str
-    command: str
-    nodes: dict[str, str]  # node name -> node status, in request order
-    quorum: int
-    run_timeout: int
-    user: str | None
-    dir: str | None
-    env: dict[str, str] | None
-    file: str | None
-    capture: bool
-    requestor: str  # the Chef identity that POSTed (the start event's "user")
-    status: str
-    created_at: float
-    updated_at: float
-    voting_at: float | None
-    running_at: float | None
-    finished_at: float | None
-    events: list[tuple[int, str, dict[str, Any]]]  # (n, name, data); SSE id f"job-{n}"
-    outputs: dict[str, tuple[str, str]]  # node -> (stdout, stderr)
-    last_event_t: float
-
-
-# Effects: not durable; the shell executes them.
-
-
-@dataclass(frozen=True)
-class Send:
-    """A commit or run body, without sequence/timestamp (the shell puts them first)."""
-
-    node: str
-    body: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Rehab:
-    """Tell the node's FSM to go to rehab, which sends it ``abort``."""
-
-    node: str
-
-
-@dataclass(frozen=True)
-class ArmTimer:
-    kind: str  # "voting" or "running"
-    deadline: float
-
-
-@dataclass(frozen=True)
-class Finished:
-    status: str
-
-
-@dataclass
-class Step:
-    changes: list[list[Any]] = field(default_factory=list)
-    effects: list[Any] = field(default_factory=list)
+_STARTED = ("ready", "running")  # a node sent ``run`` that has not ended
 
 
 # ---------------------------------------------------------------------------------------
@@ -215,6 +136,9 @@ def apply_change(job: Job, change: list[Any], t: float) -> None:
             counts[nodes[name]] -= 1
             counts[status] += 1
         nodes[name] = status
+        window = job.__dict__.get("_rollout")
+        if window is not None and status not in _STARTED:
+            window.live.discard(name)
     elif kind == "status":
         _, status = change
         try:
@@ -236,54 +160,19 @@ def apply_change(job: Job, change: list[Any], t: float) -> None:
         # The original's job_output: NOT NULL columns, unique on (job, node).
         if isinstance(stdout, str) and isinstance(stderr, str) and node not in job.outputs:
             job.outputs[node] = (stdout, stderr)
+    elif kind == "run_sent":  # rolling execution: the node got ``run`` (its own run starts)
+        _, name = change
+        if name not in job.nodes:
+            raise ValueError(f"bad run_sent change {change!r}")
+        job.dispatched[name] = t
+        window = job.__dict__.get("_rollout")
+        if window is not None:
+            window.live.add(name)
+    elif kind == "stopped":  # rolling execution: no further node gets ``run``
+        _, reason = change
+        job.stopped_by = str(reason)
     else:
         raise ValueError(f"unknown change {change!r}")
-
-
-def new_job(
-    *,
-    id: str,
-    org: str,
-    command: str,
-    nodes: list[str],
-    quorum: int,
-    run_timeout: int,
-    user: str | None = None,
-    dir: str | None = None,
-    env: dict[str, str] | None = None,
-    file: str | None = None,
-    capture: bool = False,
-    requestor: str,
-    now: float,
-) -> Job:
-    """A job as POSTed: status ``new``, every node ``new``."""
-    node_map = dict.fromkeys(nodes, "new")
-    if len(node_map) != len(nodes):
-        raise ValueError("duplicate node name")
-    # positionally, in field order: replay makes one per job_created record
-    return Job(
-        id,
-        org,
-        command,
-        node_map,
-        quorum,
-        run_timeout,
-        user,
-        dir,
-        dict(env) if env is not None else None,
-        file,
-        bool(capture),
-        requestor,
-        "new",  # status
-        now,  # created_at
-        now,  # updated_at
-        None,  # voting_at
-        None,  # running_at
-        None,  # finished_at
-        [],  # events
-        {},  # outputs
-        0.0,  # last_event_t
-    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -392,8 +281,10 @@ class _Tx:
             else:  # pragma: no cover - the tables are fixed
                 raise ValueError(op)
 
-    def finish(self, status: str) -> None:
-        self.event("job_complete", {"status": status})
+    def finish(self, status: str, reason: str | None = None) -> None:
+        self.event(
+            "job_complete", {"status": status, "reason": reason} if reason else {"status": status}
+        )
         self.status(status)
         self.effect(Finished(status))
 
@@ -438,6 +329,10 @@ def _start_data(job: Job) -> dict[str, Any]:
     if job.file is not None:
         data["file_specified"] = True
     data["capture"] = bool(job.capture)
+    if job.max_concurrency is not None:
+        data["max_concurrency"] = job.max_concurrency
+    if job.max_errors is not None:
+        data["max_errors"] = job.max_errors
     return data
 
 
@@ -452,13 +347,68 @@ def _status_counts(job: Job) -> Counter[str]:
     return counts
 
 
+@dataclass
+class _Window:
+    """A rolling job's progress, derived from its durable fields and kept up to date by
+    ``apply_change`` (a non-field attribute, like ``_counts``): the nodes in request order, how
+    far the rollout looked, the started nodes still live, and the limits as counts."""
+
+    order: list[str]
+    cursor: int
+    live: set[str]
+    size: int | None
+    max_errors: int | None
+
+
+def _rolling(job: Job) -> bool:
+    return job.max_concurrency is not None or job.max_errors is not None
+
+
+def _window(job: Job) -> _Window:
+    window = job.__dict__.get("_rollout")
+    if window is None:
+        n = len(job.nodes)
+        live = {name for name in job.dispatched if job.nodes[name] in _STARTED}
+        limit = rollout.limit
+        window = _Window(
+            list(job.nodes), 0, live, limit(job.max_concurrency, n), limit(job.max_errors, n)
+        )
+        job.__dict__["_rollout"] = window
+    return window
+
+
+def _roll(tx: _Tx) -> None:
+    """Rolling execution (``core.rollout``): stop once the errors pass ``max_errors``, then
+    abort the nodes not started; otherwise start as many as the window has room for."""
+    job, window = tx.job, _window(tx.job)
+    if job.stopped_by is None and rollout.over_errors(_status_counts(job), window.max_errors):
+        tx.change("stopped", rollout.STOPPED_BY_ERRORS)
+        tx.event("rollout_stopped", {"reason": rollout.STOPPED_BY_ERRORS})
+    everyone = len(window.order)
+    room = everyone if window.size is None else window.size - len(window.live)
+    if job.stopped_by is not None:
+        room = everyone
+    names, window.cursor = rollout.next_to_start(
+        window.order, job.nodes, job.dispatched, window.cursor, room
+    )
+    for name in names:
+        if job.stopped_by is not None:
+            tx.node(name, "aborted")  # committed, never started: told to abort
+            tx.effect(Rehab(name))
+        else:
+            tx.change("run_sent", name)
+            tx.effect(Send(name, {"type": "run", "job_id": job.id}))
+
+
 def _maybe_finished_running(tx: _Tx) -> None:
     job = tx.job
     if job.status != "running":
         return
+    if _rolling(job):
+        _roll(tx)
     counts = _status_counts(job)
     if counts["ready"] == 0 and counts["running"] == 0:
-        tx.finish("complete")
+        tx.finish("aborted" if job.stopped_by else "complete", job.stopped_by)
 
 
 def _maybe_finished_voting(tx: _Tx) -> None:
@@ -470,8 +420,9 @@ def _maybe_finished_voting(tx: _Tx) -> None:
     if len(ready) >= job.quorum:
         tx.event("quorum_succeeded", {})
         tx.status("running")
-        for name in ready:
-            tx.effect(Send(name, {"type": "run", "job_id": job.id}))
+        if not _rolling(job):  # a rolling job starts its first window in the check below
+            for name in ready:
+                tx.effect(Send(name, {"type": "run", "job_id": job.id}))
         tx.effect(ArmTimer("running", tx.now + job.run_timeout))
         _maybe_finished_running(tx)
     else:
@@ -582,10 +533,20 @@ def on_voting_timeout(job: Job, now: float) -> Step:
 
 
 def on_run_timeout(job: Job, now: float) -> Step:
-    """Nodes still ``ready``/``running`` time out (no per-node events); the job ends timed_out."""
+    """Nodes still ``ready``/``running`` time out (no per-node events); the job ends timed_out.
+    With ``max_concurrency`` each node's own run times out (a ``run_complete`` event each) and
+    the rollout goes on."""
     if job.status != "running":
         return Step()  # a stale timer
     tx = _Tx(job, now)
+    if job.max_concurrency is not None:
+        late = [n for n in _window(job).live if job.dispatched[n] + job.run_timeout <= now]
+        for name in sorted(late, key=lambda n: (job.dispatched[n], n)):
+            tx.node(name, "timed_out")
+            tx.effect(Rehab(name))
+            tx.event("run_complete", {"node": name, "status": "timed_out"})
+        _maybe_finished_running(tx)
+        return tx.step
     for name, status in list(job.nodes.items()):
         if status in ("ready", "running"):
             tx.node(name, "timed_out")
@@ -647,7 +608,11 @@ def voting_deadline(job: Job, voting_timeout: float) -> float | None:
 
 
 def running_deadline(job: Job) -> float | None:
-    """When the run timer fires, or None when the job is not running."""
+    """When the run timer fires, or None when the job is not running (or, rolling, when no
+    started node is live: a later step starts one)."""
     if job.status != "running" or job.running_at is None:
         return None
-    return job.running_at + job.run_timeout
+    if job.max_concurrency is None:
+        return job.running_at + job.run_timeout
+    started = [job.dispatched[name] for name in _window(job).live]
+    return min(started) + job.run_timeout if started else None

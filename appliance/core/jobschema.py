@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["COUNT", "JOB_REQUEST", "NODE_NAME", "STRING_MAP"]
+__all__ = ["COUNT", "JOB_REQUEST", "NODE_NAME", "PERCENT", "POSITIVE_PERCENT", "STRING_MAP"]
 
 Schema = dict[str, Any]
 
@@ -23,6 +23,9 @@ NODE_NAME: Schema = {
     "pattern": "^[^/\\u0000-\\u001f\\u007f]+$",
 }
 STRING_MAP: Schema = {"type": "object", "additionalProperties": {"type": "string"}}
+#: A share of the job's nodes: "0%" to "100%"; POSITIVE_PERCENT from "1%".
+PERCENT: Schema = {"type": "string", "pattern": "^(100|[1-9]?[0-9])%$"}
+POSITIVE_PERCENT: Schema = {"type": "string", "pattern": "^(100|[1-9][0-9]?)%$"}
 
 JOB_REQUEST: Schema = {
     "description": "POST /jobs body. Checked in this order (the first fault wins): "
@@ -51,6 +54,21 @@ JOB_REQUEST: Schema = {
             "anything else that is not base64: 400); at most 100000 bytes decoded.",
         },
         "env": {**STRING_MAP, "description": "No repeated names."},
+        # beyond the original (rolling execution): absent, every committed node runs at once
+        "max_concurrency": {
+            "type": ["integer", "string"],
+            "anyOf": [{**COUNT, "minimum": 1}, POSITIVE_PERCENT],
+            "description": "At most this many of the job's nodes run at once: an integer >= 1, "
+            "or 'N%' of the job's nodes (rounded up). When one finishes the next committed "
+            "node gets run. Echoed in the job. Absent: all at once.",
+        },
+        "max_errors": {
+            "type": ["integer", "string"],
+            "anyOf": [COUNT, PERCENT],
+            "description": "Once more nodes than this (an integer >= 0, or 'N%' of the job's "
+            "nodes, rounded up) ended failed, crashed or timed_out, no further node gets run "
+            "and the job ends aborted (stopped_by: max_errors). Echoed in the job.",
+        },
     },
     "required": ["command", "nodes"],
     "additionalProperties": False,

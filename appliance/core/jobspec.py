@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.core.jobschema import COUNT, JOB_REQUEST, NODE_NAME
+from appliance.core.jobschema import COUNT, JOB_REQUEST, NODE_NAME, PERCENT, POSITIVE_PERCENT
 from appliance.core.schemacheck import first_problem, has_types
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "JobSpec",
     "decode_job_file",
     "parse_job_request",
+    "share_of",
 ]
 
 #: Largest run_timeout / quorum accepted: fits every timer and an int32 column.
@@ -67,6 +68,10 @@ MSG_ENV_DUP = "invalid environment value (duplicate key)"
 MSG_FILE_PREFIX = "invalid file contents (expected 'base64:...' or 'raw:...')"
 MSG_FILE_BASE64 = "invalid file contents (couldn't decode base64 string)"
 MSG_NOT_OBJECT = "request body must be a JSON object"
+MSG_MAX_CONCURRENCY = (
+    'invalid max_concurrency (expected an integer >= 1 or a percentage from "1%" to "100%")'
+)
+MSG_MAX_ERRORS = 'invalid max_errors (expected an integer >= 0 or a percentage from "0%" to "100%")'
 
 
 class JobRequestError(ValueError):
@@ -90,6 +95,8 @@ class JobSpec:
     env: dict[str, str] | None = None
     file: str | None = None
     capture: bool = False
+    max_concurrency: int | str | None = None  # as requested: a count or "N%" (rolling)
+    max_errors: int | str | None = None
 
 
 class _Obj(dict):
@@ -174,7 +181,34 @@ _TYPE_MESSAGES = {
     "run_timeout": MSG_RUN_TIMEOUT_TYPE,
     "quorum": MSG_QUORUM_TYPE,
     "capture_output": MSG_CAPTURE_TYPE,
+    "max_concurrency": MSG_MAX_CONCURRENCY,
+    "max_errors": MSG_MAX_ERRORS,
 }
+_SHARE = {
+    "max_concurrency": (1, re.compile(POSITIVE_PERCENT["pattern"]), MSG_MAX_CONCURRENCY),
+    "max_errors": (0, re.compile(PERCENT["pattern"]), MSG_MAX_ERRORS),
+}
+
+
+def _as_share(value: int | float | str, name: str) -> int | str:
+    """max_concurrency / max_errors: a count (at least 1 / 0) or a percentage, as given."""
+    least, pattern, message = _SHARE[name]
+    if isinstance(value, str):
+        if not pattern.fullmatch(value):
+            raise JobRequestError(message)
+        return value
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise JobRequestError(message)
+    if not least <= value <= MAX_COUNT:
+        raise JobRequestError(message)
+    return int(value)
+
+
+def share_of(value: int | str, nodes: int) -> int:
+    """A count or "N%" of ``nodes``, rounded up (``"10%"`` of 15 nodes is 2)."""
+    if isinstance(value, str):
+        return -(-nodes * int(value[:-1]) // 100)
+    return value
 
 
 def _types_fit(schema: dict[str, Any], value: Any) -> bool:
@@ -247,6 +281,7 @@ def parse_job_request(
     file = doc.get("file")
     if file is not None and len(decode_job_file(file)) > max_file_bytes:
         raise JobRequestError(f"invalid file size (must be <= {max_file_bytes} bytes)")
+    shares = {name: _as_share(doc[name], name) for name in _SHARE if name in doc}
     return JobSpec(
         command=doc["command"],
         nodes=tuple(nodes),
@@ -257,4 +292,6 @@ def parse_job_request(
         env=dict(env) if env is not None else None,
         file=file,
         capture=doc.get("capture_output", False),
+        max_concurrency=shares.get("max_concurrency"),
+        max_errors=shares.get("max_errors"),
     )

@@ -22,7 +22,10 @@ History (docs/operations.md keeps the same table for operators):
   1       0.1.0             the first format
   2       0.2.0             a record's seq lives only in its frame (format 1 also repeated it
                             in the JSON payload); snapshots hold jobs only as ``jobs_restore``
-                            rows (format 1 snapshots may hold ``job_restore`` objects)
+                            rows (format 1 snapshots may hold ``job_restore`` objects); rolling
+                            jobs (``max_concurrency``/``max_errors`` in ``job_created``, the
+                            ``run_sent`` and ``stopped`` changes: added before 0.2.0 was
+                            released, which no release reads wrongly)
 
 The reducer (``core.state``) knows only ``FORMAT``: every older form is turned into it here.
 """

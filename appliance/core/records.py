@@ -45,8 +45,10 @@ def job_created(
     capture: bool,
     requestor: str,
     t: float,
+    max_concurrency: int | str | None = None,
+    max_errors: int | str | None = None,
 ) -> Record:
-    return {
+    record = {
         "type": "job_created",
         "t": t,
         "job": {
@@ -64,6 +66,12 @@ def job_created(
             "requestor": requestor,
         },
     }
+    # rolling execution: only when asked for, so a plain job's record is what it always was
+    if max_concurrency is not None:
+        record["job"]["max_concurrency"] = max_concurrency
+    if max_errors is not None:
+        record["job"]["max_errors"] = max_errors
+    return record
 
 
 def job_of(created: Record) -> jobfsm.Job:
@@ -84,6 +92,8 @@ def job_of(created: Record) -> jobfsm.Job:
         capture=j.get("capture", False),
         requestor=j["requestor"],
         now=created["t"],
+        max_concurrency=j.get("max_concurrency"),
+        max_errors=j.get("max_errors"),
     )
 
 

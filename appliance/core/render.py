@@ -109,6 +109,11 @@ def job_summary(job: Any, *, include_file: bool = False) -> dict[str, Any]:
             out["file"] = job.file
         else:
             out["file_specified"] = True
+    # rolling execution (beyond the original): only on the jobs that asked for it
+    for key in ("max_concurrency", "max_errors", "stopped_by"):
+        value = getattr(job, key, None)
+        if value is not None:
+            out[key] = value
     return out
 
 

@@ -33,6 +33,7 @@ from appliance.sse import SseEvent
 
 QUORUM_RE = re.compile(r"([0-9]+)(%?)")
 MSG_QUORUM = "Invalid Format please enter integer or percent"
+SHARE_RE = re.compile(r"[0-9]+%?")
 MSG_CHANNEL = "Invalid Format please enter stdout or stderr"
 MSG_NO_JOB = "No job specified."
 MSG_NO_NODES = (
@@ -53,6 +54,14 @@ def parse_quorum(text: str, node_count: int) -> int:
         raise CliError(MSG_QUORUM)
     number = int(match.group(1))
     return math.ceil(number * node_count / 100) if match.group(2) else number
+
+
+def parse_share(text: str, option: str) -> int | str:
+    """``--max-concurrency`` / ``--max-errors``: ``N`` (sent as a number) or ``N%`` (sent as
+    given: the server takes that share of the job's nodes, rounded up, and checks the range)."""
+    if SHARE_RE.fullmatch(text) is None:
+        raise CliError(f"{option} takes a count (e.g. 10) or a percentage (e.g. 25%), not {text!r}")
+    return text if text.endswith("%") else int(text)
 
 
 def file_field(data: bytes) -> str:
@@ -89,9 +98,12 @@ def job_body(
     directory: str | None = None,
     user: str | None = None,
     run_timeout: int | None = None,
+    max_concurrency: int | str | None = None,
+    max_errors: int | str | None = None,
 ) -> dict[str, Any]:
     """knife's v2 body, keys in its order: command, nodes, quorum, then file, capture_output
-    (always), env, dir, user, run_timeout (each only when given)."""
+    (always), env, dir, user, run_timeout (each only when given); then ours, the rolling
+    limits (only when given)."""
     body: dict[str, Any] = {"command": command, "nodes": list(nodes), "quorum": quorum}
     if file is not None:
         body["file"] = file
@@ -104,6 +116,10 @@ def job_body(
         body["user"] = user
     if run_timeout is not None:
         body["run_timeout"] = run_timeout
+    if max_concurrency is not None:
+        body["max_concurrency"] = max_concurrency
+    if max_errors is not None:
+        body["max_errors"] = max_errors
     return body
 
 
@@ -156,6 +172,11 @@ def run_start(args: argparse.Namespace) -> int:
     quorum = parse_quorum(args.quorum, len(nodes))
     file = file_field(read_job_file(args.file)) if args.file is not None else None
     env = parse_env(args.with_env) if args.with_env is not None else None
+    limits = {
+        name: parse_share(getattr(args, name), "--" + name.replace("_", "-"))
+        for name in ("max_concurrency", "max_errors")
+        if getattr(args, name) is not None
+    }
     body = job_body(
         args.job_command_name,
         nodes,
@@ -166,6 +187,7 @@ def run_start(args: argparse.Namespace) -> int:
         directory=args.in_dir,
         user=args.as_user,
         run_timeout=args.timeout,
+        **limits,
     )
     path = api.org_path("pushy/jobs")
     reply = api.request("POST", path, body)
@@ -363,6 +385,20 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "--with-env",
         metavar="ENVIRONMENT",
         help='Accept the environment for this job as a JSON object, e.g. \'{"test": "foo"}\'.',
+    )
+    start.add_argument(
+        "--max-concurrency",
+        metavar="N|N%",
+        help="Rolling execution (not in knife-push): at most N of the nodes (or N%% of them, "
+        "rounded up) run at once; when one finishes the next committed node starts. Each "
+        "node's own run is bounded by --timeout. Default: all at once.",
+    )
+    start.add_argument(
+        "--max-errors",
+        metavar="N|N%",
+        help="Once more than N nodes (or N%% of them) ended failed, crashed or timed out, no "
+        "further node starts: the job ends aborted (stopped_by: max_errors) once the running "
+        "ones finish. Default: no limit.",
     )
     start.add_argument("--as-user", metavar="USER", help="Run the job as the indicated user.")
     start.add_argument("--in-dir", metavar="DIR", help="Run the job in the indicated directory.")

@@ -82,12 +82,29 @@ class Dispatcher:
         self.announced: dict[NodeKey, int] = {}
         # bumped per org whenever a node's listed availability changes (node_states caches on it)
         self.availability_version: dict[str, int] = {}
+        # a ``run`` that could not be sent (the node not reachable yet, e.g. just after a
+        # restart): sent when the node is heard from again, so a committed node is not left
+        # waiting for a run it never got (rolling jobs start nodes at any time)
+        self._held_runs: dict[NodeKey, str] = {}
 
     # Inputs from the sockets and timers ------------------------------------------------------
     def node_message(self, key: NodeKey, address: bytes, body: dict[str, Any], now: float) -> None:
         """A message that passed the wire checks for ``key`` (the reactor's router loop)."""
         self._run(None, self.table.on_message(key, address, body, now, self.live.view), now)
         self.announce(key, now)
+        if key in self._held_runs:
+            self._send_held_run(key, now)
+
+    def _send_held_run(self, key: NodeKey, now: float) -> None:
+        job = self._live_job(self._held_runs.pop(key), key)
+        if job is None or job.status != "running" or job.nodes.get(key[1]) != "ready":
+            return  # the job or the node moved on meanwhile
+        self._send_run(job, key, now)
+
+    def _send_run(self, job: jobfsm.Job, key: NodeKey, now: float) -> None:
+        if not self.outbound.send_to_node(key, {"type": "run", "job_id": job.id}, now):
+            log.debug("node %s/%s cannot be reached now: run of job %s held", *key, job.id)
+            self._held_runs[key] = job.id
 
     def liveness_scan(self, now: float) -> None:
         self._run(None, self.table.scan(now), now)
@@ -143,6 +160,8 @@ class Dispatcher:
             capture=spec.capture,
             requestor=requestor,
             t=now,
+            max_concurrency=spec.max_concurrency,
+            max_errors=spec.max_errors,
         )
         plan = records.job_of(created)
         unavailable = {name for name in spec.nodes if not self._available((org, name))}
@@ -260,7 +279,10 @@ class Dispatcher:
                     self.step(lost, jobfsm.on_node_lost_job(lost, key[1], now), now)
             case jobfsm.Send(node=node, body=body):
                 assert job is not None
-                self.outbound.send_to_node((job.org, node), body, now)
+                if body["type"] == "run":
+                    self._send_run(job, (job.org, node), now)
+                else:
+                    self.outbound.send_to_node((job.org, node), body, now)
             case jobfsm.Rehab(node=node):
                 assert job is not None
                 key = (job.org, node)

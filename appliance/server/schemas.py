@@ -57,6 +57,20 @@ _JOB_FIELDS: dict[str, Schema] = {
         "pattern": "^(raw|base64):",
         "description": "The file as submitted; only with ?include_file=true.",
     },
+    # rolling execution (beyond the original): only on the jobs that asked for it
+    "max_concurrency": {
+        **jobschema.JOB_REQUEST["properties"]["max_concurrency"],
+        "description": "As requested (a count or 'N%').",
+    },
+    "max_errors": {
+        **jobschema.JOB_REQUEST["properties"]["max_errors"],
+        "description": "As requested (a count or 'N%').",
+    },
+    "stopped_by": {
+        "type": "string",
+        "const": "max_errors",
+        "description": "The rollout stopped early: more nodes than max_errors ended in error.",
+    },
 }
 _JOB_REQUIRED = ["id", "command", "status", "run_timeout", "created_at", "updated_at"]
 
@@ -213,6 +227,8 @@ _EVENTS: dict[str, Schema] = {
             "env": STRING_MAP,
             "file_specified": {"type": "boolean", "const": True},
             "capture": {"type": "boolean"},
+            "max_concurrency": jobschema.JOB_REQUEST["properties"]["max_concurrency"],
+            "max_errors": jobschema.JOB_REQUEST["properties"]["max_errors"],
         },
         ["timestamp", "command", "run_timeout", "quorum", "node_count", "user"],
     ),
@@ -250,10 +266,19 @@ _EVENTS: dict[str, Schema] = {
                     "run_nacked",
                     "run_nacked_while_running",
                     "client_died_while_running",
+                    "timed_out",
                 ],
+                "description": "timed_out: a node's own run_timeout in a rolling job.",
             },
         },
         ["timestamp", "node", "status"],
+    ),
+    "rollout_stopped": obj(
+        {
+            "timestamp": SSE_TIME,
+            "reason": {"type": "string", "const": "max_errors"},
+        },
+        ["timestamp", "reason"],
     ),
     "rehab": obj({"timestamp": SSE_TIME, "node": STRING}, ["timestamp", "node"]),
     "job_complete": obj(
@@ -263,6 +288,11 @@ _EVENTS: dict[str, Schema] = {
             "status": {
                 "type": "string",
                 "enum": ["complete", "quorum_failed", "timed_out", "aborted", "crashed"],
+            },
+            "reason": {
+                "type": "string",
+                "const": "max_errors",
+                "description": "Only when a rolling job stopped early.",
             },
         },
         ["timestamp", "status"],

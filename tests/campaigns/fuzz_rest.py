@@ -478,6 +478,17 @@ def nested_body(generated: Any, depth: int) -> bytes:
     return encoded[:-1] + (b"," if len(encoded) > 2 else b"") + b'"automatic":' + inner + b"}"
 
 
+# rolling execution's limits at and past their edges (issue 15)
+ROLLING_BODIES = (
+    b'{"command": "x", "nodes": ["a"], "max_concurrency": "0%", "max_errors": 1e400}',
+    b'{"command": "x", "nodes": ["a"], "max_concurrency": 2147483648}',
+    b'{"command": "x", "nodes": ["a"], "max_concurrency": "100%", "max_errors": "100%"}',
+    b'{"command": "x", "nodes": ["a"], "max_concurrency": "5%\n", "max_errors": -0.0}',
+    b'{"command": "x", "nodes": ["a"], "max_concurrency": [1], "max_errors": {"n": 1}}',
+    b'{"command": "x", "nodes": ["a", "b"], "max_concurrency": 1, "max_errors": 0}',
+)
+
+
 def raw_body(rng: random.Random, generated: Any) -> tuple[bytes, str]:
     """A malformed or odd request body (never empty: requests would send the generated one)."""
     try:
@@ -492,6 +503,7 @@ def raw_body(rng: random.Random, generated: Any) -> tuple[bytes, str]:
         lambda: b"[" * rng.choice((100, 5000, 200_000)),
         lambda: b'{"a":' * 3000 + b"1" + b"}" * 3000,
         lambda: b'{"command": "x", "nodes": ["a"], "run_timeout": 1e400, "quorum": -0.0}',
+        lambda: rng.choice(ROLLING_BODIES),
         lambda: b'{"name": "big", "username": "big", "n": 123456789012345678901234567890}',
         lambda: b'{"name": NaN, "x": Infinity, "y": -Infinity}',
         lambda: b'{"name": "a", "name": "b", "nodes": ["a"], "nodes": []}',
@@ -503,7 +515,7 @@ def raw_body(rng: random.Random, generated: Any) -> tuple[bytes, str]:
         lambda: b"x" * 1_000_001,  # over the limit: 413
         lambda: nested_body(generated, rng.choice((50, 99, 101, 260, 900, 1100))),
     ]
-    weights = [6, 6, 4, 4, 3, 2, 4, 4, 4, 4, 4, 6, 6, 3, 1, 1, 6]
+    weights = [6, 6, 4, 4, 3, 2, 4, 3, 4, 4, 4, 4, 6, 6, 3, 1, 1, 6]
     body = rng.choices(choices, weights)[0]()
     return body, rng.choice(RAW_CONTENT_TYPES)
 

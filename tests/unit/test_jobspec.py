@@ -456,9 +456,80 @@ def test_the_validator_and_the_document_read_one_schema():
         "dir": "/",
         "file": "raw:x",
         "env": {"A": "b"},
+        "max_concurrency": "50%",
+        "max_errors": 0,
     }
     assert set(every) == set(props)
     parse_job_request(json.dumps(every))
+
+
+# ------------------------------------------------------------------ rolling execution (issue 15)
+
+MAX_CONCURRENCY_ERROR = (
+    'invalid max_concurrency (expected an integer >= 1 or a percentage from "1%" to "100%")'
+)
+MAX_ERRORS_ERROR = (
+    'invalid max_errors (expected an integer >= 0 or a percentage from "0%" to "100%")'
+)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "kept"),
+    [
+        ("max_concurrency", 1, 1),
+        ("max_concurrency", 2.0, 2),
+        ("max_concurrency", "1%", "1%"),
+        ("max_concurrency", "100%", "100%"),
+        ("max_errors", 0, 0),
+        ("max_errors", "0%", "0%"),
+        ("max_errors", "35%", "35%"),
+        ("max_errors", MAX_COUNT, MAX_COUNT),
+    ],
+)
+def test_rolling_limits_are_kept_as_given(field: str, value: object, kept: object) -> None:
+    spec = parse_job_request(json.dumps({"command": "x", "nodes": ["a", "b"], field: value}))
+    assert getattr(spec, field) == kept and type(getattr(spec, field)) is type(kept)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("max_concurrency", 0, MAX_CONCURRENCY_ERROR),
+        ("max_concurrency", -1, MAX_CONCURRENCY_ERROR),
+        ("max_concurrency", 1.5, MAX_CONCURRENCY_ERROR),
+        ("max_concurrency", "0%", MAX_CONCURRENCY_ERROR),
+        ("max_concurrency", "101%", MAX_CONCURRENCY_ERROR),
+        ("max_concurrency", "5", MAX_CONCURRENCY_ERROR),
+        ("max_concurrency", "05%", MAX_CONCURRENCY_ERROR),
+        ("max_concurrency", "5%\n", MAX_CONCURRENCY_ERROR),
+        ("max_concurrency", True, MAX_CONCURRENCY_ERROR),
+        ("max_concurrency", None, MAX_CONCURRENCY_ERROR),
+        ("max_concurrency", MAX_COUNT + 1, MAX_CONCURRENCY_ERROR),
+        ("max_errors", -1, MAX_ERRORS_ERROR),
+        ("max_errors", "-1%", MAX_ERRORS_ERROR),
+        ("max_errors", [1], MAX_ERRORS_ERROR),
+        ("max_errors", 1e300, MAX_ERRORS_ERROR),
+    ],
+)
+def test_bad_rolling_limits_are_refused_naming_the_field(
+    field: str, value: object, message: str
+) -> None:
+    assert error_of(json.dumps({"command": "x", "nodes": ["a"], field: value})) == message
+
+
+def test_an_original_fault_still_wins_over_a_rolling_one():
+    body = {"command": "x", "nodes": [], "max_concurrency": 0}
+    assert error_of(json.dumps(body)) == "at least one node must be supplied"
+
+
+def test_a_share_of_the_nodes_is_rounded_up():
+    from appliance.core.jobspec import share_of
+
+    assert share_of("10%", 15) == 2
+    assert share_of("1%", 10) == 1
+    assert share_of("100%", 7) == 7
+    assert share_of("0%", 7) == 0
+    assert share_of(4, 10) == 4
 
 
 def test_type_faults_keep_the_original_order_and_a_final_newline_is_no_name():

@@ -26,6 +26,7 @@ from appliance.knife.jobs import (
     job_id_of,
     parse_env,
     parse_quorum,
+    parse_share,
     watch_line,
 )
 from appliance.knife.nodes import search_node_names
@@ -98,6 +99,24 @@ def test_body_keys_in_knifes_order():
         "user": "daemon",
         "run_timeout": 300,
     }
+
+
+def test_rolling_limits_come_last_as_given():
+    body = job_body("ls", ["n1"], 1, run_timeout=9, max_concurrency="25%", max_errors=0)
+    assert list(body)[-3:] == ["run_timeout", "max_concurrency", "max_errors"]
+    assert body["max_concurrency"] == "25%" and body["max_errors"] == 0
+
+
+@pytest.mark.parametrize(("text", "sent"), [("10", 10), ("0", 0), ("25%", "25%"), ("100%", "100%")])
+def test_rolling_limits_are_sent_as_counts_or_percentages(text, sent):
+    assert parse_share(text, "--max-concurrency") == sent
+
+
+@pytest.mark.parametrize("text", ["", "%", "1.5", "-1", "ten", "5 %", "٥", "5%%"])
+def test_a_bad_rolling_limit_names_the_option_exit_100(text):
+    with pytest.raises(CliError) as err:
+        parse_share(text, "--max-errors")
+    assert err.value.message.startswith("--max-errors takes a count") and err.value.code == 100
 
 
 def test_minimal_body_always_has_capture_output_false_and_no_run_timeout():
