@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,12 @@ from typing import Any
 from appliance.bench import provision
 
 SCENARIOS = ("hold", "fanout", "storm", "api", "fetch")
+
+
+def _share(text: str) -> str:
+    if re.fullmatch(r"[0-9]+%?", text) is None:
+        raise argparse.ArgumentTypeError(f"a count (10) or a percentage (25%), not {text!r}")
+    return text
 
 
 def _fleet_options(parser: argparse.ArgumentParser, *, nodes: int, interval: float) -> None:
@@ -149,6 +156,13 @@ def add_parser(sub: Any) -> None:
     fanout.add_argument("--pause", type=float, default=1.0, help="seconds between jobs (default 1)")
     fanout.add_argument(
         "--job-timeout", type=float, default=120.0, help="give up on a job after (default 120 s)"
+    )
+    fanout.add_argument(
+        "--max-concurrency",
+        type=_share,
+        metavar="N|N%",
+        help="a rolling job: at most N (or N%%) of the nodes run at once (use --job-seconds "
+        "for runs that take time)",
     )
 
     storm = _scenario(

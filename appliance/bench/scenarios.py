@@ -170,15 +170,21 @@ def read_job_feed(
 
 
 async def run_job(
-    run: Run, nodes: list[str], *, command: str = "true", seconds: float = 120.0
+    run: Run,
+    nodes: list[str],
+    *,
+    command: str = "true",
+    seconds: float = 120.0,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """POST a job, follow its feed to the end; the timeline of one job."""
+    """POST a job (``extra``: more fields of its body), follow its feed to the end; the
+    timeline of one job."""
     setup = run.setup
     meter = procstat.CpuMeter(setup.server_pid) if setup.server_pid else None
     if meter:
         meter.mark()
     fleet0, busy0, wall0 = run.fleet.cpu_seconds_now(), procstat.machine_busy_seconds(), time.time()
-    body = {"command": command, "nodes": nodes, "run_timeout": int(seconds)}
+    body = {"command": command, "nodes": nodes, "run_timeout": int(seconds), **(extra or {})}
     path = f"/organizations/{setup.org}/pushy/jobs"
     t_post = time.time()
     created = await trio.to_thread.run_sync(
@@ -214,7 +220,19 @@ async def run_job(
     }
 
 
-def job_timeline(outcome: dict[str, Any], sim_runs: dict[str, tuple[float, float]]) -> dict:
+def most_at_once(starts: list[float], seconds: float) -> int:
+    """The most runs of ``seconds`` each going on at one moment, given their starts."""
+    edges = sorted([(t, 1) for t in starts] + [(t + seconds, -1) for t in starts])
+    running = peak = 0
+    for _, delta in edges:  # an end sorts before a start at the same instant
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+def job_timeline(
+    outcome: dict[str, Any], sim_runs: dict[str, tuple[float, float]], job_seconds: float = 0.0
+) -> dict:
     t_post = outcome["t_post"]
     stamps: dict[str, float] = {}
     run_starts: list[float] = []
@@ -252,6 +270,8 @@ def job_timeline(outcome: dict[str, Any], sim_runs: dict[str, tuple[float, float
         "sim_run_50_s": at_fraction(sim, 50),
         "sim_run_90_s": at_fraction(sim, 90),
         "sim_run_99_s": at_fraction(sim, 99),
+        # the fleet's runs take --job-seconds each from the moment a node got ``run``
+        "most_running_at_once": most_at_once(sim, job_seconds) if job_seconds > 0 else None,
         "server_cpu_percent": rounded(outcome["server_cpu_percent"], 1),
         "fleet_cpu_percent": rounded(outcome["fleet_cpu_percent"], 1),
         "machine_cpu_percent": rounded(outcome["machine_cpu_percent"], 1),
@@ -266,10 +286,13 @@ def fanout(args: argparse.Namespace) -> int:
     finally:
         setup.close()
     params = {**common_params(setup), "repeat": args.repeat}
+    params["max_concurrency"] = args.max_concurrency
     r = results["median"]
     rows = [
         ("nodes", args.nodes),
         ("repeats", args.repeat),
+        ("max_concurrency", args.max_concurrency or "-"),
+        ("most nodes running at once (fleet)", r.get("most_running_at_once")),
         ("POST -> complete (s, median)", r.get("post_to_complete_s")),
         ("POST -> 50 % running (s)", r.get("running_50_s")),
         ("POST -> 90 % running (s)", r.get("running_90_s")),
@@ -296,9 +319,14 @@ async def _fanout_body(run: Run) -> dict[str, Any]:
             await wait_available(run, args.available_timeout, f"before job {index + 1}")
             await trio.sleep(args.pause)
         progress(f"job {index + 1}/{args.repeat} on {args.nodes} nodes")
-        outcome = await run_job(run, run.setup.names, seconds=args.job_timeout)
+        extra = {}
+        if args.max_concurrency is not None:
+            value = args.max_concurrency
+            extra["max_concurrency"] = value if value.endswith("%") else int(value)
+        outcome = await run_job(run, run.setup.names, seconds=args.job_timeout, extra=extra)
         await trio.sleep(2 * REPORT_LAG)
-        timeline = job_timeline(outcome, run.fleet.runs.get(outcome["job_id"], {}))
+        sim_runs = run.fleet.runs.get(outcome["job_id"], {})
+        timeline = job_timeline(outcome, sim_runs, args.job_seconds)
         progress(
             f"  {timeline['status']}: {timeline['succeeded']}/{timeline['nodes']} succeeded, "
             f"POST -> complete {timeline['post_to_complete_s']} s"

@@ -113,6 +113,17 @@ def test_fanout(tmp_path, key_cache):
     assert r["median"]["post_to_complete_s"] is not None
 
 
+def test_fanout_of_a_rolling_job(tmp_path, key_cache):
+    extra = ("--repeat", "1", "--job-seconds", "0.3", "--max-concurrency", "25%")
+    document = bench(tmp_path, key_cache, "fanout", *extra)
+    assert document["params"]["max_concurrency"] == "25%"
+    (job,) = document["results"]["jobs"]
+    assert job["status"] == "complete" and job["succeeded"] == NODES
+    # 25 % of 8 nodes: two at a time, as the fleet saw its own runs
+    assert job["most_running_at_once"] == 2
+    assert job["post_to_complete_s"] >= 4 * 0.3  # four waves
+
+
 def test_storm(tmp_path, key_cache):
     r = bench(tmp_path, key_cache, "storm", "--settle", "1", "--deadline", "60")["results"]
     assert r["stuck"] == 0
