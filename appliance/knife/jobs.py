@@ -8,7 +8,8 @@ Deliberate differences from knife-push (each named in the command's --help):
   ``--with-env`` that is not a JSON object is an error (knife drops it with an info log);
   ``--file`` is sent as ``base64:`` when it is not UTF-8 text (knife sends ``raw:`` bytes that
   JSON cannot carry); ``--search`` reads every page of results (knife only the first);
-  ``N%`` quorums are rounded up exactly (knife's float arithmetic turns 7% of 100 into 8).
+  ``N%`` quorums are rounded up exactly (knife's float arithmetic turns 7% of 100 into 8);
+  with ``-F json`` stdout holds the job's JSON alone ("Started." and progress on stderr).
 - ``output``: the captured bytes are written as they are, without knife's extra newline.
 """
 
@@ -196,16 +197,18 @@ def run_start(args: argparse.Namespace) -> int:
     if not 200 <= reply.status < 300:
         raise ApiError(reply.status, reply.body(), "POST", path)
     job_id = job_id_of(reply.body())
-    print(f"Started.  Job ID: {job_id}", flush=True)
+    # -F json: only the job's JSON on stdout, for a script to parse; the rest on stderr
+    chatter = sys.stderr if args.format == "json" else sys.stdout
+    print(f"Started.  Job ID: {job_id}", file=chatter, flush=True)
     if args.nowait:
         return 0
     follower = Follower(
         api,
         job_id,
-        out=sys.stdout,
+        out=chatter,
         poll_interval=args.poll_interval,
         poll=args.poll,
-        tty=sys.stdout.isatty(),
+        tty=chatter.isatty(),
     )
     job = follower.run()
     output.emit(job, args.format, sys.stdout)
@@ -311,7 +314,9 @@ def _positive_float(text: str) -> float:
 
 START_DESCRIPTION = """\
 Start COMMAND (a whitelisted job name) on the NODEs or on the nodes a --search finds, then
-follow it to the end and print the job. Prints "Started.  Job ID: <id>" first.
+follow it to the end and print the job. Prints "Started.  Job ID: <id>" first. With -F json
+stdout holds the job's JSON alone (a script can parse it); "Started." and the progress go to
+stderr.
 
 Following: through the server's job event feed (resumed after a dropped connection, polling
 if there is no feed). On a terminal a live progress line shows the node counts per state, the

@@ -94,14 +94,14 @@ def pushy_bytes(fleet: ClientFleet, *args: str) -> subprocess.CompletedProcess:
 
 
 def started(r: subprocess.CompletedProcess) -> str:
-    match = JOB_ID.match(r.stdout)
+    """The id ``job start`` printed: first on stdout, or under -F json (stdout is the job's
+    JSON alone) first on stderr."""
+    json_only = r.stdout.startswith("{")
+    match = JOB_ID.match(r.stderr if json_only else r.stdout)
     assert match, (r.returncode, r.stdout, r.stderr)
+    if json_only:
+        assert json.loads(r.stdout)["id"] == match.group(1)
     return match.group(1)
-
-
-def final_object(r: subprocess.CompletedProcess) -> dict:
-    """The job printed with -F json at the end of ``job start``'s output."""
-    return json.loads(r.stdout[r.stdout.index("{") :])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,12 +148,12 @@ def test_the_body_the_server_received(fleet, tmp_path):
         "json",
     )
     assert r.returncode == 0, (r.stdout, r.stderr)
-    job = fleet.job(started(r))
+    job = fleet.job(JOB_ID.match(r.stderr).group(1))  # -F json: "Started." goes to stderr
     assert job["capture_output"] is True
     assert job["user"] == me and job["dir"] == str(tmp_path)
     assert job["env"] == {"TEST_VAR": "foo"}
     assert job["file_specified"] is True and job["run_timeout"] == 120
-    assert final_object(r)["id"] == job["id"]  # -F json prints the job as JSON
+    assert json.loads(r.stdout)["id"] == job["id"]  # -F json: the job's JSON, nothing else
     env = fleet.output(job["id"], "k1").text
     assert "TEST_VAR=foo\n" in env and f"PWD={tmp_path}\n" in env
     full = fleet.admin.get(f"/organizations/{ORG}/pushy/jobs/{job['id']}?include_file=true")
@@ -231,7 +231,9 @@ def test_poll_mode_prints_knife_dots_and_status_lines(fleet):
 def test_search_selects_nodes(fleet):
     r = pushy(fleet, "job", "start", "ok", "-s", "role:web", "-q", "50%", "-F", "json")
     assert r.returncode == 0, (r.stdout, r.stderr)
-    assert fleet.job(started(r))["nodes"] == {"succeeded": ["k1"], "unavailable": ["koff"]}
+    job = json.loads(r.stdout)  # -F json: nothing else on stdout; "Started." is on stderr
+    assert JOB_ID.match(r.stderr).group(1) == job["id"]
+    assert fleet.job(job["id"])["nodes"] == {"succeeded": ["k1"], "unavailable": ["koff"]}
     bad = pushy(fleet, "job", "start", "ok", "-s", "role:(web")
     assert bad.returncode == 1 and bad.stderr.startswith("ERROR: knife search failed: ")
     listed = pushy(fleet, "node", "list", "--search", "role:web")

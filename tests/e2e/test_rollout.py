@@ -143,7 +143,7 @@ def test_job_start_sends_the_limits_and_exits_by_the_outcome(work, fleet):
         fleet, "job", "start", "stamp 0.2", *NODES[:3], "--max-concurrency", "1", "-F", "json"
     )
     assert r.returncode == 0, (r.stdout, r.stderr)
-    job = json.loads(r.stdout[r.stdout.index("{") :])
+    job = json.loads(r.stdout)  # -F json: the job's JSON alone on stdout
     assert job["max_concurrency"] == 1 and job["nodes"] == {"succeeded": NODES[:3]}
     assert most_at_once(runs(work)) == 1
     fleet.wait_available(*NODES)
