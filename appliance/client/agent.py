@@ -431,6 +431,7 @@ class Agent:
                 outcome.stdout,
                 outcome.stderr,
                 start_failed=outcome.start_error,
+                signal=_signal_name(outcome.signal),
             )
         )
 
@@ -468,3 +469,13 @@ class Agent:
             self.config = load_config(self.config.source, self.flags)
         except (OSError, ConfigError) as exc:
             log.error("[%s] keeping the previous configuration: %s", self.node, exc)
+
+
+def _signal_name(number: int | None) -> str | None:
+    """``SIGKILL`` for 9; a number no name is known for as ``SIG<n>``."""
+    if number is None:
+        return None
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"

@@ -101,7 +101,7 @@ class Reply:
 
     type: str
     job_id: str | None
-    extra: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,7 @@ class JobState:
             problems.append(env_problem)
         if problems:
             actions += [Log("error", f"Commit {job_id} refused: {p}") for p in problems]
-            return [*actions, Reply("nack_commit", job_id)]
+            return [*actions, Reply("nack_commit", job_id, {"reason": "; ".join(problems)})]
         if resolved.lock and not lock_free(resolved.lock):
             reason = f"Commit {job_id} refused: lock {resolved.lock!r} is held by another process"
             return [*actions, *_nack("nack_commit", job_id, reason)]
@@ -271,8 +271,11 @@ class JobState:
         stderr: bytes,
         *,
         start_failed: str | None = None,
+        signal: str | None = None,
     ) -> list[Action]:
-        """The process is gone (``exit_code`` None: killed by a signal), or never started."""
+        """The process is gone (``exit_code`` None: killed by ``signal``), or never started.
+        The result says how it ended (``exit_status``, ``signal`` or the start's ``reason``:
+        new in this client, shown in the job's ``node_details``)."""
         if not self._is_current(job_id):
             return [Log("debug", f"Ignoring the end of job {job_id}: it is no longer current")]
         assert self.job is not None
@@ -282,17 +285,26 @@ class JobState:
         if aborting:
             return [Log("info", f"Job {job_id} aborted"), Reply("aborted", job_id)]
         actions: list[Action] = [] if acked else [Reply("ack_run", job_id)]
+        details: dict[str, Any]
         if start_failed is not None:
             actions.append(Log("error", f"Job {job_id} could not be started: {start_failed}"))
             kind, stdout, stderr = "failed", b"", start_failed.encode("utf-8", "replace")
+            details = {"reason": f"could not start: {start_failed}"}
         else:
             actions.append(Log("info", f"Job {job_id} completed with exit code {exit_code}"))
             kind = "succeeded" if exit_code == 0 else "failed"
-        extra: dict[str, str] = {}
+            details = (
+                {"signal": signal}
+                if signal is not None
+                else {"exit_status": exit_code}
+                if exit_code is not None
+                else {}
+            )
+        extra: dict[str, Any] = {}
         if job.capture:
-            extra, logs = self._output(kind, job_id, stdout, stderr)
+            extra, logs = self._output(kind, job_id, stdout, stderr, details)
             actions += logs
-        return [*actions, Reply(kind, job_id, extra)]
+        return [*actions, Reply(kind, job_id, {**extra, **details})]
 
     # Helpers ---------------------------------------------------------------------------------
     def _is_current(self, job_id: str) -> bool:
@@ -305,10 +317,14 @@ class JobState:
         self._aborting = False
 
     def _output(
-        self, kind: str, job_id: str, out_raw: bytes, err_raw: bytes
+        self, kind: str, job_id: str, out_raw: bytes, err_raw: bytes, details: dict[str, Any]
     ) -> tuple[dict[str, str], list[Action]]:
-        """stdout/stderr as strings, cut (with a marker) so the message fits max_body_size."""
-        limit = self.max_body_size
+        """stdout/stderr as strings, cut (with a marker) so the message, ``details`` included,
+        fits max_body_size."""
+        encoded = self._encoded_size
+        limit = self.max_body_size - (
+            encoded(Reply(kind, job_id, details)) - encoded(Reply(kind, job_id))
+        )
         room = limit - self._encoded_size(Reply(kind, job_id, {"stdout": "", "stderr": ""}))
         # A JSON string is at least as long as the bytes it came from, so raw sizes over the
         # room mean cutting without decoding everything first.
@@ -320,7 +336,8 @@ class JobState:
         logs: list[Action] = [
             Log(
                 "warning",
-                f"Command output {total} is larger than the Client MAX_BODY_SIZE of {limit}",
+                f"Command output {total} is larger than the Client MAX_BODY_SIZE of "
+                f"{self.max_body_size}",
             )
         ]
         need = [_json_len(_decode(r)) if len(r) <= room else room + 1 for r in (out_raw, err_raw)]
@@ -404,8 +421,9 @@ def _env_problem(env: Any) -> str | None:
 
 
 def _nack(kind: str, job_id: str | None, reason: str) -> list[Action]:
-    """A refusal: the reason goes to the log only, the wire carries none (appendix #4)."""
-    return [Log("warning", reason), Reply(kind, job_id)]
+    """A refusal: the reason is logged, and sent with it (``reason``: new in this client, the
+    server shows it in the job's ``node_details``; the original sent none, appendix #4)."""
+    return [Log("warning", reason), Reply(kind, job_id, {"reason": reason})]
 
 
 def _decode(raw: bytes) -> str:

@@ -49,6 +49,7 @@ from appliance.core.jobmodel import (  # the model is named through this module 
     new_job,  # noqa: F401 (records and tests make jobs through this module)
 )
 from appliance.core.render import sse_timestamp_us
+from appliance.core.wire import node_details
 
 __all__ = [  # the model's names, then the state machine's
     *jobmodel.__all__,
@@ -171,6 +172,11 @@ def apply_change(job: Job, change: list[Any], t: float) -> None:
     elif kind == "stopped":  # rolling execution: no further node gets ``run``
         _, reason = change
         job.stopped_by = str(reason)
+    elif kind == "detail":  # how a node ended or why it refused (our client only)
+        _, name, detail = change
+        if name not in job.nodes or not isinstance(detail, dict):
+            raise ValueError(f"bad detail change {change!r}")
+        job.details[name] = dict(detail)
     else:
         raise ValueError(f"unknown change {change!r}")
 
@@ -232,6 +238,7 @@ RUNNING_TABLE: dict[tuple[str, str], tuple[Op, ...]] = {
 }
 
 _VOTING_INPUTS = frozenset({"ack_commit", "nack_commit"})
+_DETAILED = frozenset({"succeeded", "failed", "nack_commit", "nack_run"})
 _RUNNING_INPUTS = frozenset({"ack_run", "nack_run", "succeeded", "failed"})
 
 
@@ -481,6 +488,10 @@ def on_message(job: Job, node: str, msg_type: str, body: dict[str, Any], now: fl
         stdout, stderr = body.get("stdout"), body.get("stderr")
         if isinstance(stdout, str) and isinstance(stderr, str):
             tx.change("output", node, stdout, stderr)
+    if msg_type in _DETAILED and node not in job.details:
+        detail = node_details(body)
+        if detail is not None:
+            tx.change("detail", node, detail)
     if job.status == "voting":
         _voting_input(tx, node, msg_type if msg_type in _VOTING_INPUTS else "other")
     else:

@@ -84,6 +84,9 @@ class Job:
     max_errors: int | str | None = None
     dispatched: dict[str, float] = field(default_factory=dict)
     stopped_by: str | None = None
+    # what our client told of a node's end or refusal (``wire.node_details``): exit status,
+    # signal, reason; original clients tell nothing
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 # Effects: not durable; the shell executes them.
@@ -170,4 +173,5 @@ def new_job(
         max_errors,
         {},  # dispatched
         None,  # stopped_by
+        {},  # details
     )

@@ -126,8 +126,16 @@ def _nodes_by_status(nodes: Mapping[str, Any]) -> dict[str, list[str]]:
 
 def job_detail(job: Any, include_file: bool = False) -> dict[str, Any]:
     """GET /jobs/ID: the summary with ``nodes`` (status -> sorted names) as first key.
-    Statuses are listed in name order, and only those that occur."""
-    return {"nodes": _nodes_by_status(job.nodes), **job_summary(job, include_file=include_file)}
+    Statuses are listed in name order, and only those that occur. ``node_details`` (last):
+    what our client said of a node's end or refusal; none from original clients."""
+    out = {"nodes": _nodes_by_status(job.nodes), **job_summary(job, include_file=include_file)}
+    details = getattr(job, "details", None)
+    if details:  # our client's exit statuses, signals and reasons: every field, null if unsaid
+        out["node_details"] = {
+            node: {key: d.get(key) for key in ("exit_status", "signal", "reason")}
+            for node, d in sorted(details.items())
+        }
+    return out
 
 
 def sse_event(name: str, event_id: str, data: Mapping[str, Any]) -> bytes:

@@ -28,8 +28,8 @@ ORG_EVENTS_KEPT = 10_000
 JOBS_PER_RECORD = 1000
 JOB_FIELDS = [f.name for f in dataclasses.fields(jobfsm.Job)]
 _job_values = operator.attrgetter(*JOB_FIELDS)
-_NODES, _ENV, _EVENTS, _OUTPUTS, _DISPATCHED = (
-    JOB_FIELDS.index(n) for n in ("nodes", "env", "events", "outputs", "dispatched")
+_NODES, _ENV, _EVENTS, _OUTPUTS, _DISPATCHED, _DETAILS = (
+    JOB_FIELDS.index(n) for n in ("nodes", "env", "events", "outputs", "dispatched", "details")
 )
 
 
@@ -272,6 +272,7 @@ def _job_row(job: jobfsm.Job) -> list[Any]:
     row[_EVENTS] = [[n, name, dict(data)] for n, name, data in job.events] if job.events else []
     row[_OUTPUTS] = {node: list(pair) for node, pair in job.outputs.items()} if job.outputs else {}
     row[_DISPATCHED] = dict(job.dispatched) if job.dispatched else {}
+    row[_DETAILS] = {node: dict(d) for node, d in job.details.items()} if job.details else {}
     return row
 
 

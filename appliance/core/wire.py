@@ -228,9 +228,12 @@ def node_message(
     job_state: str | None = None,
     stdout: str | None = None,
     stderr: str | None = None,
+    **details: Any,
 ) -> dict[str, Any]:
     """A node → server message with the reference client's key order (client-knife.md §A.2):
-    ``job_state`` only on heartbeats, ``stdout``/``stderr`` only when output was captured."""
+    ``job_state`` only on heartbeats, ``stdout``/``stderr`` only when output was captured.
+    ``details`` (our client only, beyond the original; ``NODE_DETAILS``): a result's
+    ``exit_status`` / ``signal``, a refusal's ``reason``, last."""
     body: dict[str, Any] = {
         "node": node,
         "client": client,
@@ -248,7 +251,30 @@ def node_message(
         body["stdout"] = stdout
     if stderr is not None:
         body["stderr"] = stderr
+    unknown = details.keys() - NODE_DETAILS.keys()
+    if unknown:
+        raise TypeError(f"node_message: unknown fields {sorted(unknown)}")
+    body.update(details)
     return body
+
+
+#: What our client adds to a job's result or refusal (beyond the original): field -> longest
+#: string the server keeps (``exit_status`` is an integer).
+NODE_DETAILS = {"exit_status": 0, "signal": 32, "reason": 1000}
+
+
+def node_details(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``NODE_DETAILS`` a node message carries, each of the right type (strings cut to
+    their length), or None when it carries none: what the server keeps of them."""
+    found: dict[str, Any] = {}
+    status = body.get("exit_status")
+    if isinstance(status, int) and not isinstance(status, bool) and -(2**31) <= status < 2**31:
+        found["exit_status"] = status
+    for key in ("signal", "reason"):
+        value = body.get(key)
+        if isinstance(value, str) and value:
+            found[key] = value[: NODE_DETAILS[key]]
+    return found or None
 
 
 def server_heartbeat(sequence: int, t: float, server: str, incarnation: str) -> dict[str, Any]:

@@ -71,6 +71,19 @@ _JOB_FIELDS: dict[str, Schema] = {
         "const": "max_errors",
         "description": "The rollout stopped early: more nodes than max_errors ended in error.",
     },
+    "node_details": {
+        "type": "object",
+        "description": "GET jobs/ID only: how each node ended or why it refused, as our client "
+        "reports it (original clients report nothing: the node is absent).",
+        "additionalProperties": obj(
+            {
+                "exit_status": {"type": ["integer", "null"]},
+                "signal": {"type": ["string", "null"], "example": "SIGKILL"},
+                "reason": {"type": ["string", "null"], "maxLength": 1000},
+            },
+            ["exit_status", "signal", "reason"],
+        ),
+    },
 }
 _JOB_REQUIRED = ["id", "command", "status", "run_timeout", "created_at", "updated_at"]
 

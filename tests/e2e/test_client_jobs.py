@@ -164,6 +164,9 @@ def test_two_clients_run_one_job(fleet):
 def test_commit_refused(fleet, command, opts):
     job = fleet.run(command, ["j2"], **opts)
     assert (job["status"], job["nodes"]) == ("quorum_failed", {"nacked": ["j2"]})
+    detail = job["node_details"]["j2"]  # our client says why (issue 15)
+    assert detail["exit_status"] is None and detail["signal"] is None
+    assert isinstance(detail["reason"], str) and detail["reason"], detail
     fleet.wait_available("j2")
 
 
@@ -301,8 +304,10 @@ def test_capture_and_exit_statuses(fleet):
     job = fleet.run("exit3", ["j1"], capture_output=True)
     assert job["nodes"] == {"failed": ["j1"]}
     assert captured(fleet, job, "j1") == (b"out\n", b"err\n")
+    assert job["node_details"] == {"j1": {"exit_status": 3, "signal": None, "reason": None}}
     job = fleet.run("selfkill", ["j1"], capture_output=True)  # killed by a signal
     assert job["nodes"] == {"failed": ["j1"]}
+    assert job["node_details"]["j1"] == {"exit_status": None, "signal": "SIGKILL", "reason": None}
 
 
 def test_non_utf8_output_is_sent_with_replacement_characters(fleet):
@@ -356,10 +361,12 @@ def test_abort_kills_the_whole_process_group(fleet, work):
 def test_commands_that_cannot_start_end_failed(fleet):
     job, out = run_captured(fleet, "nope", "j1")  # the shell cannot find it: exit 127
     assert job["nodes"] == {"failed": ["j1"]}
+    assert job["node_details"]["j1"]["exit_status"] == 127
     assert b"not found" in fleet.output(job["id"], "j1", "stderr").content
     # exec itself fails: an environment value with a NUL byte
     job = fleet.run("hello", ["j1"], capture_output=True, env={"BAD": "a\u0000b"})
     assert (job["status"], job["nodes"]) == ("complete", {"failed": ["j1"]})
+    assert job["node_details"]["j1"]["reason"].startswith("could not start: ")
     assert b"cannot start the job" in captured(fleet, job, "j1")[1]
     # the job file cannot be written: file_dir is not a directory
     client = fleet.clients["badfd"]

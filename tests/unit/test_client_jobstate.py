@@ -171,7 +171,9 @@ def test_process_end_rows(exit_code, kind):
     js = make("running")
     acts = js.on_finished(J, exit_code, b"out", b"err")
     assert replies(acts) == [(kind, J)]
-    assert [a.extra for a in acts if isinstance(a, Reply)] == [{}]  # no capture
+    # no capture: only how it ended (our client's addition: the job's node_details)
+    ended = {} if exit_code is None else {"exit_status": exit_code}
+    assert [a.extra for a in acts if isinstance(a, Reply)] == [ended]
     assert f"Job {J} completed with exit code {exit_code}" in logs(acts)
     assert js.state == "idle" and js.heartbeat_fields() == ("idle", None)
 
@@ -333,7 +335,11 @@ def test_start_failure_ends_failed_with_the_reason_as_stderr():
     js.on_run(run_msg(J))
     acts = js.on_finished(J, None, b"", b"", start_failed="No such file or directory: 'nope'")
     assert replies(acts) == [("ack_run", J), ("failed", J)]
-    assert acts[-1].extra == {"stdout": "", "stderr": "No such file or directory: 'nope'"}
+    assert acts[-1].extra == {
+        "stdout": "",
+        "stderr": "No such file or directory: 'nope'",
+        "reason": "could not start: No such file or directory: 'nope'",
+    }
     assert any("could not be started" in text for text in logs(acts, "error"))
     assert js.state == "idle"
 
@@ -342,7 +348,7 @@ def test_start_failure_without_capture_has_no_output_fields():
     js = make("running")  # already acked: no second ack_run
     acts = js.on_finished(J, None, b"", b"", start_failed="boom")
     assert replies(acts) == [("failed", J)]
-    assert acts[-1].extra == {}
+    assert acts[-1].extra == {"reason": "could not start: boom"}  # no output fields
 
 
 def test_result_before_on_started_is_preceded_by_ack_run():
@@ -355,14 +361,14 @@ def test_result_before_on_started_is_preceded_by_ack_run():
 def test_capture_sends_both_streams_as_strings():
     js = make("running", capture=True)
     acts = js.on_finished(J, 0, b"hello\n", b"")
-    assert acts[-1] == Reply("succeeded", J, {"stdout": "hello\n", "stderr": ""})
+    assert acts[-1] == Reply("succeeded", J, {"stdout": "hello\n", "stderr": "", "exit_status": 0})
 
 
 def test_capture_non_utf8_output_is_decoded_with_replacement_characters():
     js = make("running", capture=True)
     acts = js.on_finished(J, 2, b"ok \xff\xfe caf\xc3\xa9", b"\xc3")
     assert acts[-1] == Reply(
-        "failed", J, {"stdout": "ok \ufffd\ufffd caf\u00e9", "stderr": "\ufffd"}
+        "failed", J, {"stdout": "ok \ufffd\ufffd caf\u00e9", "stderr": "\ufffd", "exit_status": 2}
     )
     wire.encode_body(acts[-1].extra)  # encodable
 
@@ -438,7 +444,7 @@ def test_truncation_never_splits_a_utf8_character(limit):
 def test_small_output_is_untouched():
     out, err = b"a" * 30000, b"b" * 30000
     acts, reply = _finish(out, err)
-    assert reply.extra == {"stdout": "a" * 30000, "stderr": "b" * 30000}
+    assert reply.extra == {"stdout": "a" * 30000, "stderr": "b" * 30000, "exit_status": 0}
     assert logs(acts, "warning") == []
 
 
@@ -450,7 +456,7 @@ def test_default_size_estimate_keeps_room_for_the_envelope():
 
 def test_limit_too_small_for_any_output_sends_none():
     acts, reply = _finish(b"o" * 1000, b"e" * 1000, limit=300)
-    assert reply == Reply("succeeded", J, {})
+    assert reply == Reply("succeeded", J, {"exit_status": 0})  # how it ended still goes
     assert any("does not fit" in text for text in logs(acts, "warning"))
 
 
@@ -462,8 +468,9 @@ def test_limit_too_small_for_any_output_sends_none():
 )
 def test_result_never_exceeds_the_limit(out, err, limit):
     _, reply = _finish(out, err, limit=limit)
-    assert _exact_size(reply) <= limit
-    if reply.extra:
+    assert _exact_size(reply) <= limit  # the exit status included
+    assert reply.extra["exit_status"] == 0
+    if "stdout" in reply.extra:
         for key, raw in (("stdout", out), ("stderr", err)):
             text = reply.extra[key]
             if text != raw.decode("utf-8", "replace"):

@@ -384,7 +384,9 @@ def test_a_refused_capture_nacks_the_commit_with_the_reason_logged():
     js = JobState()
     msg = {"type": "commit", "job_id": JOB, "command": "echo x; touch /tmp/pwned"}
     actions = js.on_commit(msg, **_checks())
-    assert [a for a in actions if isinstance(a, Reply)] == [Reply("nack_commit", JOB)]
+    (reply,) = [a for a in actions if isinstance(a, Reply)]
+    assert (reply.type, reply.job_id) == ("nack_commit", JOB)
+    assert "unsafe" in reply.extra["reason"] and "touch" in reply.extra["reason"]
     assert any("unsafe" in a.text and "touch" in a.text for a in actions if isinstance(a, Log))
     assert js.state == "idle"
 
@@ -453,7 +455,9 @@ def _commit(**options) -> tuple[list, JobState]:
 
 
 def _refused(actions, js, needle: str) -> None:
-    assert [a for a in actions if isinstance(a, Reply)] == [Reply("nack_commit", JOB)]
+    (reply,) = [a for a in actions if isinstance(a, Reply)]
+    assert (reply.type, reply.job_id) == ("nack_commit", JOB)
+    assert needle in reply.extra["reason"]  # the server is told why (node_details)
     errors = [a.text for a in actions if isinstance(a, Log) and a.level == "error"]
     assert any(needle in e for e in errors), errors
     assert js.state == "idle" and js.job is None
