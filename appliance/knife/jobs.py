@@ -238,14 +238,40 @@ def run_status(args: argparse.Namespace) -> int:
 def run_output(args: argparse.Namespace) -> int:
     if args.channel not in ("stdout", "stderr"):
         raise CliError(MSG_CHANNEL)
-    if not args.nodes:
-        raise CliError("No node specified.", EXIT_FAILED)
     api = connect(args)
+    if not args.nodes:
+        return _every_output(api, args.job_id, args.channel)
     path = _job_path(api, args.job_id, "output", args.nodes[0], args.channel)
     data = api.get(path, accept="application/octet-stream")
     sys.stdout.flush()
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
+    return 0
+
+
+def _every_output(api: Api, job_id: str, channel: str) -> int:
+    """No NODE (beyond knife): each node's captured output in turn, under a ``== NODE ==``
+    line, in name order; the nodes that captured nothing are left out."""
+    job = api.get(_job_path(api, job_id))
+    names = sorted(n for group in job.get("nodes", {}).values() for n in group)
+    shown = 0
+    for name in names:
+        try:
+            data = api.get(
+                _job_path(api, job_id, "output", name, channel), accept="application/octet-stream"
+            )
+        except ApiError as exc:
+            if exc.status == 404:  # no output from this node (yet)
+                continue
+            raise
+        out = sys.stdout.buffer
+        sys.stdout.flush()
+        out.write(f"== {name} ({channel}) ==\n".encode())
+        out.write(data if not data or data.endswith(b"\n") else data + b"\n")
+        out.flush()
+        shown += 1
+    if not shown:
+        raise CliError(f"no node of job {job_id} has captured {channel} (started with --capture?)")
     return 0
 
 
@@ -464,10 +490,14 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="print a node's captured output (knife job output)",
         description="Write the output a node captured for the job (started with --capture) to "
         "stdout, byte for byte. Only the first NODE is used, as in knife. Unlike knife, no "
-        "newline is added after the output. No capture or an unknown node: exit 100.",
+        "newline is added after the output. No capture or an unknown node: exit 100. Without "
+        "NODE (not in knife): every node's output in turn, each under a '== NODE (stdout) ==' "
+        "line and ending with a newline; exit 100 when no node captured any.",
     )
     out.add_argument("job_id", metavar="ID", help="the job id")
-    out.add_argument("nodes", nargs="*", metavar="NODE", help="the node (only the first is used)")
+    out.add_argument(
+        "nodes", nargs="*", metavar="NODE", help="the node (only the first is used; none: all)"
+    )
     out.add_argument(
         "--channel",
         default="stdout",

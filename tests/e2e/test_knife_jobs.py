@@ -323,6 +323,22 @@ def test_job_output_writes_raw_bytes(fleet):
     assert missing.returncode == 100 and missing.stderr.startswith("ERROR: ")
 
 
+def test_job_output_without_a_node_prints_every_node(fleet):
+    job_id = started(pushy(fleet, "job", "start", "split", "k1", "k2", "--capture"))
+    out = pushy_bytes(fleet, "job", "output", job_id)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"== k1 (stdout) ==\nout-no-newline\n== k2 (stdout) ==\nout-no-newline\n"
+    err = pushy_bytes(fleet, "job", "output", job_id, "--channel", "stderr")
+    assert err.stdout == b"== k1 (stderr) ==\nerr line\n== k2 (stderr) ==\nerr line\n"
+    plain = started(pushy(fleet, "job", "start", "ok", "k1"))  # no --capture
+    none = pushy(fleet, "job", "output", plain)
+    assert none.returncode == 100
+    assert (
+        none.stderr
+        == f"ERROR: no node of job {plain} has captured stdout (started with --capture?)\n"
+    )
+
+
 def test_job_abort_of_a_running_sleep(fleet):
     job_id = started(pushy(fleet, "job", "start", "sleep", "k2", "--nowait"))
     fleet.wait_nodes(job_id, {"running": ["k2"]})
