@@ -124,6 +124,24 @@ def job_body(
     return body
 
 
+def shown(job: Any, fmt: str) -> Any:
+    """The job as the text formats print it: ``node_details`` only for the nodes that did not
+    simply exit 0, without the fields they left null (the server's JSON has them all; -F json
+    prints that). A job whose nodes all exited 0 prints exactly as knife prints it."""
+    if fmt == "json" or not isinstance(job, dict) or not isinstance(job.get("node_details"), dict):
+        return job
+    quiet = {"exit_status": 0, "signal": None, "reason": None}
+    notable = {
+        n: {k: v for k, v in d.items() if v is not None}
+        for n, d in job["node_details"].items()
+        if isinstance(d, dict) and d != quiet
+    }
+    out = {k: v for k, v in job.items() if k != "node_details"}
+    if notable:
+        out["node_details"] = notable
+    return out
+
+
 def read_job_file(path: str) -> bytes:
     try:
         return Path(path).read_bytes()
@@ -211,7 +229,7 @@ def run_start(args: argparse.Namespace) -> int:
         tty=chatter.isatty(),
     )
     job = follower.run()
-    output.emit(job, args.format, sys.stdout)
+    output.emit(shown(job, args.format), args.format, sys.stdout)
     return exit_code(job, strict=args.exit_strict)
 
 
@@ -231,7 +249,7 @@ def run_list(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     api = connect(args)
     path = _job_path(api, args.job_id) if args.job_id else api.org_path("pushy/jobs/")
-    output.emit(api.get(path), args.format, sys.stdout)
+    output.emit(shown(api.get(path), args.format), args.format, sys.stdout)
     return 0
 
 
@@ -283,7 +301,7 @@ def run_abort(args: argparse.Namespace) -> int:
         raise CliError(error_text(reply.body()), EXIT_FAILED)
     if not 200 <= reply.status < 300:
         raise ApiError(reply.status, reply.body(), "POST", path)
-    output.emit(reply.body(), args.format, sys.stdout)
+    output.emit(shown(reply.body(), args.format), args.format, sys.stdout)
     return 0
 
 

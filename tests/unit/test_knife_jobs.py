@@ -27,6 +27,7 @@ from appliance.knife.jobs import (
     parse_env,
     parse_quorum,
     parse_share,
+    shown,
     watch_line,
 )
 from appliance.knife.nodes import search_node_names
@@ -616,3 +617,17 @@ def test_search_4xx_is_knifes_error_exit_1():
     with pytest.raises(ApiError) as err:
         search_node_names(SearchApi([], status=500), "role:web")
     assert err.value.code == 100
+
+
+def test_text_output_shows_only_the_nodes_that_did_not_simply_exit_0():
+    ok = {"exit_status": 0, "signal": None, "reason": None}
+    job = {"id": "j", "node_details": {"a": ok, "b": ok}}
+    assert shown(job, "summary") == {"id": "j"}  # as knife prints it
+    job["node_details"]["c"] = {"exit_status": None, "signal": None, "reason": "lock held"}
+    job["node_details"]["d"] = {"exit_status": 3, "signal": None, "reason": None}
+    assert shown(job, "text")["node_details"] == {
+        "c": {"reason": "lock held"},
+        "d": {"exit_status": 3},
+    }
+    assert shown(job, "json") is job  # the server's JSON, whole
+    assert shown({"id": "j"}, "text") == {"id": "j"}
