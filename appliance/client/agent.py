@@ -37,8 +37,10 @@ from appliance.client.channel import (
     outbound_frames,
 )
 from appliance.client.config import ClientConfig, ConfigError, load_config
+from appliance.client.liveoutput import LiveOutput
 from appliance.client.serverwatch import ServerWatch
 from appliance.core.keys import load_private_pem
+from appliance.core.output import chunk_fields
 from appliance.zmqio import TrioSocket
 
 log = logging.getLogger("pushy.client")
@@ -338,6 +340,21 @@ class Agent:
         if conn is None or conn.dealer is None:
             log.warning("[%s] not connected: %s for %s not sent", self.node, kind, job_id)
             return False
+        if self.try_send(conn, kind, job_id, **extra):
+            return True
+        log.error("[%s] ZMQ socket enqueue error. Triggering reconfigure", self.node)
+        self.request_reconfigure(
+            "a message could not be queued",
+            delay=jittered(SEND_FAILURE_DEADLINE_SECONDS),
+        )
+        return False
+
+    def try_send(
+        self, conn: Connection | None, kind: str, job_id: str | None, **extra: Any
+    ) -> bool:
+        """Queue a message on ``conn`` if it takes it now (no reconfigure when it does not)."""
+        if conn is None or conn.dealer is None:
+            return False
         frames = outbound_frames(
             conn,
             kind,
@@ -348,14 +365,7 @@ class Agent:
             incarnation=self.incarnation,
             **extra,
         )
-        if conn.dealer.send_nowait(frames):
-            return True
-        log.error("[%s] ZMQ socket enqueue error. Triggering reconfigure", self.node)
-        self.request_reconfigure(
-            "a message could not be queued",
-            delay=jittered(SEND_FAILURE_DEADLINE_SECONDS),
-        )
-        return False
+        return conn.dealer.send_nowait(frames)
 
     def _send_result(self, conn: Connection | None, reply: jobstate.Reply) -> None:
         """Send a job's result; ``unsent`` keeps it until the server speaks on ``conn``."""
@@ -414,14 +424,22 @@ class Agent:
             self._reconfigure_now.set()  # a deferred reconfigure may go ahead now
 
     async def _run_job(self, job: jobstate.Job, kill: trio.Event) -> None:
+        live = self._live_output(job)
         try:
-            outcome = await jobrun.run(
-                job,
-                self.config,
-                node=self.node,
-                kill=kill,
-                on_started=lambda: self._execute(self.jobs.on_started(job.id)),
-            )
+            async with trio.open_nursery() as flusher:
+                if live is not None:
+                    flusher.start_soon(live.flush_every)
+                outcome = await jobrun.run(
+                    job,
+                    self.config,
+                    node=self.node,
+                    kill=kill,
+                    on_started=lambda: self._execute(self.jobs.on_started(job.id)),
+                    on_output=None if live is None else live.on_output,
+                )
+                if live is not None:
+                    await live.close()  # every chunk queued before the result
+                flusher.cancel_scope.cancel()
         finally:
             self.kill_events.pop(job.id, None)
         self._execute(
@@ -432,8 +450,23 @@ class Agent:
                 outcome.stderr,
                 start_failed=outcome.start_error,
                 signal=_signal_name(outcome.signal),
+                streamed=live is not None,
             )
         )
+
+    def _live_output(self, job: jobstate.Job) -> LiveOutput | None:
+        """Live output, for a job that captures on a server that takes it (beyond the
+        original: its config says ``max_output_bytes``)."""
+        conn = self.conn
+        limit = None if conn is None else conn.config.get("max_output_bytes")
+        if not job.capture or not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            return None
+
+        def send(stream: str, offset: int, data: bytes) -> bool:
+            fields = chunk_fields(stream, offset, data)
+            return self.try_send(self.conn, "output", job.id, **fields)
+
+        return LiveOutput(send, limit=limit, max_body_size=self.config.max_body_size)
 
     # Signals ---------------------------------------------------------------------------------
     async def _signals(self) -> None:

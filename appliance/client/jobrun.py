@@ -26,6 +26,7 @@ async def run(
     node: str,
     kill: trio.Event,
     on_started: Callable[[], None],
+    on_output: runner.OnOutput | None = None,
 ) -> runner.Outcome:
     """Write the job file (if any), build the environment, run the command to its end and
     remove the file; any failure to set up is a failed ``Outcome`` with the reason."""
@@ -52,6 +53,7 @@ async def run(
             capture=job.capture,
             kill_event=kill,
             on_started=on_started,
+            on_output=on_output,
         )
     except Exception as exc:  # a job that cannot be set up ends failed, never stuck
         log.exception("[%s] job %s could not be started", node, job.id)

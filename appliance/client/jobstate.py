@@ -272,10 +272,12 @@ class JobState:
         *,
         start_failed: str | None = None,
         signal: str | None = None,
+        streamed: bool = False,
     ) -> list[Action]:
         """The process is gone (``exit_code`` None: killed by ``signal``), or never started.
         The result says how it ended (``exit_status``, ``signal`` or the start's ``reason``:
-        new in this client, shown in the job's ``node_details``)."""
+        new in this client, shown in the job's ``node_details``). ``streamed``: the output
+        went out live (``liveoutput``), so the result carries none (but a start's error)."""
         if not self._is_current(job_id):
             return [Log("debug", f"Ignoring the end of job {job_id}: it is no longer current")]
         assert self.job is not None
@@ -301,7 +303,7 @@ class JobState:
                 else {}
             )
         extra: dict[str, Any] = {}
-        if job.capture:
+        if job.capture and (not streamed or start_failed is not None):  # no process: no stream
             extra, logs = self._output(kind, job_id, stdout, stderr, details)
             actions += logs
         return [*actions, Reply(kind, job_id, {**extra, **details})]

@@ -21,7 +21,9 @@ How a job runs, and where it differs from the original (Mixlib::ShellOut):
   Outcome with ``start_error`` instead of raising (appendix #5: the original stayed
   ``running`` until the server aborted it);
 * captured output is kept up to ``max_capture`` bytes per stream; the rest is read, counted
-  and dropped, so a runaway job cannot exhaust the client's memory;
+  and dropped, so a runaway job cannot exhaust the client's memory. With ``on_output`` (live
+  output) nothing is kept here: each read goes to it as it arrives, and a slow ``on_output``
+  slows the reading (the command blocks on a full pipe, it is never buffered without bound);
 * when the main process exits on its own, processes it left in the background keep running
   (as with the original); if they still hold the output pipes, reading stops
   ``_PIPE_LINGER_SECONDS`` later instead of waiting for them;
@@ -40,7 +42,7 @@ import os
 import pwd
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +59,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+#: live output: (stream name, bytes just read)
+OnOutput = Callable[[str, bytes], Awaitable[None]]
 
 SHELL = "/bin/sh"
 KILL_GRACE_SECONDS = 3.0
@@ -154,12 +158,17 @@ class _Sink:
         self.dropped += max(0, len(chunk) - max(room, 0))
 
 
-async def _drain(stream: trio.abc.ReceiveStream, sink: _Sink) -> None:
+async def _drain(
+    stream: trio.abc.ReceiveStream, sink: _Sink, name: str, on_output: OnOutput | None
+) -> None:
     for _ in range(_MAX_READS):
         chunk = await stream.receive_some(_READ_CHUNK)
         if not chunk:
             break
-        sink.add(chunk)
+        if on_output is None:
+            sink.add(chunk)
+        else:
+            await on_output(name, chunk)
     sink.eof.set()
 
 
@@ -291,6 +300,7 @@ async def run_job(
     kill_grace: float = KILL_GRACE_SECONDS,
     max_capture: int = MAX_CAPTURE_BYTES,
     on_started: Callable[[], None] | None = None,
+    on_output: OnOutput | None = None,
 ) -> Outcome:
     """Run ``/bin/sh -c command_line`` to its end (see the module docstring). Never raises for
     a job that cannot start; on cancellation the process group is killed, then Cancelled
@@ -311,8 +321,8 @@ async def run_job(
         async with trio.open_nursery() as readers:
             if capture:
                 assert process.stdout is not None and process.stderr is not None
-                readers.start_soon(_drain, process.stdout, out)
-                readers.start_soon(_drain, process.stderr, err)
+                readers.start_soon(_drain, process.stdout, out, "stdout", on_output)
+                readers.start_soon(_drain, process.stderr, err, "stderr", on_output)
             if await _exit_or_kill(process, kill_event):
                 killed = True
                 await _terminate(process, pgid, kill_grace)

@@ -27,6 +27,7 @@ MESSAGE_TYPES = frozenset(
         "succeeded",
         "failed",
         "aborted",
+        "output",  # live output (our client only): taken by the server's output store
     }
 )
 # What a client's heartbeat job_state means in the server's node-in-job terms.
@@ -146,7 +147,7 @@ class NodeTable:
     ) -> list:
         """A message that passed the wire pipeline for ``key``; returns the effects in order."""
         kind = body.get("type")
-        if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
+        if not isinstance(kind, str) or kind not in MESSAGE_TYPES or kind == "output":
             return []
         beat_time = self.attention.at(now)
         effects: list = []

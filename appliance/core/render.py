@@ -138,10 +138,13 @@ def job_detail(job: Any, include_file: bool = False) -> dict[str, Any]:
     return out
 
 
-def sse_event(name: str, event_id: str, data: Mapping[str, Any]) -> bytes:
-    """One SSE event, blank line included. ``data`` is one compact JSON line."""
-    if any(c in s for s in (name, event_id) for c in "\r\n"):
+def sse_event(name: str, event_id: str | None, data: Mapping[str, Any]) -> bytes:
+    """One SSE event, blank line included. ``data`` is one compact JSON line. Without an id
+    (live output) a reader's Last-Event-ID stays that of the event before."""
+    if any(c in s for s in (name, event_id or "") for c in "\r\n"):
         raise ValueError("SSE event name and id must be single-line")
+    if event_id is None:
+        return b"event: %s\ndata: %s\n\n" % (name.encode("utf-8"), orjson.dumps(data))
     return b"event: %s\nid: %s\ndata: %s\n\n" % (
         name.encode("utf-8"),
         event_id.encode("utf-8"),

@@ -101,6 +101,8 @@ class Settings:
     keep_alive_time: float = 15.0
     org_feed_expiration: float = 60.0
     max_body_size: int = 65536
+    # live output (our client): what is kept of each node's stdout and of its stderr, per job
+    max_output_bytes: int = 10 * 1024 * 1024
     validate_client_node_name: bool = True
     disable_curve_encryption: bool = False
     job_retention_days: float = 90.0  # 0 keeps every finished job
@@ -271,6 +273,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "keep_alive_time": _positive,
     "org_feed_expiration": _positive,
     "max_body_size": _int(1024, 64 * 1024 * 1024),
+    "max_output_bytes": _int(0, 2**40),
     "validate_client_node_name": _bool,
     "disable_curve_encryption": _bool,
     "job_retention_days": _non_negative,

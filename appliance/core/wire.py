@@ -232,8 +232,9 @@ def node_message(
 ) -> dict[str, Any]:
     """A node → server message with the reference client's key order (client-knife.md §A.2):
     ``job_state`` only on heartbeats, ``stdout``/``stderr`` only when output was captured.
-    ``details`` (our client only, beyond the original; ``NODE_DETAILS``): a result's
-    ``exit_status`` / ``signal``, a refusal's ``reason``, last."""
+    ``details`` (our client only, beyond the original, last): a result's ``exit_status`` /
+    ``signal`` or a refusal's ``reason`` (``NODE_DETAILS``), or an ``output`` message's
+    chunk (``OUTPUT_FIELDS``, made by ``core.output.chunk_fields``)."""
     body: dict[str, Any] = {
         "node": node,
         "client": client,
@@ -251,7 +252,7 @@ def node_message(
         body["stdout"] = stdout
     if stderr is not None:
         body["stderr"] = stderr
-    unknown = details.keys() - NODE_DETAILS.keys()
+    unknown = details.keys() - NODE_DETAILS.keys() - OUTPUT_FIELDS
     if unknown:
         raise TypeError(f"node_message: unknown fields {sorted(unknown)}")
     body.update(details)
@@ -261,6 +262,8 @@ def node_message(
 #: What our client adds to a job's result or refusal (beyond the original): field -> longest
 #: string the server keeps (``exit_status`` is an integer).
 NODE_DETAILS = {"exit_status": 0, "signal": 32, "reason": 1000}
+#: An ``output`` message's own fields (our client only; ``core.output``).
+OUTPUT_FIELDS = frozenset({"stream", "offset", "base64"})
 
 
 def node_details(body: dict[str, Any]) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ import trio
 
 from appliance.core import jobfsm, records, render
 from appliance.core import nodes as corenodes
+from appliance.core import output as coreoutput
 from appliance.core.jobspec import JobSpec
 from appliance.core.nodes import NodeKey
 from appliance.core.render import sse_timestamp
@@ -33,8 +34,9 @@ from appliance.core.settings import Settings
 from appliance.core.state import OrgEvent, State
 from appliance.server.advertise import Advertiser
 from appliance.server.clock import Clock
-from appliance.server.feeds import END, Hub
+from appliance.server.feeds import END, Hub, Output
 from appliance.server.livejobs import LiveJobs
+from appliance.server.outputs import Outputs
 from appliance.server.store import Store
 
 log = logging.getLogger("pushy.dispatch")
@@ -65,8 +67,12 @@ class Dispatcher:
         clock: Clock,
         live: LiveJobs,
         advertiser: Advertiser,
+        outputs: Outputs | None = None,
     ) -> None:
         self.settings = settings
+        self.outputs = outputs or Outputs(
+            os.path.join(settings.state_dir, "output"), settings.max_output_bytes
+        )
         self.state = state
         self.store = store
         self.table = table
@@ -90,6 +96,9 @@ class Dispatcher:
     # Inputs from the sockets and timers ------------------------------------------------------
     def node_message(self, key: NodeKey, address: bytes, body: dict[str, Any], now: float) -> None:
         """A message that passed the wire checks for ``key`` (the reactor's router loop)."""
+        if body.get("type") == "output":  # live output: no business of the node table
+            self._output(key, body, now)
+            return
         self._run(None, self.table.on_message(key, address, body, now, self.live.view), now)
         self.announce(key, now)
         if key in self._held_runs:
@@ -105,6 +114,34 @@ class Dispatcher:
         if not self.outbound.send_to_node(key, {"type": "run", "job_id": job.id}, now):
             log.debug("node %s/%s cannot be reached now: run of job %s held", *key, job.id)
             self._held_runs[key] = job.id
+
+    def _output(self, key: NodeKey, body: dict[str, Any], now: float) -> None:
+        try:
+            chunk = coreoutput.parse_chunk(body)
+        except coreoutput.ChunkError as exc:
+            log.debug("output message of %s/%s dropped: %s", *key, exc)
+            return
+        job = self._live_job(chunk.job_id, key)
+        if job is None or not job.capture or key[1] not in job.nodes:
+            log.debug("output of %s/%s for job %s dropped: no such capture", *key, chunk.job_id)
+            return
+        kept = self.outputs.take(job.id, key[1], chunk.stream, chunk.offset, chunk.data)
+        if kept is not None:
+            self._publish_output(job, key[1], chunk.stream, kept.offset, kept.text(), now)
+
+    def _publish_output(
+        self, job: jobfsm.Job, node: str, stream: str, offset: int, text: str, now: float
+    ) -> None:
+        data = {
+            "timestamp": sse_timestamp(now),
+            "node": node,
+            "stream": stream,
+            "offset": offset,
+            "data": text,
+        }
+        item = Output(job.id, data)
+        self.hub.publish_lossy(("job", job.id), item)
+        self.hub.publish_lossy(("jobs", job.org), item)
 
     def liveness_scan(self, now: float) -> None:
         self._run(None, self.table.scan(now), now)
@@ -135,6 +172,7 @@ class Dispatcher:
         # Past the linger window the job feed only gives a summary: keep memory bounded by
         # the live jobs, not by history (a job's event list is rebuilt only if it resumes).
         job.events.clear()
+        self.outputs.forget([job.id])
         self.hub.publish(("job", job.id), END)
 
     # Inputs from REST ------------------------------------------------------------------------
@@ -230,6 +268,12 @@ class Dispatcher:
         if step.changes:
             seq = self.store.append(records.job_step(job.id, now, step.changes))
         first_new = len(job.events) - sum(1 for c in step.changes if c[0] == "event")
+        for change in step.changes:
+            if change[0] == "output":  # an original client's end-of-job capture
+                _, node, stdout, stderr = change
+                for stream, text in (("stdout", stdout), ("stderr", stderr)):
+                    if text:
+                        self._publish_output(job, node, stream, 0, text, now)
         self._publish(job, first_new, self.state.note_job_events(job, first_new))
         self._run(job, step.effects, now)
         self.live.poke(job.id)

@@ -19,7 +19,7 @@ from appliance.core import jobfsm, render
 from appliance.server.apidoc import alias, operation, ref, register
 from appliance.server.auth import require_accept
 from appliance.server.context import ServerContext
-from appliance.server.feeds import END, Subscriber
+from appliance.server.feeds import END, Output, Subscriber
 from appliance.server.pushy_routes import PREFIX, job_in_org, reader
 from appliance.server.schemas import JOB, LAST_EVENT_ID, ORG, STRING
 from appliance.server.stalls import StallWatch, peer
@@ -68,7 +68,7 @@ def _sse_event(events: list[str]) -> Schema:
                 "description": "Compact JSON; x-sse-events gives its schema for each event name.",
             },
         },
-        "required": ["event", "id", "data"],
+        "required": ["event", "data"],
     }
 
 
@@ -81,13 +81,17 @@ _JOB_EVENTS = [
     "rehab",
     "job_complete",
     "summary",
+    "output",
 ]
 _ORG_EVENTS = ["start", "job_complete", "start_of_history"]
 
 _FEED_JOB_DESC = (
     "The job's events from the start (or after Last-Event-ID = job-N), then live ones; the "
     "stream ends after job_complete. A job that finished more than wait_complete_time seconds "
-    "ago gets one summary event (id job-1) and the stream ends. " + _SSE_EVENTS_TEXT
+    "ago gets one summary event (id job-1) and the stream ends. Live output (jobs with "
+    "capture_output, nodes running pushy client; an original client's at its end) comes as "
+    "output events without an id: not replayed after Last-Event-ID, and skipped for a reader "
+    "that falls behind (GET the output for all of it). " + _SSE_EVENTS_TEXT
 )
 _FEED_ORG_DESC = (
     "start and job_complete events of every job of the org (data.job names it). Without "
@@ -137,6 +141,9 @@ async def job_feed(ctx: ServerContext, org: str, job_id: str, *, stalls: StallWa
                     continue
                 if item is END:
                     return
+                if isinstance(item, Output):
+                    yield render.sse_event("output", None, item.data)
+                    continue
                 n, name, data = item
                 if n <= last:
                     continue

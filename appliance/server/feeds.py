@@ -17,6 +17,15 @@ SUBSCRIBER_BUFFER = 1024
 END = object()  # sentinel: the feed ended (job finished)
 
 
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A live output event of ``job`` (``data``: node, stream, offset, data): not in the job's
+    event list, so never replayed, and skipped for a reader that falls behind."""
+
+    job: str
+    data: dict[str, Any]
+
+
 @dataclass(eq=False)
 class Subscriber:
     send: trio.MemorySendChannel
@@ -62,6 +71,19 @@ class Hub:
                 self.unsubscribe(topic, sub)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.unsubscribe(topic, sub)
+
+    def publish_lossy(self, topic: Any, item: Any) -> None:
+        """Publish unless a subscriber's buffer is half full: that reader misses ``item``
+        (live output, which it can read in full over REST) but is not dropped, and the room
+        left keeps the events that are never skipped."""
+        for sub in list(self.topics.get(topic, ())):
+            stats = sub.send.statistics()
+            if stats.current_buffer_used * 2 >= stats.max_buffer_size:
+                continue
+            try:
+                sub.send.send_nowait(item)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
 
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self.topics.values())

@@ -324,6 +324,8 @@ async def serve(
         async with trio.open_nursery() as services:
             services.start_soon(_watch_signals, ctx, partial(read_settings, config, overrides))
             services.start_soon(sdnotify.watchdog_task)
+            services.start_soon(ctx.dispatcher.outputs.sync_forever)
+            store.on_pruned = ctx.dispatcher.outputs.remove
             await start_core(ctx, services)
             hconfig = Config()
             hconfig.bind = [_bind_address(p.api_listen_address, p.api_port)]
@@ -341,6 +343,7 @@ async def serve(
                 _announce(ctx, binds, ready_file)
             services.cancel_scope.cancel()
         ctx.reactor.close()
+        await ctx.dispatcher.outputs.sync()
         store.close()  # the committer drains the queue, then the root nursery ends
     store.log.close()
     log.info("pushy server stopped")

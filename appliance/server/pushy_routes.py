@@ -189,6 +189,7 @@ async def config(ctx: ServerContext, org: str, node: str) -> Response:
     body["max_message_skew"] = _number(s.max_time_skew)
     body["max_body_size"] = s.max_body_size
     body["incarnation_id"] = server.incarnation
+    body["max_output_bytes"] = s.max_output_bytes  # beyond the original: live output taken
     return json_response(body)
 
 
@@ -322,9 +323,10 @@ async def abort_job(ctx: ServerContext, org: str, job_id: str) -> Response:
         },
         "406": json_reply("Accept excludes application/octet-stream.", ref("ErrorString")),
     },
-    description="Only for jobs started with capture_output, once the node has "
-    "finished. 404 when nothing was captured for the node or the channel is not "
-    "stdout/stderr.",
+    description="Only for jobs started with capture_output. While the node runs, and after "
+    "an abort, a timeout or a crash, what arrived so far (live output, from pushy client); "
+    "an original client's output once the node has finished. 404 when the job captures "
+    "nothing, the node has not started, or the channel is not stdout/stderr.",
     parameters=[
         ORG,
         JOB,
@@ -342,11 +344,24 @@ async def job_output(
     if channel not in ("stdout", "stderr"):
         fail(404, render.error_body(f"no output channel '{channel}' (stdout or stderr)"))
     job = job_in_org(ctx, org, job_id)
-    output = job.outputs.get(node)
-    if output is None:
-        fail(404, render.error_body(f"no {channel} captured for node '{node}' in job '{job_id}'"))
-    text = output[0] if channel == "stdout" else output[1]
-    return Response(text.encode("utf-8", "surrogatepass"), content_type=OCTETS)
+    output = job.outputs.get(node)  # an original client's, sent at the end
+    if output is not None:
+        text = output[0] if channel == "stdout" else output[1]
+        return Response(text.encode("utf-8", "surrogatepass"), content_type=OCTETS)
+    status = job.nodes.get(node)
+    if job.capture and status in _STARTED:
+        outputs = ctx.dispatcher.outputs
+        data = await outputs.read(job_id, node, channel)
+        # a node of ours that printed nothing (on this channel) has an empty output; one of an
+        # original client that has not finished has none yet
+        ours = node in job.details or outputs.streamed(job_id, node)
+        if data is not None or status == "running" or ours:
+            text = (data or b"").decode("utf-8", "replace")  # as the events show it
+            return Response(text.encode("utf-8"), content_type=OCTETS)
+    fail(404, render.error_body(f"no {channel} captured for node '{node}' in job '{job_id}'"))
+
+
+_STARTED = frozenset({"running", "succeeded", "failed", "aborted", "crashed", "timed_out"})
 
 
 # node states -------------------------------------------------------------------------------

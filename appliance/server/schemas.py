@@ -181,6 +181,12 @@ SCHEMAS: dict[str, Schema] = {
             "max_message_skew": {"type": "number", "exclusiveMinimum": 0},
             "max_body_size": {"type": "integer", "minimum": 1},
             "incarnation_id": {"type": "string", "format": "uuid"},
+            "max_output_bytes": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Beyond the original: this server takes live output (output "
+                "messages) and keeps this many bytes of each stream.",
+            },
         },
         [
             "type",
@@ -317,6 +323,24 @@ _EVENTS: dict[str, Schema] = {
         "properties": {"timestamp": SSE_TIME},
     },
     "start_of_history": obj({"timestamp": SSE_TIME}, ["timestamp"]),
+    "output": obj(
+        {
+            "timestamp": SSE_TIME,
+            "node": STRING,
+            "stream": {"type": "string", "enum": ["stdout", "stderr"]},
+            "offset": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Bytes of the stream before this data (original bytes).",
+            },
+            "data": {
+                "type": "string",
+                "description": "The bytes as UTF-8, invalid bytes replaced; a stream cut at "
+                "max_output_bytes ends with a truncation marker.",
+            },
+        },
+        ["timestamp", "node", "stream", "offset", "data"],
+    ),
 }
 #: Components of the SSE feeds' event data and of the websocket's messages.
 STREAM_SCHEMAS: dict[str, Schema] = {}
@@ -341,10 +365,14 @@ _WS: dict[str, Schema] = {
             "type": {"const": "job_event"},
             "job": JOB_ID,
             "event": STRING,
-            "id": {"type": "string", "pattern": "^job-[0-9]+$"},
+            "id": {
+                "type": "string",
+                "pattern": "^job-[0-9]+$",
+                "description": "Every event but output (live output is not replayed).",
+            },
             "data": {"type": "object"},
         },
-        ["type", "job", "event", "id", "data"],
+        ["type", "job", "event", "data"],
     ),
     "org_event": obj(
         {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,8 @@ class Store:
         self.report: OpenReport | None = None
         self.clock: Clock | None = None
         self._fold: DeferredFold | None = None  # the events `load` deferred
+        # told of the jobs retention dropped, once the snapshot without them is written
+        self.on_pruned: Callable[[list[str]], Awaitable[None]] | None = None
 
     # Start -----------------------------------------------------------------------------------
     def load(
@@ -222,6 +224,8 @@ class Store:
             path.stat().st_size,
             time.monotonic() - started,
         )
+        if expired and self.on_pruned is not None:
+            await self.on_pruned(expired)
 
     def close(self) -> None:
         """Stop accepting appends; ``run`` returns once every queued record is on disk."""

@@ -13,6 +13,8 @@ Server → client, JSON text messages (one object each):
   "jobs": [GET /jobs/ID body of each live job]}`` first: the online nodes and live jobs.
 - ``{"type": "job_event", "job": ID, "event": NAME, "id": "job-N", "data": {...}}``: every event
   of a job's feed (``start``, ``quorum_vote``, ``rehab``, ..., ``job_complete``).
+- ``{"type": "job_event", "job": ID, "event": "output", "data": {...}}``: live output, as the
+  job feed's ``output`` event (no ``id``: not replayed; skipped for a reader that is behind).
 - ``{"type": "org_event", "event": "start"|"job_complete", "id": "org-N", "data": {...}}``: the
   org feed (``data.job`` names the job).
 - ``{"type": "node", "node": NAME, "availability": "available"|"unavailable",
@@ -48,7 +50,7 @@ from appliance.core.state import OrgEvent
 from appliance.server.apidoc import json_reply, operation, ref, register
 from appliance.server.auth import forbidden, verify
 from appliance.server.context import ServerContext
-from appliance.server.feeds import Subscriber
+from appliance.server.feeds import Output, Subscriber
 from appliance.server.pushy_routes import PREFIX
 from appliance.server.schemas import ORG, STREAM_SCHEMAS, WS_SERVER_MESSAGES
 from appliance.server.stalls import WATCH_SECONDS, abort_connection, peer, stall_limit
@@ -249,6 +251,10 @@ class _Stream:
             else:
                 self.last_sent[job_id] = n
             return [_job_event(job_id, n, name, data)]
+        if isinstance(item, Output):
+            if not want.wants_job(item.job):
+                return []
+            return [{"type": "job_event", "job": item.job, "event": "output", "data": item.data}]
         if isinstance(item, dict):  # a node change
             return [item] if want.nodes else []
         if isinstance(item, OrgEvent):

@@ -3,7 +3,7 @@ from config files in the push-jobs cookbook's format, run jobs posted to the rea
 
 Covered: the whitelist (exact beats regex, regex order, back-references, hash values, locks,
 refusals, newline injection), the commit checks (user, dir, lock), env / dir / user / file /
-capture, the output limit, exit statuses, abort of a running job (its whole process group is
+capture (live output: test_live_output.py), exit statuses, abort of a running job (its whole process group is
 gone afterwards) and commands that cannot start. One server and one set of clients serve the
 whole module; each test uses its own client or leaves it available again.
 """
@@ -23,7 +23,6 @@ import pytest
 from tests.support import ClientFleet, Server, process_group_alive, wait_for
 
 ORG = "jobs"
-MARKER = "output truncated by pushy"
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="switching users needs root (CI runs as root)"
@@ -101,7 +100,6 @@ def fleet(work, public_dir):
             "envr", whitelist=wl, extra=common + "allowed_overwritable_env_vars ['KEEP_ME']\n"
         )
         fleet.add("envnone", whitelist=wl, extra=common + "allowed_overwritable_env_vars []\n")
-        fleet.add("small", whitelist=wl, extra=common + "max_body_size 2000\n")
         fleet.add("badfd", whitelist=wl, extra=common)
         fleet.add("usr", whitelist=wl, extra=common + f"file_dir '{public_dir}/files'\n")
         fleet.wait_available(*fleet.clients)
@@ -315,23 +313,6 @@ def test_non_utf8_output_is_sent_with_replacement_characters(fleet):
     assert job["nodes"] == {"succeeded": ["j1"]}
     out, err = captured(fleet, job, "j1")
     assert out == "ok\ufffd\ufffdend".encode() and err == "\ufffd".encode()
-
-
-def test_output_over_max_body_size_is_cut_with_a_marker(fleet):
-    job = fleet.run("big 3000", ["small"], capture_output=True)
-    assert job["nodes"] == {"succeeded": ["small"]}
-    out, err = captured(fleet, job, "small")
-    assert len(out) + len(err) < 2000
-    for text, char in ((out, b"x"), (err, b"e")):
-        kept, _, marker = text.partition(b"\n[...")
-        assert kept and set(kept) == set(char) and MARKER.encode() in marker, text[-200:]
-    assert "is larger than the Client MAX_BODY_SIZE of 2000" in fleet.clients["small"].log()
-    # the default limit (63000) keeps a 2 x 40000 byte result under the server's 65536
-    job = fleet.run("big 40000", ["j1"], capture_output=True)
-    assert job["nodes"] == {"succeeded": ["j1"]}
-    out, err = captured(fleet, job, "j1")
-    assert 60000 < len(out) + len(err) <= 63000
-    assert out.startswith(b"xxx") and MARKER.encode() in out[-100:]
 
 
 # ---------------------------------------------------------------------------------------------

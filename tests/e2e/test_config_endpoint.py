@@ -45,6 +45,7 @@ CONFIG_KEYS = [
     "max_message_skew",
     "max_body_size",
     "incarnation_id",
+    "max_output_bytes",  # beyond the original, last: an original client reads none of it
 ]
 FORBIDDEN = "does not have access to that action on this server."
 

@@ -44,6 +44,7 @@ CASES: dict[str, tuple[object, object, object, list[object], list[object]]] = {
     "keep_alive_time": (15.0, 1.5, 1.5, ["15", False], [0, -15]),
     "org_feed_expiration": (60.0, 600, 600.0, ["60", True], [0, -1]),
     "max_body_size": (65536, 1048576, 1048576, [65536.0, "65536", True], [0, 1023, 2**27]),
+    "max_output_bytes": (10485760, 0, 0, [1.0, "1000", True], [-1, 2**41]),
     "validate_client_node_name": (True, False, False, [1, 0, "true", None], []),
     "disable_curve_encryption": (False, True, True, ["false", 0], []),
     "job_retention_days": (90.0, 0, 0.0, ["90", True], [-1, math.inf]),

@@ -1,0 +1,149 @@
+"""Live output on disk: one append-only file per node and stream of a job.
+
+Output is kept beside the event log, not in it: a flood of 1,000 nodes printing a MiB each
+must not pass through the reducer, the snapshots or the server's memory. What is kept of a
+stream (``core.output`` decides) is appended to ``STATE_DIR/output/JOB_ID/NODE.stdout|stderr``
+as it arrives; the server holds only each stream's length while its job is live. A killed
+server loses nothing the kernel took (the files are written, not buffered here); a power cut
+loses at most the last ``FSYNC_SECONDS``. After a restart a stream's length is the file's.
+
+Writes happen on the trio thread: appending a 32 KiB chunk to the page cache costs about as
+much as decoding the message that carried it. A write that fails (a full disk) loses that
+chunk, is logged, and never takes the server down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Iterable
+from urllib.parse import quote
+
+import trio
+
+from appliance.core import output as coreoutput
+from appliance.core.output import Kept, StreamState
+
+log = logging.getLogger("pushy.output")
+
+FSYNC_SECONDS = 1.0
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+
+
+class Outputs:
+    def __init__(self, root: str, limit: int) -> None:
+        self.root = root
+        self.limit = limit
+        self._streams: dict[tuple[str, str, str], StreamState] = {}
+        self._dirty: set[str] = set()
+        self._new_dirs: set[str] = set()
+        self.write_errors = 0
+
+    def path(self, job_id: str, node: str, stream: str) -> str:
+        # job ids are hex; a node name is quoted so that no name can leave the job's folder
+        return os.path.join(self.root, job_id, f"{quote(node, safe='')}.{stream}")
+
+    def take(self, job_id: str, node: str, stream: str, offset: int, data: bytes) -> Kept | None:
+        """Keep what of a chunk is new (appended to its file); None when nothing was."""
+        key = (job_id, node, stream)
+        state = self._streams.get(key)
+        path = self.path(job_id, node, stream)
+        if state is None:
+            state = self._streams[key] = self._state_on_disk(path)
+        kept = coreoutput.accept(state, offset, data, self.limit)
+        if kept is None:
+            return None
+        try:
+            self._append(path, kept.data + kept.marker)
+        except OSError as exc:
+            self.write_errors += 1
+            log.error("output of %s for job %s (%s) not kept: %s", node, job_id, stream, exc)
+            return None
+        return kept
+
+    def _append(self, path: str, data: bytes) -> None:
+        try:
+            fd = os.open(path, _APPEND, 0o640)
+        except FileNotFoundError:
+            folder = os.path.dirname(path)
+            os.makedirs(folder, mode=0o750, exist_ok=True)
+            self._new_dirs.add(folder)
+            fd = os.open(path, _APPEND, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        self._dirty.add(path)
+
+    def _state_on_disk(self, path: str) -> StreamState:
+        """A stream seen first since the start: what the file holds (a restart resumes it)."""
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            return StreamState()
+        marker = coreoutput.truncation_marker(self.limit)
+        if size >= len(marker):
+            with open(path, "rb") as f:
+                f.seek(size - len(marker))
+                if f.read() == marker:
+                    return StreamState(size - len(marker), truncated=True)
+        return StreamState(size)
+
+    async def read(self, job_id: str, node: str, stream: str) -> bytes | None:
+        """A stream's kept bytes (marker included), or None when the node sent none."""
+        path = self.path(job_id, node, stream)
+
+        def read_file() -> bytes | None:
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                return None
+
+        return await trio.to_thread.run_sync(read_file)
+
+    def streamed(self, job_id: str, node: str) -> bool:
+        """Whether the node sent live output (on either stream) for the job."""
+        return any(os.path.exists(self.path(job_id, node, s)) for s in coreoutput.STREAMS)
+
+    def forget(self, job_ids: Iterable[str]) -> None:
+        """The jobs retired: their streams' lengths leave memory (the files stay)."""
+        gone = set(job_ids)
+        for key in [k for k in self._streams if k[0] in gone]:
+            del self._streams[key]
+
+    async def remove(self, job_ids: Iterable[str]) -> None:
+        """The jobs left the state (retention): their output goes too."""
+        folders = [os.path.join(self.root, job_id) for job_id in job_ids]
+        self.forget(job_ids)
+        for folder in folders:
+            await trio.to_thread.run_sync(shutil.rmtree, folder, True)
+
+    async def sync_forever(self) -> None:
+        """fsync what was appended, at most ``FSYNC_SECONDS`` after it was."""
+        while True:
+            await trio.sleep(FSYNC_SECONDS)
+            await self.sync()
+
+    async def sync(self) -> None:
+        files, self._dirty = self._dirty, set()
+        folders, self._new_dirs = self._new_dirs, set()
+        if files or folders:
+            await trio.to_thread.run_sync(_fsync_all, [*files, *folders, self.root])
+
+
+def _fsync_all(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            log.error("fsync of %s failed: %s", path, exc)
+        finally:
+            os.close(fd)
