@@ -367,7 +367,8 @@ class _Window:
     max_errors: int | None
 
 
-def _rolling(job: Job) -> bool:
+def rolling(job: Job) -> bool:
+    """Whether the job starts its nodes through a window (``max_concurrency``/``max_errors``)."""
     return job.max_concurrency is not None or job.max_errors is not None
 
 
@@ -411,7 +412,7 @@ def _maybe_finished_running(tx: _Tx) -> None:
     job = tx.job
     if job.status != "running":
         return
-    if _rolling(job):
+    if rolling(job):
         _roll(tx)
     counts = _status_counts(job)
     if counts["ready"] == 0 and counts["running"] == 0:
@@ -427,7 +428,7 @@ def _maybe_finished_voting(tx: _Tx) -> None:
     if len(ready) >= job.quorum:
         tx.event("quorum_succeeded", {})
         tx.status("running")
-        if not _rolling(job):  # a rolling job starts its first window in the check below
+        if not rolling(job):  # a rolling job starts its first window in the check below
             for name in ready:
                 tx.effect(Send(name, {"type": "run", "job_id": job.id}))
         tx.effect(ArmTimer("running", tx.now + job.run_timeout))

@@ -92,6 +92,10 @@ class Dispatcher:
         # restart): sent when the node is heard from again, so a committed node is not left
         # waiting for a run it never got (rolling jobs start nodes at any time)
         self._held_runs: dict[NodeKey, str] = {}
+        # a rolling job's ``run``s wait until their ``run_sent`` is on disk (`send_synced_runs`):
+        # a node that got ``run`` is then always counted in the window, even after a kill -9
+        self._runs_after_sync: list[tuple[int, NodeKey, str]] = []
+        self._runs_due = trio.Event()
 
     # Inputs from the sockets and timers ------------------------------------------------------
     def node_message(self, key: NodeKey, address: bytes, body: dict[str, Any], now: float) -> None:
@@ -142,6 +146,27 @@ class Dispatcher:
         item = Output(job.id, data)
         self.hub.publish_lossy(("job", job.id), item)
         self.hub.publish_lossy(("jobs", job.org), item)
+
+    async def send_synced_runs(self) -> None:
+        """Forever: send each rolling job's ``run`` once the record saying it was sent is on
+        disk (an fsync later: a few ms on a window's pace of whole commands)."""
+        while True:
+            await self._runs_due.wait()
+            self._runs_due = trio.Event()
+            due, self._runs_after_sync = self._runs_after_sync, []
+            try:
+                await self.store.wait_synced(max(seq for seq, _, _ in due))
+            except Exception as exc:  # a failing disk: nothing is sent until it is written
+                log.warning("runs of rolling jobs wait for the event log: %s", exc)
+                self._runs_after_sync[:0] = due
+                await trio.sleep(1.0)
+                self._runs_due.set()
+                continue
+            now = self.clock.now()
+            for _, key, job_id in due:
+                job = self._live_job(job_id, key)
+                if job is not None and job.status == "running" and job.nodes.get(key[1]) == "ready":
+                    self._send_run(job, key, now)
 
     def liveness_scan(self, now: float) -> None:
         self._run(None, self.table.scan(now), now)
@@ -323,7 +348,11 @@ class Dispatcher:
                     self.step(lost, jobfsm.on_node_lost_job(lost, key[1], now), now)
             case jobfsm.Send(node=node, body=body):
                 assert job is not None
-                if body["type"] == "run":
+                if body["type"] == "run" and jobfsm.rolling(job):
+                    seq = self.store.last_seq()  # the step's run_sent is in it
+                    self._runs_after_sync.append((seq, (job.org, node), job.id))
+                    self._runs_due.set()
+                elif body["type"] == "run":
                     self._send_run(job, (job.org, node), now)
                 else:
                     self.outbound.send_to_node((job.org, node), body, now)

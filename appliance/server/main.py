@@ -325,6 +325,7 @@ async def serve(
             services.start_soon(_watch_signals, ctx, partial(read_settings, config, overrides))
             services.start_soon(sdnotify.watchdog_task)
             services.start_soon(ctx.dispatcher.outputs.sync_forever)
+            services.start_soon(ctx.dispatcher.send_synced_runs)
             store.on_pruned = ctx.dispatcher.outputs.remove
             await start_core(ctx, services)
             hconfig = Config()

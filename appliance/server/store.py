@@ -154,6 +154,11 @@ class Store:
         assert self.committer is not None
         return self.committer.append(record)
 
+    def last_seq(self) -> int:
+        """The seq of the last record appended (written or not)."""
+        assert self.committer is not None
+        return self.committer.last_seq
+
     def record(self, record: dict[str, Any]) -> int:
         """Apply a record to the state now and log it without waiting (e.g. a node going up)."""
         corestate.apply(self.state, record)

@@ -18,6 +18,7 @@ import pytest
 
 from tests.e2e.helpers import (
     SUCCESS,
+    Feed,
     Node,
     assert_runs_a_new_job,
     bare,
@@ -479,6 +480,9 @@ def test_captured_output_is_served_as_octets(fleet):
         node.expect("run", others=(other,))
         node.working(job_id, "running")
         node.send("ack_run", job_id=job_id)
+    feed = Feed(fleet.server, f"/organizations/{org}/pushy/job_status_feed/{job_id}")
+    feed.start()
+    assert feed.opened.wait(10)
     n1.send("succeeded", job_id=job_id, stdout="line 1\nline 2 \u00e9\n", stderr="warning\n")
     n2.send("failed", job_id=job_id, stdout="", stderr="")
     n1.idle()
@@ -497,6 +501,13 @@ def test_captured_output_is_served_as_octets(fleet):
         assert (r.status_code, r.content) == (200, b"")
     for missing in ("n3/stdout", "n3/stderr"):
         assert _output(admin, f"{base}/{missing}", None).status_code == 404
+    # the feed shows an original client's output once, at the end, as output events
+    feed.join(20)
+    outputs = [data for name, _, data in feed.events if name == "output"]
+    assert [(d["node"], d["stream"], d["offset"], d["data"]) for d in outputs] == [
+        ("n1", "stdout", 0, "line 1\nline 2 \u00e9\n"),
+        ("n1", "stderr", 0, "warning\n"),
+    ]
 
 
 def test_no_output_without_a_stored_result(fleet):

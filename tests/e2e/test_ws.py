@@ -47,7 +47,7 @@ from tests.support import (
 
 ORG = "wsorg"
 KEEP_ALIVE = 1.0
-WHITELIST = "{'ok'=>'true', 'slow'=>'sleep 1'}"
+WHITELIST = "{'ok'=>'true', 'slow'=>'sleep 1', 'talk'=>'echo hello; sleep 0.5; echo bye >&2'}"
 SETTINGS = {
     "heartbeat_interval": 100,
     "keep_alive_time": KEEP_ALIVE,
@@ -162,6 +162,25 @@ async def test_a_jobs_events_arrive_in_order_with_its_id_and_the_org_events(serv
     ]
     assert all(m["id"].startswith("org-") for m in org_events)
     assert org_events[1]["data"]["status"] == "complete"
+
+
+async def test_live_output_comes_as_job_events_without_an_id(server, fleet):
+    async with stream(server, subscribe={"jobs": "*", "nodes": False}) as (ws, _):
+        job_id = await post_job(fleet, "talk", ["w1"], capture_output=True)
+        got = await until(ws, is_job_end(job_id))
+    outputs = [m for m in got if m["type"] == "job_event" and m["event"] == "output"]
+    assert [(m["job"], m["data"]["node"], m["data"]["stream"]) for m in outputs] == [
+        (job_id, "w1", "stdout"),
+        (job_id, "w1", "stderr"),
+    ]
+    assert [(m["data"]["offset"], m["data"]["data"]) for m in outputs] == [
+        (0, "hello\n"),
+        (0, "bye\n"),
+    ]
+    assert all("id" not in m for m in outputs)
+    # the command's first line is out while it still runs (before run_complete)
+    names = [m["event"] for m in got if m["type"] == "job_event"]
+    assert names.index("output") < names.index("run_complete")
 
 
 async def test_node_availability_changes(server, fleet):
