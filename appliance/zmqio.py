@@ -16,6 +16,9 @@ import zmq
 import zmq.utils.z85
 
 FAIRNESS_BATCH = 64
+# a message counts one more toward the batch per this many bytes: a burst of large messages
+# (live output, 44 KB each) yields as often per byte as heartbeats do per message
+FAIRNESS_BYTES = 2048
 _NOBLOCK = int(zmq.NOBLOCK)  # plain ints: pyzmq's enum flags cost more than the send
 _NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 
@@ -90,7 +93,7 @@ class TrioSocket:
             except zmq.Again:
                 pass
             else:
-                self._since_checkpoint += 1
+                self._since_checkpoint += 1 + len(frames[-1]) // FAIRNESS_BYTES
                 if self._since_checkpoint >= FAIRNESS_BATCH:
                     self._since_checkpoint = 0
                     await trio.lowlevel.checkpoint()

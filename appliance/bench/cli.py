@@ -1,4 +1,4 @@
-"""``pushy bench SCENARIO``: hold, fanout, storm, api (the fleet), fetch (config fetches) and replay
+"""``pushy bench SCENARIO``: hold, fanout, storm, api, flood (the fleet), fetch (config fetches) and replay
 (the event log).
 
 Each scenario prints a table and writes ``bench/results/SCENARIO-YYYYmmdd-HHMMSS.json``. The
@@ -16,7 +16,7 @@ from typing import Any
 
 from appliance.bench import provision
 
-SCENARIOS = ("hold", "fanout", "storm", "api", "fetch")
+SCENARIOS = ("hold", "fanout", "storm", "api", "flood", "fetch")
 
 
 def _share(text: str) -> str:
@@ -127,7 +127,8 @@ def add_parser(sub: Any) -> None:
     """Register ``bench`` and its scenarios on the top-level sub-parsers."""
     bench = sub.add_parser(
         "bench",
-        help="benchmarks: a simulated fleet against a server (hold, fanout, storm, api, fetch, replay)",
+        help="benchmarks: a simulated fleet against a server (hold, fanout, storm, api, flood, "
+        "fetch, replay)",
         description="Measure the server with a protocol-accurate simulated fleet. Every scenario "
         "prints a table and writes JSON under bench/results/ (or $PUSHY_BENCH_RESULTS).",
     )
@@ -208,6 +209,32 @@ def add_parser(sub: Any) -> None:
     )
     api.add_argument(
         "--job-timeout", type=float, default=120.0, help="give up on a job after (default 120 s)"
+    )
+
+    flood = _scenario(
+        scenarios,
+        "flood",
+        "live output: N nodes each print --output-bytes at once; server RSS, API latency",
+        "One job with capture_output on N nodes, each printing --output-bytes as live output "
+        "as fast as the server takes it, while a load generator GETs /node_states and /jobs at "
+        "--rate requests/s for --duration seconds. Reports the time to complete, the server's "
+        "RSS before, at peak and after, the API latency, and how many nodes' stdout read back "
+        "over REST is byte for byte what they printed.",
+        nodes=1000,
+    )
+    flood.add_argument(
+        "--output-bytes",
+        type=int,
+        default=1024 * 1024,
+        help="bytes each node prints (default 1 MiB)",
+    )
+    flood.add_argument("--rate", type=float, default=20.0, help="API requests/s (default 20)")
+    flood.add_argument(
+        "--duration", type=float, default=20.0, help="seconds of API load (default 20)"
+    )
+    flood.add_argument("--threads", type=int, default=4, help="load threads (default 4)")
+    flood.add_argument(
+        "--job-timeout", type=float, default=600.0, help="give up on the job after (default 600 s)"
     )
 
     fetch = _scenario(

@@ -51,7 +51,9 @@ from appliance.client.fetch import (
     config_path,
     connection_from_answer,
 )
+from appliance.client.liveoutput import WINDOW_BYTES
 from appliance.client.serverwatch import ServerWatch
+from appliance.core import output as coreoutput
 from appliance.core import wire
 from appliance.core.keys import load_private_pem
 from appliance.signedhttp import Presigner, SignedClient
@@ -84,6 +86,7 @@ class WorkerSpec:
     fetch_threads: int = 8
     source: str | None = None  # the loopback address its node sockets connect from
     nice: int = 0  # added to the worker's niceness (--clients-nice)
+    output_bytes: int = 0  # a capturing job prints this much on stdout, sent as live output
 
 
 # Worker process ------------------------------------------------------------------------------
@@ -121,6 +124,7 @@ class Worker:
         self.counters: Counter[str] = Counter()
         self.stopping = trio.Event()
         self.verified: dict[bytes, dict[str, Any] | None] = {}
+        self.acked: dict[int, int] = {}  # node index -> live output acknowledged up to
 
     async def run(self) -> None:
         pems = provision.read_keys(Path(self.spec.key_file))
@@ -406,6 +410,10 @@ class Worker:
                 self.events.append(("run", node.name, body.get("job_id"), t, time.time()))
             elif kind == "abort":
                 self._execute(node, node.jobs.on_abort(body))
+            elif kind == "output_ack":
+                offset = body.get("offset")
+                if isinstance(offset, int):
+                    self.acked[node.index] = max(self.acked.get(node.index, 0), offset)
             elif kind != "ack":
                 self.counters["unknown_commands"] += 1
 
@@ -427,7 +435,9 @@ class Worker:
                 case jobstate.StartProcess(job=job):
                     node.running_job = job.id
                     self._execute(node, node.jobs.on_started(job.id))
-                    if self.spec.job_seconds <= 0:
+                    if job.capture and self.spec.output_bytes > 0 and _takes_live_output(conn):
+                        self._print(node, job.id, 0)
+                    elif self.spec.job_seconds <= 0:
                         self._finish(node, job.id, 0)
                     else:
                         self.at(
@@ -445,11 +455,57 @@ class Worker:
         queued = self._send(node, conn, frames)
         node.unsent = (reply, conn if queued else None)
 
-    def _finish(self, node: SimNode, job_id: str, exit_code: int | None) -> None:
+    def _finish(
+        self, node: SimNode, job_id: str, exit_code: int | None, *, streamed: bool = False
+    ) -> None:
         if node.running_job != job_id:
             return
         node.running_job = None
-        self._execute(node, node.jobs.on_finished(job_id, exit_code, b"", b""))
+        self._execute(node, node.jobs.on_finished(job_id, exit_code, b"", b"", streamed=streamed))
+
+    def _print(self, node: SimNode, job_id: str, offset: int) -> None:
+        """The fake command's stdout as live output: at most a chunk per node per tick, at
+        most ``WINDOW_BYTES`` not acknowledged; a chunk the socket does not take now is tried
+        again next tick (as ``pushy client``, without its resends)."""
+        if node.running_job != job_id:
+            return  # aborted meanwhile
+        size = self.spec.output_bytes
+        acked = self.acked.get(node.index, 0)
+        if offset >= size and acked >= size:
+            self.acked.pop(node.index, None)
+            self._finish(node, job_id, 0, streamed=True)
+            return
+        conn = node.conn
+        if offset >= size or offset - acked >= WINDOW_BYTES:  # as pushy client: wait for acks
+            self.counters["output_window_waits"] += 1
+            self.at(time.monotonic() + TICK, self._print, node, job_id, offset)
+            return
+        data = output_pattern(node.name, offset, min(WINDOW_BYTES, size - offset))
+        fields = coreoutput.chunk_fields("stdout", offset, data)
+        if conn is not None and conn.dealer is not None:
+            frames = node.frames(conn, "output", job_id, **fields)
+            if conn.dealer.send_nowait(frames):
+                self.counters["output_chunks"] += 1
+                offset += len(data)
+            else:
+                self.counters["output_waits"] += 1
+        self.at(time.monotonic() + TICK, self._print, node, job_id, offset)
+
+
+def _takes_live_output(conn: Connection | None) -> bool:
+    return conn is not None and isinstance(conn.config.get("max_output_bytes"), int)
+
+
+def output_pattern(name: str, offset: int, size: int) -> bytes:
+    """Bytes ``offset`` to ``offset + size`` of node ``name``'s flood output: numbered lines
+    naming the node, so a byte lost, doubled or misplaced changes what the server returns."""
+    line = 64
+    first, last = offset // line, (offset + size + line - 1) // line
+    text = b"".join(
+        f"{name} {i:010d} ".encode().ljust(line - 1, b".") + b"\n" for i in range(first, last)
+    )
+    start = offset - first * line
+    return text[start : start + size]
 
 
 def _trio_time(monotonic_at: float) -> float:
@@ -471,6 +527,7 @@ class Fleet:
     whitelist: tuple[str, ...] = ("true",)
     fetch_threads: int = 8
     nice: int = 0  # added to each worker's niceness (--clients-nice)
+    output_bytes: int = 0  # live output per node of a capturing job (bench flood)
     started: dict[str, float] = field(default_factory=dict)
     up: dict[str, float] = field(default_factory=dict)
     runs: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
@@ -506,6 +563,7 @@ class Fleet:
                 fetch_threads=self.fetch_threads,
                 source=worker_source(w, len(self.names)),
                 nice=self.nice,
+                output_bytes=self.output_bytes,
             )
             parent, child = ctx.Pipe(duplex=True)
             proc = ctx.Process(target=worker_entry, args=(child, spec), name=f"bench-worker-{w}")

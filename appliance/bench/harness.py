@@ -263,6 +263,7 @@ async def with_fleet(
         whitelist=("true", "sleep", "chef-client"),
         fetch_threads=args.fetch_threads,
         nice=args.clients_nice,
+        output_bytes=getattr(args, "output_bytes", 0),
     )
     monitor = NodeMonitor(setup.url, setup.org, setup.user, setup.key)
     run = Run(setup, fleet, monitor)

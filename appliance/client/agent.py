@@ -40,7 +40,7 @@ from appliance.client.config import ClientConfig, ConfigError, load_config
 from appliance.client.liveoutput import LiveOutput
 from appliance.client.serverwatch import ServerWatch
 from appliance.core.keys import load_private_pem
-from appliance.core.output import chunk_fields
+from appliance.core.output import STREAMS, chunk_fields
 from appliance.zmqio import TrioSocket
 
 log = logging.getLogger("pushy.client")
@@ -78,6 +78,7 @@ class Agent:
         # server that was away (and resumed the job) learns how the job ended.
         self.unsent: tuple[jobstate.Reply, Connection | None] | None = None
         self.kill_events: dict[str, trio.Event] = {}
+        self.live_outputs: dict[str, LiveOutput] = {}  # job id -> its live output (acks)
         self.stopping = trio.Event()
         self.reconfigure_due: float | None = None  # monotonic deadline of the next reconfigure
         self._reconfigure_now = trio.Event()
@@ -327,6 +328,11 @@ class Agent:
                 self._execute(self.jobs.on_run(body))
             elif kind == "abort":
                 self._execute(self.jobs.on_abort(body))
+            elif kind == "output_ack":  # live output's flow control (beyond the original)
+                live = self.live_outputs.get(body.get("job_id"))  # type: ignore[arg-type]
+                stream, offset = body.get("stream"), body.get("offset")
+                if live is not None and stream in STREAMS and isinstance(offset, int):
+                    live.on_ack(stream, offset)
             elif kind != "ack":
                 log.warning("[%s] Missing type in ZMQ message: %r", self.node, kind)
 
@@ -425,6 +431,8 @@ class Agent:
 
     async def _run_job(self, job: jobstate.Job, kill: trio.Event) -> None:
         live = self._live_output(job)
+        if live is not None:
+            self.live_outputs[job.id] = live
         try:
             async with trio.open_nursery() as flusher:
                 if live is not None:
@@ -442,6 +450,7 @@ class Agent:
                 flusher.cancel_scope.cancel()
         finally:
             self.kill_events.pop(job.id, None)
+            self.live_outputs.pop(job.id, None)
         self._execute(
             self.jobs.on_finished(
                 job.id,

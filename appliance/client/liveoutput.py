@@ -3,10 +3,17 @@
 Only to a server that takes it (its config says ``max_output_bytes``); an original server gets
 the output at the end, as the original client sent it. What is read from the command goes
 into one ``core.output.Outgoing`` per stream; a chunk goes out as soon as a whole one is
-pending, and whatever is pending at least every ``FLUSH_SECONDS``. The command's reads wait
-for a full chunk to be queued, so a slow server slows the command (a full pipe) rather than
-growing this process. A chunk the socket cannot take is tried again for ``SEND_PATIENCE``
-seconds, then given up (the server sees the gap in the offsets): a job never hangs on it.
+pending, and whatever is pending at least every ``FLUSH_SECONDS``.
+
+Flow control: the server acknowledges each chunk (``output_ack``: the stream and the offset
+it has up to), and at most ``WINDOW_BYTES`` of a job's output are sent and not acknowledged.
+So what a flood of output can queue between a node and the server (in the edges, in ZeroMQ,
+in the server) is bounded by the streaming nodes times the window, and a slow server slows
+the commands (their pipes fill) instead of growing anyone's memory. A window with no ack for
+``ACK_PATIENCE`` is sent again once (the server keeps a chunk once, whatever the resends:
+offsets), then given up as lost, so neither a restarted nor a vanished server can hang a job
+for longer than that. A chunk the socket does not take is tried again for ``SEND_PATIENCE``
+seconds; once that has run out, later chunks get one try each until the socket takes one.
 """
 
 from __future__ import annotations
@@ -22,6 +29,12 @@ from appliance.core import output as coreoutput
 log = logging.getLogger("pushy.client")
 
 FLUSH_SECONDS = 0.25
+#: a chunk, and all a job may have unacknowledged. Small on purpose: a flood's queue at the
+#: server is the streaming nodes times this, and every node's heartbeats wait behind it
+#: (1,000 nodes: 16 MiB, under half a second at what one server takes); one node alone still
+#: sends this per round trip (16 MiB/s at 1 ms)
+WINDOW_BYTES = 16 * 1024
+ACK_PATIENCE = 10.0
 SEND_PATIENCE = 10.0
 _RETRY_SECONDS = 0.02
 #: room left in a message for everything but the chunk (the fields, the JSON, the header)
@@ -32,16 +45,23 @@ Send = Callable[[str, int, bytes], bool]
 
 
 def chunk_bytes(max_body_size: int) -> int:
-    """The largest chunk whose message fits ``max_body_size`` (base64 is 4 bytes per 3)."""
-    return max(1, min(coreoutput.MAX_CHUNK_BYTES, (max_body_size - _MESSAGE_OVERHEAD) * 3 // 4))
+    """The chunk size: ``WINDOW_BYTES``, or less if its message would not fit
+    ``max_body_size`` (base64: 4 bytes per 3, padded)."""
+    return max(1, min(WINDOW_BYTES, (max_body_size - _MESSAGE_OVERHEAD) // 4 * 3))
 
 
 class LiveOutput:
-    def __init__(self, send: Send, *, limit: int, max_body_size: int) -> None:
+    def __init__(
+        self, send: Send, *, limit: int, max_body_size: int, window: int = WINDOW_BYTES
+    ) -> None:
         self._send = send
         size = chunk_bytes(max_body_size)
         self.streams = {name: coreoutput.Outgoing(limit, size) for name in coreoutput.STREAMS}
-        self.lost = 0  # bytes of chunks the socket never took
+        self.window = max(window, size)
+        self.inflight: dict[tuple[str, int], bytes] = {}  # sent, not acknowledged, in order
+        self.lost = 0  # bytes given up: never taken by the socket, or never acknowledged
+        self._acked = trio.Event()
+        self._stuck = False  # the socket refused a chunk for SEND_PATIENCE: no more waiting
         self._lock = trio.Lock()  # one sender at a time keeps each stream's chunks in order
 
     async def on_output(self, stream: str, data: bytes) -> None:
@@ -51,6 +71,16 @@ class LiveOutput:
         if out.full():
             await self._flush(final=False)
 
+    def on_ack(self, stream: str, offset: int) -> None:
+        """The server has ``stream`` up to ``offset``."""
+        done = [
+            k for k, data in self.inflight.items() if k[0] == stream and k[1] + len(data) <= offset
+        ]
+        for key in done:
+            del self.inflight[key]
+        if done:
+            self._acked.set()
+
     async def flush_every(self) -> None:
         """Until cancelled: what is pending goes out at least every ``FLUSH_SECONDS``."""
         while True:
@@ -58,8 +88,10 @@ class LiveOutput:
             await self._flush(final=False)
 
     async def close(self) -> None:
-        """The command ended: send everything left, before its result."""
+        """The command ended: send everything left and see it acknowledged, before the result."""
         await self._flush(final=True)
+        async with self._lock:
+            await self._room(self.window)
         dropped = {name: out.dropped for name, out in self.streams.items() if out.dropped}
         if dropped:
             log.info("output past max_output_bytes not sent (bytes): %s", dropped)
@@ -68,18 +100,37 @@ class LiveOutput:
         async with self._lock:
             for name, out in self.streams.items():
                 for offset, data in out.take(final=final):
-                    await self._send_patiently(name, offset, data)
+                    await self._room(len(data))
+                    if await self._send_patiently(name, offset, data):
+                        self.inflight[(name, offset)] = data
 
-    async def _send_patiently(self, stream: str, offset: int, data: bytes) -> None:
-        deadline = time.monotonic() + SEND_PATIENCE
+    async def _room(self, size: int) -> None:
+        """Wait until ``size`` more bytes fit the window (or nothing is in flight)."""
+        resent = False
+        while self.inflight and sum(map(len, self.inflight.values())) + size > self.window:
+            self._acked = trio.Event()
+            with trio.move_on_after(ACK_PATIENCE):
+                await self._acked.wait()
+                continue
+            if not resent:
+                resent = True
+                for (name, offset), data in list(self.inflight.items()):
+                    await self._send_patiently(name, offset, data)
+                continue
+            lost = sum(map(len, self.inflight.values()))
+            log.warning("%d bytes of output not acknowledged by the server: given up", lost)
+            self.lost += lost
+            self.inflight.clear()
+
+    async def _send_patiently(self, stream: str, offset: int, data: bytes) -> bool:
+        deadline = time.monotonic() + (0.0 if self._stuck else SEND_PATIENCE)
         while not self._send(stream, offset, data):
             if time.monotonic() >= deadline:
+                if not self._stuck:
+                    log.warning("the server is not taking messages: output is being lost")
+                self._stuck = True
                 self.lost += len(data)
-                log.warning(
-                    "%d bytes of %s (offset %d) not sent: the server is not taking messages",
-                    len(data),
-                    stream,
-                    offset,
-                )
-                return
+                return False
             await trio.sleep(_RETRY_SECONDS)
+        self._stuck = False
+        return True

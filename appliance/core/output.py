@@ -107,6 +107,8 @@ def parse_chunk(body: dict[str, Any]) -> Chunk:
         data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ChunkError(f"base64 does not decode: {exc}") from None
+    if len(data) > MAX_CHUNK_BYTES:
+        raise ChunkError(f"a chunk holds at most {MAX_CHUNK_BYTES} bytes, not {len(data)}")
     return Chunk(job_id, stream, offset, data)
 
 

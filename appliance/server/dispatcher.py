@@ -125,6 +125,10 @@ class Dispatcher:
         except coreoutput.ChunkError as exc:
             log.debug("output message of %s/%s dropped: %s", *key, exc)
             return
+        # acknowledged whatever becomes of it, so the node sends more (``client.liveoutput``)
+        ack = {"type": "output_ack", "job_id": chunk.job_id, "stream": chunk.stream}
+        ack["offset"] = chunk.offset + len(chunk.data)
+        self.outbound.send_to_node(key, ack, now)
         job = self._live_job(chunk.job_id, key)
         if job is None or not job.capture or key[1] not in job.nodes:
             log.debug("output of %s/%s for job %s dropped: no such capture", *key, chunk.job_id)

@@ -49,12 +49,12 @@ class Outputs:
         key = (job_id, node, stream)
         state = self._streams.get(key)
         path = self.path(job_id, node, stream)
-        if state is None:
-            state = self._streams[key] = self._state_on_disk(path)
-        kept = coreoutput.accept(state, offset, data, self.limit)
-        if kept is None:
-            return None
         try:
+            if state is None:
+                state = self._streams[key] = self._state_on_disk(path)
+            kept = coreoutput.accept(state, offset, data, self.limit)
+            if kept is None:
+                return None
             self._append(path, kept.data + kept.marker)
         except OSError as exc:
             self.write_errors += 1
@@ -117,8 +117,9 @@ class Outputs:
 
     async def remove(self, job_ids: Iterable[str]) -> None:
         """The jobs left the state (retention): their output goes too."""
-        folders = [os.path.join(self.root, job_id) for job_id in job_ids]
-        self.forget(job_ids)
+        ids = list(job_ids)
+        folders = [os.path.join(self.root, job_id) for job_id in ids]
+        self.forget(ids)
         for folder in folders:
             await trio.to_thread.run_sync(shutil.rmtree, folder, True)
 
