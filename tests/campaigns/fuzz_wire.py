@@ -22,6 +22,7 @@ tests/e2e/test_live_fuzz.py are the CI slices.
 from __future__ import annotations
 
 import argparse
+import atexit
 import base64
 import dataclasses
 import faulthandler
@@ -30,6 +31,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,6 +48,7 @@ from appliance.client import jobstate
 from appliance.client.whitelist import resolve
 from appliance.core import jobfsm, wire
 from appliance.core import nodes as corenodes
+from appliance.core.output import chunk_fields
 from appliance.core.settings import Settings
 from appliance.core.state import NodeKeys, State, apply
 from appliance.server.advertise import Advertiser
@@ -54,6 +57,7 @@ from appliance.server.dispatcher import Dispatcher
 from appliance.server.feeds import Hub
 from appliance.server.livejobs import LiveJobs
 from appliance.server.outbound import NodeSigner
+from appliance.server.outputs import Outputs
 from appliance.server.reactor import Reactor
 from tests.inproc import FakeRouter
 
@@ -238,6 +242,15 @@ class MessageMaker:
                 body["stderr"] = random_text(rng, 50)
             else:
                 body["stdout"] = random_json(rng, 2)
+        if kind == "output" or rng.random() < 0.02:  # live output: good and bad chunks
+            good = chunk_fields(
+                rng.choice(("stdout", "stderr")),
+                rng.randrange(0, 6000),
+                rng.randbytes(rng.randrange(0, 3000)),
+            )
+            body.update(good)
+            if rng.random() < 0.3:
+                body[rng.choice(list(good))] = random_json(rng, 2)
         if rng.random() < 0.2:  # mutate any field, add odd ones
             for _ in range(rng.randrange(1, 4)):
                 name = rng.choice((*body.keys(), random_text(rng, 10)))
@@ -452,6 +465,13 @@ class _Entry:
     lock: bool | str | None = None
 
 
+def _scratch_dir(prefix: str) -> str:
+    """A temp dir removed when the process exits."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 class InvariantError(AssertionError):
     """A fuzzed input broke a property that holds whatever the input (not a parse error)."""
 
@@ -496,6 +516,8 @@ class ServerPipeline:
             clock=clock,
             live=self.live,
             advertiser=Advertiser("fuzzhost"),
+            # live output lands in a temp dir, kept small so the limit and marker are hit
+            outputs=Outputs(_scratch_dir("fuzz-output-"), 4096),
         )
         self.now = EPOCH
         self.identities: list[Identity] = []
