@@ -13,6 +13,14 @@ the nodes still outstanding) that ends as a clean summary line; elsewhere knife'
 (``Voting.``, ``Running (X/Y in progress) ...``, ``Complete.``), each printed only when it
 changes, so that a log is not flooded. ``--poll`` gives knife's exact output (a ``.`` before
 every poll) and requests.
+
+Live output (``--stream``): an output sink (`OutputSink`, ``knife.stream.OutputLines``) turns
+the feed's events into lines; the display prints them above the progress line (`print_above`
+ends the line being drawn first, then redraws it) or between the status lines. Output events
+do not make the follower GET the job. With a sink the feed is opened before the first GET
+(output events are never replayed), the events still queued when the job is found final are
+read until its ``job_complete`` (at most `DRAIN_SECONDS`), and what the sink holds at the end
+is printed before the final status.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from appliance.core.jobfsm import FINISHED, NODE_STATUSES
 from appliance.knife.session import Api, ApiError, CliError
@@ -44,6 +52,7 @@ STREAM_READ_TIMEOUT = 60.0  # the server sends a keepalive every 15 s; silence t
 MAX_RECONNECTS = 8  # consecutive failed (re)connections before giving up on the feed
 MAX_BACKOFF_SECONDS = 5.0
 FOLLOW_SLACK_SECONDS = 3600.0  # beyond the job's run_timeout, for voting and stragglers
+DRAIN_SECONDS = 2.0  # with an output sink: reading the feed on after the job is final
 CLEAR_LINE = "\r\x1b[K"
 
 
@@ -240,11 +249,13 @@ class StatusLines:
         self.out = out
         self.dots = dots
         self.last = "Initialized."
+        self.mid_line = False  # dots written since the last status line
 
     def before_poll(self) -> None:
         if self.dots:
             self.out.write(".")
             self.out.flush()
+            self.mid_line = True
 
     def update(self, job: dict[str, Any], elapsed: float) -> None:
         line, _ = status_line(job)
@@ -252,6 +263,15 @@ class StatusLines:
             self.out.write(line + "\n")
             self.out.flush()
             self.last = line
+            self.mid_line = False
+
+    def print_above(self, text: str) -> None:
+        """Whole lines of something else (live output), on lines of their own."""
+        if self.mid_line:
+            self.out.write("\n")
+            self.mid_line = False
+        self.out.write(text)
+        self.out.flush()
 
     def tick(self, elapsed: float) -> None:
         return None
@@ -286,6 +306,13 @@ class ProgressLine:
         if since is None or (self.dirty and since >= REDRAW_SECONDS) or since >= 1.0:
             self._draw(progress_line(self.job, elapsed, width=self.width), elapsed)
 
+    def print_above(self, text: str) -> None:
+        """Whole lines of something else (live output): the live line is cleared, the lines
+        printed where it was, and the live line drawn again below them at the next tick."""
+        self.out.write(CLEAR_LINE + text)
+        self.out.flush()
+        self.drawn_at = None  # the next tick redraws at once
+
     def _draw(self, text: str, elapsed: float) -> None:
         self.out.write(CLEAR_LINE + text)
         self.out.flush()
@@ -303,11 +330,21 @@ class ProgressLine:
 # the follower
 
 
+class OutputSink(Protocol):
+    """What the follower hands the feed's events to (``knife.stream.OutputLines``): each
+    method returns the text to print (whole lines), possibly empty."""
+
+    def event(self, name: str, data: Any) -> str: ...
+
+    def finish(self, job: dict[str, Any]) -> str: ...
+
+
 class Follower:
     """Follow job ``job_id`` to its end; `run` returns the final job object.
 
     ``poll``: knife's polling only (no feed). ``tty``: draw the progress line instead of the
-    status lines (ignored with ``poll``, which prints knife's exact lines)."""
+    status lines (ignored with ``poll``, which prints knife's exact lines). ``output``: where
+    the feed's events go (live output, printed through the display on ``out``)."""
 
     def __init__(
         self,
@@ -320,8 +357,10 @@ class Follower:
         tty: bool = False,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        output: OutputSink | None = None,
     ) -> None:
         self.api = api
+        self.output = output
         self.job_id = job_id
         self.poll_interval = max(poll_interval, 0.05)
         self.poll = poll
@@ -344,8 +383,13 @@ class Follower:
         timeout = job.get("run_timeout")
         if isinstance(timeout, int | float) and timeout >= 0:
             self.limit = FOLLOW_SLACK_SECONDS + float(timeout)
-        self.display.update(job, self.elapsed())
+        if self.output is None or not is_final(job):  # else the output left comes first
+            self.display.update(job, self.elapsed())
         return job
+
+    def _show(self, text: str) -> None:
+        if text:
+            self.display.print_above(text)
 
     def _check_limit(self, job: dict[str, Any] | None) -> None:
         if self.elapsed() > self.limit:
@@ -358,6 +402,8 @@ class Follower:
 
     def run(self) -> dict[str, Any]:
         job = self._poll(None) if self.poll else self._follow()
+        if self.output is not None:
+            self._show(self.output.finish(job))
         self.display.finish(job, self.elapsed())
         return job
 
@@ -383,16 +429,43 @@ class Follower:
         raise CliError(f"job {self.job_id}: too many polls", 1)
 
     def _follow(self) -> dict[str, Any]:
-        job = self.fetch()
-        if is_final(job):
-            return job
         stream = EventStream(self.api, self.api.org_path(f"pushy/jobs_status_feed/{self.job_id}"))
-        stream.start()
-        self.used_feed = True
+        early = self.output is not None  # output events are not replayed: listen at once
+        if early:
+            stream.start()
         try:
+            job = self.fetch()
+            if is_final(job):
+                return job
+            if not early:
+                stream.start()
+            self.used_feed = True
             return self._follow_feed(stream, job)
         finally:
             stream.close()
+
+    def _event(self, event: Any) -> None:
+        if self.output is not None:
+            self._show(self.output.event(event.event, event.json()))
+
+    def _drain(self, stream: EventStream) -> None:
+        """The job is final: hand the sink what the feed still brings, until its stop event
+        (output sent just before the end may still be on its way), at most `DRAIN_SECONDS`."""
+        deadline = self.clock() + DRAIN_SECONDS
+        for _ in range(100_000):
+            left = deadline - self.clock()
+            if left <= 0:
+                return
+            item = stream.get(min(left, REDRAW_SECONDS))
+            if item is None:
+                self.display.tick(self.elapsed())
+                continue
+            kind, payload = item
+            if kind != "event":
+                return
+            self._event(payload)
+            if payload.event in STOP_EVENTS:
+                return
 
     def _follow_feed(self, stream: EventStream, job: dict[str, Any]) -> dict[str, Any]:
         last_fetch = self.clock()
@@ -412,8 +485,10 @@ class Follower:
                     self.used_feed = False
                     return self._poll(job)
                 if kind == "event":
-                    pending = True
-                    stop_seen = stop_seen or payload.event in STOP_EVENTS
+                    self._event(payload)
+                    if payload.event != "output":  # output changes nothing in the job
+                        pending = True
+                        stop_seen = stop_seen or payload.event in STOP_EVENTS
                 elif kind == "ended":
                     pending = stop_seen = True
             now = self.clock()
@@ -422,6 +497,8 @@ class Follower:
                 job = self.fetch()
                 last_fetch, pending = self.clock(), False
                 if is_final(job):
+                    if self.output is not None and not stop_seen:
+                        self._drain(stream)
                     return job
                 if stop_seen:  # the feed says it ended but the job does not: poll it out
                     return self._poll(job)

@@ -9,7 +9,8 @@ Deliberate differences from knife-push (each named in the command's --help):
   ``--file`` is sent as ``base64:`` when it is not UTF-8 text (knife sends ``raw:`` bytes that
   JSON cannot carry); ``--search`` reads every page of results (knife only the first);
   ``N%`` quorums are rounded up exactly (knife's float arithmetic turns 7% of 100 into 8);
-  with ``-F json`` stdout holds the job's JSON alone ("Started." and progress on stderr).
+  with ``-F json`` stdout holds the job's JSON alone ("Started." and progress on stderr);
+  ``--stream`` (not in knife) prints the nodes' output as it arrives (``knife.stream``).
 - ``output``: the captured bytes are written as they are, without knife's extra newline.
 """
 
@@ -22,6 +23,7 @@ import math
 import re
 import sys
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from appliance.knife.credentials import connect
 from appliance.knife.follow import EventStream, Follower, exit_code
 from appliance.knife.nodes import search_node_names
 from appliance.knife.session import Api, ApiError, CliError, error_text
+from appliance.knife.stream import OutputLines, colour_wanted
 from appliance.sse import SseEvent
 
 QUORUM_RE = re.compile(r"([0-9]+)(%?)")
@@ -181,6 +184,9 @@ def run_start(args: argparse.Namespace) -> int:
         print(f"ERROR: {MSG_NO_JOB}", file=sys.stderr)
         print("USAGE: " + args.usage.removeprefix("usage: "), end="")
         return EXIT_FAILED
+    if args.stream and (args.poll or args.nowait):
+        other = "--poll" if args.poll else "-b/--nowait"
+        raise CliError(f"--stream reads the job's event feed while following it: not with {other}")
     api = connect(args)
     if args.search:
         nodes = search_node_names(api, args.search)
@@ -201,7 +207,7 @@ def run_start(args: argparse.Namespace) -> int:
         nodes,
         quorum,
         file=file,
-        capture=args.capture,
+        capture=args.capture or args.stream,
         env=env,
         directory=args.in_dir,
         user=args.as_user,
@@ -220,6 +226,9 @@ def run_start(args: argparse.Namespace) -> int:
     print(f"Started.  Job ID: {job_id}", file=chatter, flush=True)
     if args.nowait:
         return 0
+    sink = None
+    if args.stream:  # the output lines go where the progress goes, between its lines
+        sink = OutputLines(job_id, colour=colour_wanted(chatter), fetch=_output_reader(api, job_id))
     follower = Follower(
         api,
         job_id,
@@ -227,10 +236,27 @@ def run_start(args: argparse.Namespace) -> int:
         poll_interval=args.poll_interval,
         poll=args.poll,
         tty=chatter.isatty(),
+        output=sink,
     )
     job = follower.run()
     output.emit(shown(job, args.format), args.format, sys.stdout)
     return exit_code(job, strict=args.exit_strict)
+
+
+def _output_reader(api: Api, job_id: str) -> Callable[[str, str], bytes | None]:
+    """``--stream``'s REST read of a node's stream so far (None when there is none or the
+    server does not answer: the lines are only missing, the job goes on being followed)."""
+
+    def read(node: str, channel: str) -> bytes | None:
+        try:
+            data = api.get(
+                _job_path(api, job_id, "output", node, channel), accept="application/octet-stream"
+            )
+        except CliError:
+            return None
+        return data if isinstance(data, bytes) else None
+
+    return read
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -368,6 +394,15 @@ elapsed time and the nodes still outstanding, and ends as a summary line; otherw
 status lines (Voting., Running (X/Y in progress) ..., Complete.) are printed when they change.
 --poll polls the job every --poll-interval seconds exactly as knife does, with its output.
 
+--stream (not in knife-push; implies --capture) prints the nodes' output while they run, one
+line per output line: "NODE: text" for stdout, "NODE [stderr]: text" for stderr, in order for
+each node (the lines of different nodes interleave as they arrive). A line is printed once its
+newline arrives (an unfinished one when its node or the job ends). The lines go where the
+progress goes: stdout, or stderr with -F json. On a terminal the node name is coloured (a
+colour per node, [stderr] red); never when NO_COLOR is set. Live output is not replayed and a
+reader that falls behind can miss lines: a gap the byte offsets show is read back over REST or
+reported by a notice line; pushy job output ID prints everything. Not with --poll or --nowait.
+
 Exit status (knife's): 0 when the job is complete and every node succeeded, nacked or was
 unavailable (with --exit-strict: only when every node succeeded), 1 otherwise or when the
 command, the nodes or the --file are missing or --with-env is not a JSON object, 100 on a bad
@@ -429,6 +464,14 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     start.add_argument(
         "--capture", action="store_true", help="Capture stdout and stderr for this job."
+    )
+    start.add_argument(
+        "--stream",
+        action="store_true",
+        help="Print each node's output while the job runs (implies --capture; not in "
+        "knife-push), one line per output line: 'NODE: text', stderr as 'NODE [stderr]: "
+        "text'; on stderr with -F json. Node names coloured on a terminal unless NO_COLOR is "
+        "set.",
     )
     start.add_argument(
         "--with-env",
