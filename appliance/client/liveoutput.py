@@ -115,7 +115,8 @@ class LiveOutput:
             if not resent:
                 resent = True
                 for (name, offset), data in list(self.inflight.items()):
-                    await self._send_patiently(name, offset, data)
+                    if not await self._send_patiently(name, offset, data):
+                        del self.inflight[(name, offset)]  # counted as lost there
                 continue
             lost = sum(map(len, self.inflight.values()))
             log.warning("%d bytes of output not acknowledged by the server: given up", lost)

@@ -29,7 +29,9 @@ def marker(limit: int) -> bytes:
 
 
 def test_truncation_marker_text():
-    assert truncation_marker(8) == b"\n[pushy: output truncated at 8 bytes; the rest was not kept]\n"
+    assert (
+        truncation_marker(8) == b"\n[pushy: output truncated at 8 bytes; the rest was not kept]\n"
+    )
     assert truncation_marker(0) == marker(0)
 
 
@@ -175,16 +177,19 @@ def test_parse_chunk_errors(fields, message):
     assert isinstance(err.value, ValueError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the length check (MAX_CHUNK_BYTES + 2) // 3 * 4 = 43692 characters also admits "
-    "43692 characters of unpadded base64, which decode to MAX_CHUNK_BYTES + 1 = 32769 bytes",
-)
 def test_parse_chunk_refuses_one_byte_more_than_the_largest_chunk():
+    # (MAX_CHUNK_BYTES + 2) // 3 * 4 = 43692 characters pass the length check, and 43692
+    # characters of unpadded base64 decode to MAX_CHUNK_BYTES + 1 bytes: the decoded length
+    # is checked too
     fields = chunk_fields("stdout", 0, b"x" * (MAX_CHUNK_BYTES + 1))
     assert len(fields["base64"]) == 43692
-    with pytest.raises(ChunkError):
+    with pytest.raises(ChunkError) as err:
         parse_chunk({"job_id": J} | fields)
+    assert str(err.value) == "a chunk holds at most 32768 bytes, not 32769"
+    # the same length with padding decodes to one byte less: taken
+    fields = chunk_fields("stdout", 0, b"x" * (MAX_CHUNK_BYTES - 1))
+    assert len(fields["base64"]) == 43692
+    assert parse_chunk({"job_id": J} | fields).data == b"x" * (MAX_CHUNK_BYTES - 1)
 
 
 # Outgoing -----------------------------------------------------------------------------------
@@ -247,6 +252,13 @@ def test_outgoing_limit_zero_sends_one_byte():
 TEXT = "é€𝄞" * 3 + "a"  # 2-, 3- and 4-byte characters
 
 
+def contiguous(chunks: list[tuple[int, bytes]]) -> bool:
+    """Each chunk's offset is the bytes of the chunks before it, the first's 0."""
+    return [o for o, _ in chunks] == [
+        sum(len(c) for _, c in chunks[:i]) for i in range(len(chunks))
+    ]
+
+
 def char_starts(text: str) -> set[int]:
     starts, n = set(), 0
     for ch in text:
@@ -263,10 +275,10 @@ def test_chunks_never_split_a_character_that_fits(size):
     chunks = out.take()
     assert b"".join(c for _, c in chunks) == data
     offsets = [o for o, _ in chunks]
-    assert offsets == [sum(len(c) for _, c in chunks[:i]) for i in range(len(chunks))]
+    assert contiguous(chunks)
     assert all(1 <= len(c) <= size for _, c in chunks)
     starts = char_starts(TEXT)
-    for offset, chunk in chunks:
+    for offset in offsets:
         if offset not in starts:  # only inside a character longer than a chunk
             char_at = next(s for s in sorted(starts, reverse=True) if s < offset)
             char_len = min(s for s in starts if s > char_at) - char_at
@@ -286,7 +298,7 @@ def test_added_byte_by_byte_with_takes_in_between(size):
         chunks += out.take()
     chunks += out.take(final=True)
     assert b"".join(c for _, c in chunks) == data
-    assert [o for o, _ in chunks] == [sum(len(c) for _, c in chunks[:i]) for i in range(len(chunks))]
+    assert contiguous(chunks)
     assert all(1 <= len(c) <= size for _, c in chunks)
     # each take held back a half character: a chunk never holds parts of two characters, and
     # a character is cut in pieces only when it is longer than a chunk
@@ -357,7 +369,7 @@ def test_outgoing_then_accept_keeps_the_first_limit_bytes(seed):
         sent = b"".join(c for _, c in chunks)
         assert sent == data[: limit + 1]
         assert out.dropped == max(0, len(data) - (limit + 1))
-        assert [o for o, _ in chunks] == [sum(len(c) for _, c in chunks[:i]) for i in range(len(chunks))]
+        assert contiguous(chunks)
         assert all(1 <= len(c) <= size for _, c in chunks)
         if size >= 4:
             try:
