@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -618,3 +619,22 @@ def make_agent(
         **config,
     )
     return Agent(settings, hostname=hostname)
+
+
+def read_pty(master: int, proc: subprocess.Popen, seconds: float = 60) -> bytes:
+    """Everything the child writes to the pseudo-terminal, until it exits and the pty drains."""
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child side is closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    return b"".join(chunks)

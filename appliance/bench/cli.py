@@ -289,6 +289,10 @@ def run_bench(args: argparse.Namespace) -> int:
         args.workers = os.cpu_count() or 1
     from appliance.bench import fetchrate, harness, scenarios
 
+    if name == "flood":
+        from appliance.bench import flood
+
+        return harness.main_guard(flood.flood, args)
     run = fetchrate.fetch if name == "fetch" else getattr(scenarios, name)
     return harness.main_guard(run, args)
 

@@ -124,6 +124,20 @@ def test_fanout_of_a_rolling_job(tmp_path, key_cache):
     assert job["post_to_complete_s"] >= 4 * 0.3  # four waves
 
 
+def test_flood(tmp_path, key_cache):
+    extra = ("--output-bytes", "100000", "--duration", "2", "--rate", "10")
+    document = bench(tmp_path, key_cache, "flood", *extra)
+    r = document["results"]
+    assert document["params"]["output_bytes"] == 100000
+    assert r["status"] == "complete" and r["all_succeeded"] is True, r
+    # every node's stdout read back over REST is byte for byte what it printed
+    assert r["whole"] == NODES, r
+    assert r["chunks"] == NODES * 7  # 100,000 bytes in 16 KiB chunks
+    assert r["api"]["count"] > 0 and r["api"]["errors"] == 0, r["api"]
+    before, peak, after = r["server_rss_mib"]
+    assert before and peak and after and peak >= before, r["server_rss_mib"]
+
+
 def test_storm(tmp_path, key_cache):
     r = bench(tmp_path, key_cache, "storm", "--settle", "1", "--deadline", "60")["results"]
     assert r["stuck"] == 0

@@ -10,16 +10,14 @@ import json
 import os
 import pty
 import re
-import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from appliance.knife.stream import RESET, STDERR_COLOUR, node_colour
-from tests.support import REPO, ClientFleet, Server
+from tests.support import REPO, ClientFleet, Server, read_pty
 
 ORG = "jobstream"
 NODES = ["n1", "n2"]
@@ -119,24 +117,6 @@ def test_a_quick_commands_output_is_not_lost(fleet):
         assert r.returncode == 0, (r.stdout, r.stderr)
         for node in NODES:
             assert lines_of(r.stdout, f"{node}: ") == ["fast"], r.stdout
-
-
-def read_pty(master: int, proc: subprocess.Popen, seconds: float = 60) -> bytes:
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.2)
-        if ready:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: the child side is closed
-                break
-            if not data:
-                break
-            chunks.append(data)
-        elif proc.poll() is not None:
-            break
-    return b"".join(chunks)
 
 
 def on_a_terminal(fleet: ClientFleet, env: dict[str, str], *args: str) -> str:

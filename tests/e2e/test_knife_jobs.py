@@ -14,18 +14,16 @@ import os
 import pty
 import pwd
 import re
-import select
 import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
 from appliance.knife.follow import EventStream, Follower
 from appliance.knife.session import Api, Credentials
-from tests.support import REPO, ClientFleet, Server, wait_for
+from tests.support import REPO, ClientFleet, Server, read_pty, wait_for
 
 ORG = "knifejobs"
 JOB_ID = re.compile(r"Started\.  Job ID: ([0-9a-f]{32})\n")
@@ -421,25 +419,6 @@ def test_node_list(fleet):
 
 # ---------------------------------------------------------------------------------------------
 # a terminal
-
-
-def read_pty(master: int, proc: subprocess.Popen, seconds: float = 60) -> bytes:
-    """Everything the child writes to the pseudo-terminal, until it exits and the pty drains."""
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.2)
-        if ready:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: the child side is closed
-                break
-            if not data:
-                break
-            chunks.append(data)
-        elif proc.poll() is not None:
-            break
-    return b"".join(chunks)
 
 
 def test_start_on_a_terminal_shows_progress_then_a_summary(fleet):
