@@ -1,0 +1,172 @@
+"""The event log's PostgreSQL engine against a real PostgreSQL (issue 16, first step): records
+and snapshots replay as they were written, a gap is refused, and the lease fences a deposed
+writer, including one paused past its lease while its connection stays open."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+from appliance.core import migrations
+from appliance.store.errors import LogCorruption
+from appliance.store.pglog import Fenced, PgLog
+from tests.pgcluster import PgCluster
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    pg = PgCluster().start()
+    try:
+        yield pg
+    finally:
+        pg.destroy()
+
+
+_dbs = iter(range(1, 10_000))
+
+
+@pytest.fixture
+def url(cluster) -> str:
+    return cluster.createdb(f"pushy{next(_dbs)}")
+
+
+def opened(url: str, holder: str = "a", **kw) -> tuple[PgLog, tuple | None, list]:
+    log = PgLog(url, holder=holder, **kw)
+    snapshot, records = log.open()
+    return log, snapshot, list(records)
+
+
+def active(url: str, holder: str = "a", **kw) -> PgLog:
+    log, _, _ = opened(url, holder, **kw)
+    assert log.try_acquire() is not None
+    return log
+
+
+def test_records_replay_in_order_after_a_reopen(url):
+    log = active(url)
+    log.append([(1, b"one"), (2, b"two")])
+    log.append([(3, b"three")])
+    log.release()
+    log.close()
+    again, snapshot, records = opened(url)
+    assert snapshot is None
+    assert records == [
+        (n, p, migrations.FORMAT) for n, p in ((1, b"one"), (2, b"two"), (3, b"three"))
+    ]
+    assert again.last_seq == 3 and again.report.records_replayed == 3
+    assert again.try_acquire() is not None  # released at once: no wait for the expiry
+    again.append([(4, b"four")])
+    with pytest.raises(ValueError, match="expected 5"):
+        again.append([(6, b"six")])
+    again.close()
+
+
+def test_a_snapshot_is_the_base_and_older_records_go(url):
+    log = active(url)
+    log.append([(n, b"r%d" % n) for n in range(1, 6)])
+    log.write_snapshot(3, b"state@3")
+    log.append([(6, b"r6")])
+    log.write_snapshot(6, b"state@6")  # the previous one (3) stays, records <= 3 go
+    log.append([(7, b"r7")])
+    log.close()
+    again, snapshot, records = opened(url)
+    assert snapshot == (b"state@6", migrations.FORMAT)
+    assert [seq for seq, _, _ in records] == [7]
+    with psycopg.connect(url) as conn:
+        kept = [r[0] for r in conn.execute("SELECT seq FROM pushy_snapshots ORDER BY seq")]
+        first = conn.execute("SELECT min(seq) FROM pushy_log").fetchone()[0]
+    assert kept == [3, 6] and first == 4
+    again.close()
+
+
+def test_a_gap_in_the_log_is_refused(url):
+    log = active(url)
+    log.append([(1, b"a"), (2, b"b"), (3, b"c")])
+    log.close()
+    with psycopg.connect(url) as conn:
+        conn.execute("DELETE FROM pushy_log WHERE seq = 2")
+    again = PgLog(url, holder="a")
+    _, records = again.open()
+    with pytest.raises(LogCorruption, match="a gap: record 3 after 1"):
+        list(records)
+    again.close()
+
+
+def test_only_one_server_holds_the_lease(url):
+    a = active(url, "a", lease_seconds=5)
+    b, _, _ = opened(url, "b", lease_seconds=5)
+    assert b.try_acquire() is None
+    lease = b.lease()
+    assert lease.holder == "a" and lease.epoch == a.epoch and 0 < lease.seconds_left <= 5
+    a.renew()
+    with pytest.raises(Fenced):
+        b.append([(1, b"x")])  # never held: nothing written
+    a.append([(1, b"x")])
+    a.close()
+    b.close()
+
+
+def test_a_writer_paused_past_its_lease_is_fenced(url):
+    """A stopped process keeps its connection (and would keep an advisory lock): the lease
+    expires by the database's clock, a standby takes it, and the old writer's next append is
+    refused in the same transaction that would have written it."""
+    a = active(url, "a", lease_seconds=1)
+    a.append([(1, b"from a")])
+    b, _, records = opened(url, "b", lease_seconds=1)
+    assert [seq for seq, _, _ in records] == [1]
+    assert b.try_acquire() is None
+    time.sleep(1.3)  # "a" paused past its lease: it never renewed
+    assert b.try_acquire() == a.epoch + 1
+    b.append([(2, b"from b")])
+    with pytest.raises(Fenced, match="not the active server"):
+        a.append([(2, b"late a")])
+    with pytest.raises(Fenced):
+        a.renew()
+    assert a.epoch is None  # it knows it is a standby now
+    assert [(s, p) for s, _, p in b.read_after(0)] == [(1, b"from a"), (2, b"from b")]
+    a.close()
+    b.close()
+
+
+def test_an_expired_lease_stops_its_own_writes_before_anyone_takes_it(url):
+    a = active(url, "a", lease_seconds=0.5)
+    time.sleep(0.8)
+    with pytest.raises(Fenced, match="expired"):
+        a.append([(1, b"too late")])
+    a.close()
+
+
+def test_a_takeover_waits_for_an_append_in_flight(url):
+    """The append holds the lease row (FOR SHARE) until it commits; the takeover's UPDATE of
+    that row waits for it, so the old epoch's record lands before the new epoch starts."""
+    a = active(url, "a", lease_seconds=0.5)
+    with psycopg.connect(url) as blocker:
+        blocker.execute("BEGIN")
+        blocker.execute("SELECT 1 FROM pushy_lease WHERE id = 1 FOR SHARE")  # as an append does
+        time.sleep(0.7)  # expired meanwhile
+        b, _, _ = opened(url, "b", lease_seconds=5)
+        got: list = []
+        taker = threading.Thread(target=lambda: got.append(b.try_acquire()))
+        taker.start()
+        taker.join(0.5)
+        assert taker.is_alive(), "the takeover must wait for the row held by the append"
+        blocker.execute("COMMIT")
+        taker.join(10)
+    assert got == [a.epoch + 1]
+    a.close()
+    b.close()
+
+
+def test_a_database_restart_is_an_error_then_appends_go_on(cluster, url):
+    log = active(url, lease_seconds=30)
+    log.append([(1, b"before")])
+    cluster.stop("immediate")
+    cluster.start()
+    with pytest.raises(OSError):
+        log.append([(2, b"during")])  # the old connection is gone: reported, nothing written
+    log.append([(2, b"after")])  # a new connection, the same lease
+    assert [(s, p) for s, _, p in log.read_after(0)] == [(1, b"before"), (2, b"after")]
+    log.close()
