@@ -485,3 +485,88 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "--chef-server-url", metavar="URL", help="the URL the node uses (default: this CLI's)"
     )
     p.add_argument("--force", action="store_true", help="replace existing files")
+
+    p = objects.add_parser(
+        "migrate-store",
+        help="copy the server's event log into an empty PostgreSQL database",
+        description="Copy the event log of a stopped server (its state directory) into an "
+        "empty PostgreSQL database: the newest snapshot and every record after it, unchanged, "
+        "in one transaction. The state directory is left as it was. Exit 0 when copied, 100 when "
+        "refused (the server runs, the database is not empty, the log is damaged).",
+    )
+    p.set_defaults(func=_migrate_store)
+    p.add_argument("--from", dest="source", default="file", help="what to copy: file (default)")
+    p.add_argument(
+        "--to", dest="target", required=True, metavar="URL", help="postgresql://USER@HOST:PORT/DB"
+    )
+    p.add_argument("--state-dir", type=Path, help="the server's state directory")
+    p.add_argument(
+        "-c", "--config", type=Path, help="the server's settings file (its state_dir is used)"
+    )
+
+
+def _migrate_store(args: argparse.Namespace) -> int:
+    if args.source != "file":
+        raise CliError("--from: only 'file' (the event log in the state directory) is copied")
+    if not args.target.startswith(("postgresql://", "postgres://")):
+        raise CliError("--to takes a PostgreSQL URL: postgresql://USER@HOST:PORT/DB")
+    state_dir = args.state_dir or _configured_state_dir(args.config)
+    try:
+        import psycopg
+
+        from appliance.store.errors import LogCorruption, StorageError
+        from appliance.store.migrate import migrate_file_to_postgresql
+    except ImportError:
+        raise CliError("this needs psycopg: pip install 'pushy[postgresql]'") from None
+    where = _without_password(args.target)
+    print(f"Copying the event log of {state_dir} to {where} ...", file=sys.stderr)
+    try:
+        copied = migrate_file_to_postgresql(
+            state_dir, args.target, progress=lambda text: print(f"  {text}", file=sys.stderr)
+        )
+    except StorageError as exc:
+        if "in use" in str(exc):
+            raise CliError(
+                f"the event log in {state_dir} is in use: stop the server first"
+            ) from None
+        raise CliError(str(exc)) from None
+    except LogCorruption as exc:
+        raise CliError(f"the event log is damaged ({exc}): nothing copied") from None
+    except ValueError as exc:
+        raise CliError(f"{exc}: nothing copied") from None
+    except psycopg.Error as exc:
+        raise CliError(f"PostgreSQL ({where}): {exc}".strip()) from None
+    snapshot = (
+        "no snapshot"
+        if copied.snapshot_seq is None
+        else f"the snapshot at seq {copied.snapshot_seq}"
+    )
+    print(
+        f"Copied {snapshot} and {copied.records} records (up to seq {copied.last_seq}) "
+        f"in {copied.seconds:.1f} s. {state_dir} is unchanged."
+    )
+    return 0
+
+
+def _configured_state_dir(config: Path | None) -> Path:
+    if config is None:
+        return Path("/var/lib/pushy")
+    import tomllib
+
+    from appliance.core.settings import SettingsError, load_settings
+
+    try:
+        settings, _ = load_settings(tomllib.loads(config.read_text(encoding="utf-8")))
+    except (OSError, ValueError, SettingsError) as exc:
+        raise CliError(f"cannot read {config}: {exc}") from None
+    return Path(settings.state_dir)
+
+
+def _without_password(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

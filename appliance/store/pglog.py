@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import psycopg
@@ -302,6 +302,52 @@ class PgLog:
             ) from exc
         self._last_seq = expect - 1
         self._since_snapshot += len(records)
+
+    # -- migration -------------------------------------------------------------------------
+
+    def held_records(self) -> int:
+        """How many records and snapshots the database holds (0: an empty log)."""
+        self.create_schema()
+        conn = self._connection()
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM pushy_log) + (SELECT count(*) FROM pushy_snapshots)"
+        ).fetchone()
+        conn.commit()
+        return int(row[0]) if row else 0
+
+    def copy_in(
+        self,
+        snapshot: tuple[int, bytes, int] | None,
+        records: Iterable[tuple[int, bytes, int]],
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Copy another log (``pushy admin migrate-store``): the snapshot ``(seq, payload,
+        format)`` and the records after it, each in its own format, in one transaction, into
+        a database that holds none; returns the records copied. Seqs must follow on."""
+        if self.held_records():
+            raise ValueError("the database already holds an event log")
+        conn = self._connection()
+        count = 0
+        with conn.transaction():
+            expect = 1
+            if snapshot is not None:
+                seq, payload, fmt = snapshot
+                conn.execute(
+                    "INSERT INTO pushy_snapshots (seq, format, payload) VALUES (%s, %s, %s)",
+                    (seq, fmt, payload),
+                )
+                expect = seq + 1
+            with conn.cursor() as cur:
+                with cur.copy("COPY pushy_log (seq, format, epoch, payload) FROM STDIN") as copy:
+                    for seq, payload, fmt in records:
+                        if seq != expect:
+                            raise LogCorruption(f"a gap: record {seq} after {expect - 1}", seq=seq)
+                        copy.write_row((seq, fmt, 0, payload))
+                        expect += 1
+                        count += 1
+                        if progress is not None and count % 10_000 == 0:
+                            progress(count)
+        return count
 
     # -- snapshots -------------------------------------------------------------------------
 

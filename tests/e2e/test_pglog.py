@@ -4,6 +4,9 @@ writer, including one paused past its lease while its connection stays open."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -11,9 +14,13 @@ import psycopg
 import pytest
 
 from appliance.core import migrations
+from appliance.core.replayfold import DeferredFold
+from appliance.core.state import State, to_records
 from appliance.store.errors import LogCorruption
+from appliance.store.log import EventLog
 from appliance.store.pglog import Fenced, PgLog
 from tests.pgcluster import PgCluster
+from tests.support import REPO, Server, setup_org
 
 
 @pytest.fixture(scope="module")
@@ -170,3 +177,54 @@ def test_a_database_restart_is_an_error_then_appends_go_on(cluster, url):
     log.append([(2, b"after")])  # a new connection, the same lease
     assert [(s, p) for s, _, p in log.read_after(0)] == [(1, b"before"), (2, b"after")]
     log.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# pushy admin migrate-store --from file --to URL
+
+
+def replayed(snapshot, records) -> list:
+    """The state a log replays to, as the records a snapshot of it would hold."""
+    state = State()
+    fold = DeferredFold(state)
+    fold.replay(snapshot, records, None)
+    fold.settle(lambda _job: True)
+    return to_records(state)
+
+
+def migrate(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "appliance", "admin", "migrate-store", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def test_migrate_store_copies_a_servers_log_and_refuses_what_it_must(cluster, tmp_path):
+    state_dir = tmp_path / "state"
+    # small segments: the server writes snapshots, so the copy starts from one
+    server = Server(state_dir, log_segment_max_bytes=4096).start()
+    try:
+        admin, _ = setup_org(server, "mig", ("n1", "n2"))
+        for i in range(6):  # jobs on nodes that never connect: each fails its quorum
+            r = admin.post("/organizations/mig/pushy/jobs", {"command": f"c{i}", "nodes": ["n1"]})
+            assert r.status_code == 201, r.text
+        url = cluster.createdb("migrated")
+        r = migrate("--to", url, "--state-dir", str(state_dir))
+        assert r.returncode == 100 and "in use: stop the server first" in r.stderr, r.stderr
+    finally:
+        server.stop()
+    assert list((state_dir / "log").glob("snapshot-*.snap")), "no snapshot was written"
+    r = migrate("--to", url, "--state-dir", str(state_dir))
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^Copied the snapshot at seq \d+ and \d+ records", r.stdout), r.stdout
+    source = EventLog(state_dir)
+    snapshot, records = source.open()
+    expected = replayed(snapshot, records)
+    source.close()
+    target = PgLog(url, holder="check")
+    snapshot, records = target.open()
+    assert replayed(snapshot, records) == expected
+    assert target.last_seq == source.last_seq
+    target.close()
+    again = migrate("--to", url, "--state-dir", str(state_dir))
+    assert again.returncode == 100 and "already holds an event log" in again.stderr, again.stderr
+    bad = migrate("--to", "mysql://x/y", "--state-dir", str(state_dir))
+    assert bad.returncode == 100 and "--to takes a PostgreSQL URL" in bad.stderr
