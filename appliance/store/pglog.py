@@ -108,6 +108,7 @@ class PgLog:
         self.report = OpenReport()
         self.epoch: int | None = None  # our lease's epoch while we hold it
         self._conn: psycopg.Connection | None = None
+        self._listener: psycopg.Connection | None = None  # a standby's LISTEN connection
         self._last_seq = 0
         self._since_snapshot = 0
         self._ready = False
@@ -251,6 +252,26 @@ class PgLog:
             if left is not None:
                 left -= len(rows)
 
+    def wait_after(self, seq: int, timeout: float) -> list[tuple[int, int, bytes]]:
+        """A standby's step: the records after ``seq``, waiting up to ``timeout`` seconds for
+        some. A notification only wakes it up; what it returns is always read from the table,
+        so a notification lost (a reconnect, a full queue) costs at most ``timeout``."""
+        found = list(self.read_after(seq))
+        if found:
+            return found
+        listener = self._listener
+        if listener is None or listener.closed or listener.broken:
+            listener = self._listener = psycopg.connect(
+                self.url, autocommit=True, connect_timeout=self.connect_timeout
+            )
+            listener.execute(f"LISTEN {CHANNEL}")
+            found = list(self.read_after(seq))  # written between the read and the LISTEN
+            if found:
+                return found
+        for _ in listener.notifies(timeout=timeout, stop_after=1):
+            break
+        return list(self.read_after(seq))
+
     # -- appends ---------------------------------------------------------------------------
 
     @property
@@ -381,6 +402,9 @@ class PgLog:
 
     def close(self) -> None:
         self._ready = False
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None

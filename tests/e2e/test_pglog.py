@@ -228,3 +228,27 @@ def test_migrate_store_copies_a_servers_log_and_refuses_what_it_must(cluster, tm
     assert again.returncode == 100 and "already holds an event log" in again.stderr, again.stderr
     bad = migrate("--to", "mysql://x/y", "--state-dir", str(state_dir))
     assert bad.returncode == 100 and "--to takes a PostgreSQL URL" in bad.stderr
+
+
+def test_a_standby_follows_the_active_as_it_writes(url):
+    a = active(url, "a")
+    a.append([(1, b"one")])
+    standby, _, records = opened(url, "b")
+    seen = [seq for seq, _, _ in records]
+    assert seen == [1]
+
+    def write_later() -> None:
+        time.sleep(0.3)
+        a.append([(2, b"two"), (3, b"three")])
+
+    writer = threading.Thread(target=write_later)
+    writer.start()
+    started = time.monotonic()
+    got = standby.wait_after(1, timeout=20)
+    waited = time.monotonic() - started
+    writer.join()
+    assert [(s, p) for s, _, p in got] == [(2, b"two"), (3, b"three")]
+    assert waited < 10, "woken by the notification, not by the timeout"
+    assert standby.wait_after(3, timeout=0.2) == []  # nothing new: back after the timeout
+    a.close()
+    standby.close()
