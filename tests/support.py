@@ -621,6 +621,27 @@ def make_agent(
     return Agent(settings, hostname=hostname)
 
 
+def run_on_pty(command: list[str], env: dict[str, str], cwd: Path) -> str:
+    """Run ``command`` with its stdout on a pseudo-terminal (COLUMNS=100); what it wrote there,
+    with the tty's CRLF turned back into LF. Its exit status must be 0."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            command, stdout=slave, stderr=subprocess.PIPE, cwd=cwd, env={**env, "COLUMNS": "100"}
+        )
+        os.close(slave)
+        slave = -1
+        output = read_pty(master, proc)
+        assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    return output.decode().replace("\r\n", "\n")  # the tty's output processing adds \r to \n
+
+
 def read_pty(master: int, proc: subprocess.Popen, seconds: float = 60) -> bytes:
     """Everything the child writes to the pseudo-terminal, until it exits and the pty drains."""
     chunks: list[bytes] = []

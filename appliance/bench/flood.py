@@ -23,20 +23,15 @@ from appliance.bench.harness import (
     common_params,
     finish,
     mib,
-    prepare,
     rounded,
-    with_fleet,
+    run_with_fleet,
 )
 from appliance.bench.provision import progress
 from appliance.bench.scenarios import REPORT_LAG, job_timeline, latency_summary, run_job
 
 
 def flood(args: argparse.Namespace) -> int:
-    setup = prepare(args)
-    try:
-        results = trio.run(with_fleet, setup, _flood_body)
-    finally:
-        setup.close()
+    setup, results = run_with_fleet(args, _flood_body)
     params = {**common_params(setup), "output_bytes": args.output_bytes, "rate": args.rate}
     r = results
     api = r["api"]

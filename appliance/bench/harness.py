@@ -81,6 +81,18 @@ def server_settings(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     return settings
 
 
+def run_with_fleet(
+    args: argparse.Namespace, body: Callable[[Run], Awaitable[dict[str, Any]]]
+) -> tuple[Setup, dict[str, Any]]:
+    """A fleet scenario's run: `prepare`, ``body`` with the fleet (`with_fleet`), then the
+    server stopped and its files removed whatever happened."""
+    setup = prepare(args)
+    try:
+        return setup, trio.run(with_fleet, setup, body)
+    finally:
+        setup.close()
+
+
 def prepare(args: argparse.Namespace, **extra: Any) -> Setup:
     """Server, keys, org and clients (blocking; progress on stderr)."""
     n = args.nodes

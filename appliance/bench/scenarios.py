@@ -29,11 +29,10 @@ from appliance.bench.harness import (
     finish,
     heartbeats_received,
     mib,
-    prepare,
     rounded,
+    run_with_fleet,
     server_status,
     wait_available,
-    with_fleet,
 )
 from appliance.bench.provision import progress
 from appliance.signedhttp import Stream
@@ -42,11 +41,7 @@ from appliance.sse import SseParser
 
 # hold ----------------------------------------------------------------------------------------
 def hold(args: argparse.Namespace) -> int:
-    setup = prepare(args)
-    try:
-        results = trio.run(with_fleet, setup, _hold_body)
-    finally:
-        setup.close()
+    setup, results = run_with_fleet(args, _hold_body)
     params = {**common_params(setup), "duration_s": args.duration}
     r = results
     rows = [
@@ -280,11 +275,7 @@ def job_timeline(
 
 
 def fanout(args: argparse.Namespace) -> int:
-    setup = prepare(args)
-    try:
-        results = trio.run(with_fleet, setup, _fanout_body)
-    finally:
-        setup.close()
+    setup, results = run_with_fleet(args, _fanout_body)
     params = {**common_params(setup), "repeat": args.repeat}
     params["max_concurrency"] = args.max_concurrency
     r = results["median"]
@@ -354,11 +345,7 @@ async def _fanout_body(run: Run) -> dict[str, Any]:
 def storm(args: argparse.Namespace) -> int:
     if args.server_url:
         raise SystemExit("pushy bench storm restarts the server: it cannot use --server-url")
-    setup = prepare(args)
-    try:
-        results = trio.run(with_fleet, setup, _storm_body)
-    finally:
-        setup.close()
+    setup, results = run_with_fleet(args, _storm_body)
     params = {**common_params(setup), "deadline_s": args.deadline}
     r = results
     rows = [
@@ -475,11 +462,7 @@ class _Rates:
 
 # api -----------------------------------------------------------------------------------------
 def api(args: argparse.Namespace) -> int:
-    setup = prepare(args)
-    try:
-        results = trio.run(with_fleet, setup, _api_body)
-    finally:
-        setup.close()
+    setup, results = run_with_fleet(args, _api_body)
     params = {
         **common_params(setup),
         "rate": args.rate,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from appliance.knife.stream import RESET, STDERR_COLOUR, node_colour
-from tests.support import REPO, ClientFleet, Server, read_pty
+from tests.support import REPO, ClientFleet, Server, run_on_pty
 
 ORG = "jobstream"
 NODES = ["n1", "n2"]
@@ -120,24 +119,7 @@ def test_a_quick_commands_output_is_not_lost(fleet):
 
 
 def on_a_terminal(fleet: ClientFleet, env: dict[str, str], *args: str) -> str:
-    master, slave = pty.openpty()
-    try:
-        proc = subprocess.Popen(
-            argv(fleet, "job", "start", "--stream", *args),
-            stdout=slave,
-            stderr=subprocess.PIPE,
-            cwd=REPO,
-            env={**env, "COLUMNS": "100"},
-        )
-        os.close(slave)
-        slave = -1
-        output = read_pty(master, proc)
-        assert proc.wait(30) == 0, proc.stderr.read()
-    finally:
-        os.close(master)
-        if slave >= 0:
-            os.close(slave)
-    return output.decode().replace("\r\n", "\n")  # the tty's output processing adds \r to \n
+    return run_on_pty(argv(fleet, "job", "start", "--stream", *args), env, REPO)
 
 
 def test_on_a_terminal_names_are_coloured_and_the_progress_line_stays_whole(fleet):

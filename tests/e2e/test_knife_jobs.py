@@ -11,7 +11,6 @@ import base64
 import io
 import json
 import os
-import pty
 import pwd
 import re
 import signal
@@ -23,7 +22,7 @@ import pytest
 
 from appliance.knife.follow import EventStream, Follower
 from appliance.knife.session import Api, Credentials
-from tests.support import REPO, ClientFleet, Server, read_pty, wait_for
+from tests.support import REPO, ClientFleet, Server, run_on_pty, wait_for
 
 ORG = "knifejobs"
 JOB_ID = re.compile(r"Started\.  Job ID: ([0-9a-f]{32})\n")
@@ -422,24 +421,7 @@ def test_node_list(fleet):
 
 
 def test_start_on_a_terminal_shows_progress_then_a_summary(fleet):
-    master, slave = pty.openpty()
-    try:
-        proc = subprocess.Popen(
-            argv(fleet, "job", "start", "slow", "k1", "k2"),
-            stdout=slave,
-            stderr=subprocess.PIPE,
-            cwd=REPO,
-            env={**os.environ, "COLUMNS": "100"},
-        )
-        os.close(slave)
-        slave = -1
-        output = read_pty(master, proc)
-        assert proc.wait(30) == 0, proc.stderr.read()
-    finally:
-        os.close(master)
-        if slave >= 0:
-            os.close(slave)
-    text = output.decode().replace("\r\n", "\n")  # the tty's output processing adds \r to \n
+    text = run_on_pty(argv(fleet, "job", "start", "slow", "k1", "k2"), dict(os.environ), REPO)
     assert JOB_ID.match(text), text
     redraws = text.split("\n", 1)[1].split("\r\x1b[K")
     assert redraws[0] == "" and len(redraws) >= 4, redraws  # drawn, redrawn, finished
