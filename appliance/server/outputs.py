@@ -64,12 +64,16 @@ class Outputs:
 
     def _append(self, path: str, data: bytes) -> None:
         try:
-            fd = os.open(path, _APPEND, 0o640)
-        except FileNotFoundError:
+            fd = os.open(path, _APPEND, 0o600)
+        except FileNotFoundError:  # the job's first output (and maybe the server's)
             folder = os.path.dirname(path)
-            os.makedirs(folder, mode=0o750, exist_ok=True)
+            for each in (self.root, folder):  # private, as everything in the state directory
+                try:
+                    os.mkdir(each, 0o700)
+                except FileExistsError:
+                    pass
             self._new_dirs.add(folder)
-            fd = os.open(path, _APPEND, 0o640)
+            fd = os.open(path, _APPEND, 0o600)
         try:
             view = memoryview(data)
             while view:
