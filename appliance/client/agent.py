@@ -297,6 +297,8 @@ class Agent:
             if self.watch.server_heartbeat():
                 log.info("[%s] Server is online again: starting to heartbeat", self.node)
             if body.get("incarnation_id") != conn.incarnation:
+                for live in self.live_outputs.values():
+                    live.server_restarted()  # what it had not acknowledged: again, now
                 log.info(
                     "[%s] Server restart detected (incarnation %s, was %s)",
                     self.node,
@@ -445,9 +447,9 @@ class Agent:
                     on_started=lambda: self._execute(self.jobs.on_started(job.id)),
                     on_output=None if live is None else live.on_output,
                 )
-                if live is not None:
-                    await live.close()  # every chunk queued before the result
-                flusher.cancel_scope.cancel()
+                flusher.cancel_scope.cancel()  # a flush waiting for room must not hold close
+            if live is not None:
+                await live.close()  # every chunk queued before the result
         finally:
             self.kill_events.pop(job.id, None)
             self.live_outputs.pop(job.id, None)

@@ -14,6 +14,9 @@ the commands (their pipes fill) instead of growing anyone's memory. A window wit
 offsets), then given up as lost, so neither a restarted nor a vanished server can hang a job
 for longer than that. A chunk the socket does not take is tried again for ``SEND_PATIENCE``
 seconds; once that has run out, later chunks get one try each until the socket takes one.
+A server that restarted (the agent sees its new incarnation) gets what was in flight again at
+once: the acknowledgements it owed died with it. The command's end waits for none: what is
+left goes out past the window (a chunk per stream at most) and the result right after it.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class LiveOutput:
         self.lost = 0  # bytes given up: never taken by the socket, or never acknowledged
         self._acked = trio.Event()
         self._stuck = False  # the socket refused a chunk for SEND_PATIENCE: no more waiting
+        self._restarted = False  # the server restarted: resend what is in flight now
         self._lock = trio.Lock()  # one sender at a time keeps each stream's chunks in order
 
     async def on_output(self, stream: str, data: bytes) -> None:
@@ -79,6 +83,14 @@ class LiveOutput:
         for key in done:
             del self.inflight[key]
         if done:
+            if not self.inflight:
+                self._restarted = False  # nothing left that a restart could have lost
+            self._acked.set()
+
+    def server_restarted(self) -> None:
+        """The server restarted: its acks for what is in flight will never come."""
+        if self.inflight:
+            self._restarted = True
             self._acked.set()
 
     async def flush_every(self) -> None:
@@ -88,30 +100,40 @@ class LiveOutput:
             await self._flush(final=False)
 
     async def close(self) -> None:
-        """The command ended: send everything left and see it acknowledged, before the result."""
-        await self._flush(final=True)
-        async with self._lock:
-            await self._room(self.window)
+        """The command ended: what is left goes out at once, past the window (at most a
+        chunk per stream more), and the result right after it on the same socket: a job's end
+        never waits for acknowledgements (a server killed meanwhile would hold it up)."""
+        await self._flush(final=True, wait=False)
         dropped = {name: out.dropped for name, out in self.streams.items() if out.dropped}
         if dropped:
             log.info("output past max_output_bytes not sent (bytes): %s", dropped)
 
-    async def _flush(self, *, final: bool) -> None:
+    async def _flush(self, *, final: bool, wait: bool = True) -> None:
+        """Send what is pending; a chunk stays pending until it is sent or given up, so a
+        flush cancelled while it waits (the command's end) leaves it to the next one."""
         async with self._lock:
             for name, out in self.streams.items():
-                for offset, data in out.take(final=final):
-                    await self._room(len(data))
-                    if await self._send_patiently(name, offset, data):
+                while (chunk := out.peek(final=final)) is not None:
+                    offset, data = chunk
+                    if wait:
+                        await self._room(len(data))
+                    sent = await self._send_patiently(name, offset, data)
+                    out.advance(len(data))
+                    if sent:
                         self.inflight[(name, offset)] = data
 
     async def _room(self, size: int) -> None:
         """Wait until ``size`` more bytes fit the window (or nothing is in flight)."""
         resent = False
         while self.inflight and sum(map(len, self.inflight.values())) + size > self.window:
-            self._acked = trio.Event()
-            with trio.move_on_after(ACK_PATIENCE):
-                await self._acked.wait()
-                continue
+            if not self._restarted:
+                self._acked = trio.Event()
+                with trio.move_on_after(ACK_PATIENCE) as waiting:
+                    await self._acked.wait()
+                if not waiting.cancelled_caught and not self._restarted:
+                    continue  # an ack came
+            if self._restarted:  # a fresh start for the new server: resend, full patience
+                self._restarted, resent = False, False
             if not resent:
                 resent = True
                 for (name, offset), data in list(self.inflight.items()):

@@ -152,19 +152,28 @@ class Outgoing:
     def take(self, *, final: bool = False) -> list[tuple[int, bytes]]:
         """(offset, bytes) chunks of what is pending, each cut at a character boundary; unless
         ``final``, an unfinished character at the end waits for the rest of it."""
+        chunks = []
+        while (chunk := self.peek(final=final)) is not None:
+            chunks.append(chunk)
+            self.advance(len(chunk[1]))
+        return chunks
+
+    def peek(self, *, final: bool = False) -> tuple[int, bytes] | None:
+        """The next chunk (as `take` cuts them), left pending until `advance`: a sender
+        cancelled before it is done loses nothing."""
         pending = self.pending
         end = len(pending) if final else complete_prefix(pending)
-        chunks = []
-        start = 0
-        while start < end:
-            cut = min(end, start + self.chunk_bytes)
-            if cut < end:
-                cut = max(start + 1, _char_start(pending, cut))
-            chunks.append((self.sent, bytes(pending[start:cut])))
-            self.sent += cut - start
-            start = cut
-        del pending[:start]
-        return chunks
+        if end == 0:
+            return None
+        cut = min(end, self.chunk_bytes)
+        if cut < end:
+            cut = max(1, _char_start(pending, cut))
+        return self.sent, bytes(pending[:cut])
+
+    def advance(self, size: int) -> None:
+        """The next ``size`` pending bytes are dealt with (sent, or given up)."""
+        del self.pending[:size]
+        self.sent += size
 
 
 def complete_prefix(data: bytes | bytearray) -> int:

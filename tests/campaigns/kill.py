@@ -262,7 +262,8 @@ def observe_feed(told: JobTold, events: list[Any], where: str) -> list[str]:
     read from the start that was not cut short holds every event the server has)."""
     out = []
     partial = bool(events) and events[-1] is None
-    read = {e[1]: (e[0], e[2]) for e in events if e is not None}
+    # live output events carry no id (never replayed): only job events are held to this
+    read = {e[1]: (e[0], e[2]) for e in events if e is not None and e[1]}
     for ident, seen in told.events.items():
         if ident in read and read[ident] != seen:
             out.append(f"{where}: job {told.id} event {ident} is {read[ident]}, was {seen}")

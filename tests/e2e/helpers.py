@@ -269,9 +269,7 @@ def shape(events: list[tuple[str, str, dict]]) -> list[tuple]:
     output events are left out: they carry no id and no state (test_live_output.py and
     test_jobs.py check them)."""
     return [
-        (name, data.get("node"), data.get("status"))
-        for name, _, data in events
-        if name != "output"
+        (name, data.get("node"), data.get("status")) for name, _, data in events if name != "output"
     ]
 
 

@@ -232,7 +232,8 @@ def test_event_stream_schema_describes_one_event(world, admin):
     case.validate_response(response, checks=[response_schema_conformance])
     event = DOC["paths"]["/organizations/{org}/pushy/job_status_feed/{job_id}"]["get"]
     media = event["responses"]["200"]["content"]["text/event-stream"]["schema"]
-    assert media["required"] == ["event", "id", "data"]
+    # every event has an id but live output's (never replayed), so the schema requires none
+    assert media["required"] == ["event", "data"] and "id" in media["properties"]
 
 
 @pytest.mark.parametrize("depth", [99, 101, 300, 1000])
