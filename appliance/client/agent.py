@@ -448,8 +448,8 @@ class Agent:
                     on_output=None if live is None else live.on_output,
                 )
                 flusher.cancel_scope.cancel()  # a flush waiting for room must not hold close
-            if live is not None:
-                await live.close()  # every chunk queued before the result
+            if live is not None:  # every chunk on the server's disk before the result
+                await live.close(wait_for_acks=not kill.is_set())
         finally:
             self.kill_events.pop(job.id, None)
             self.live_outputs.pop(job.id, None)

@@ -15,8 +15,9 @@ offsets), then given up as lost, so neither a restarted nor a vanished server ca
 for longer than that. A chunk the socket does not take is tried again for ``SEND_PATIENCE``
 seconds; once that has run out, later chunks get one try each until the socket takes one.
 A server that restarted (the agent sees its new incarnation) gets what was in flight again at
-once: the acknowledgements it owed died with it. The command's end waits for none: what is
-left goes out past the window (a chunk per stream at most) and the result right after it.
+once: the acknowledgements it owed died with it. The command's end waits for the last acks
+(bounded the same way), so that a job seen complete has its output on the server's disk; an
+aborted job's does not wait.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ FLUSH_SECONDS = 0.25
 #: (1,000 nodes: 16 MiB, under half a second at what one server takes); one node alone still
 #: sends this per round trip (16 MiB/s at 1 ms)
 WINDOW_BYTES = 16 * 1024
-ACK_PATIENCE = 10.0
+ACK_PATIENCE = 3.0  # a round trip and an fsync; a flood's queue adds under a second
 SEND_PATIENCE = 10.0
 _RETRY_SECONDS = 0.02
 #: room left in a message for everything but the chunk (the fields, the JSON, the header)
@@ -99,11 +100,14 @@ class LiveOutput:
             await trio.sleep(FLUSH_SECONDS)
             await self._flush(final=False)
 
-    async def close(self) -> None:
-        """The command ended: what is left goes out at once, past the window (at most a
-        chunk per stream more), and the result right after it on the same socket: a job's end
-        never waits for acknowledgements (a server killed meanwhile would hold it up)."""
-        await self._flush(final=True, wait=False)
+    async def close(self, *, wait_for_acks: bool = True) -> None:
+        """The command ended: send what is left and, unless it was aborted (the server has
+        given up on it), see it acknowledged — on disk at the server — before the result goes:
+        a job seen complete then has all its output. Bounded by the ack patience."""
+        await self._flush(final=True, wait=wait_for_acks)
+        if wait_for_acks:
+            async with self._lock:
+                await self._room(self.window)
         dropped = {name: out.dropped for name, out in self.streams.items() if out.dropped}
         if dropped:
             log.info("output past max_output_bytes not sent (bytes): %s", dropped)

@@ -125,17 +125,27 @@ class Dispatcher:
         except coreoutput.ChunkError as exc:
             log.debug("output message of %s/%s dropped: %s", *key, exc)
             return
-        # acknowledged whatever becomes of it, so the node sends more (``client.liveoutput``)
+        # the node sends more once acknowledged (``client.liveoutput``): a chunk kept is
+        # acknowledged (and shown) once it is on disk, any other one at once
         ack = {"type": "output_ack", "job_id": chunk.job_id, "stream": chunk.stream}
         ack["offset"] = chunk.offset + len(chunk.data)
-        self.outbound.send_to_node(key, ack, now)
         job = self._live_job(chunk.job_id, key)
         if job is None or not job.capture or key[1] not in job.nodes:
             log.debug("output of %s/%s for job %s dropped: no such capture", *key, chunk.job_id)
+            self.outbound.send_to_node(key, ack, now)
             return
+        errors = self.outputs.write_errors
         kept = self.outputs.take(job.id, key[1], chunk.stream, chunk.offset, chunk.data)
-        if kept is not None:
-            self._publish_output(job, key[1], chunk.stream, kept.offset, kept.text(), now)
+        if self.outputs.write_errors != errors:
+            return  # not written: not acknowledged (the node sends it again, then gives up)
+
+        def synced() -> None:
+            later = self.clock.now()
+            self.outbound.send_to_node(key, ack, later)
+            if kept is not None:
+                self._publish_output(job, key[1], chunk.stream, kept.offset, kept.text(), later)
+
+        self.outputs.when_synced(synced)
 
     def _publish_output(
         self, job: jobfsm.Job, node: str, stream: str, offset: int, text: str, now: float

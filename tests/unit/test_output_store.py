@@ -109,10 +109,13 @@ async def test_read(root):
     out = Outputs(root, 4)
     assert await out.read(J, "n", "stdout") is None
     out.take(J, "n", "stdout", 0, b"ab")
+    assert await out.read(J, "n", "stdout") == b""  # durable before visible
+    assert await out.sync()
     assert await out.read(J, "n", "stdout") == b"ab"
     assert await out.read(J, "n", "stderr") is None
     assert await out.read(K, "n", "stdout") is None
     out.take(J, "n", "stdout", 2, b"cdef")
+    assert await out.sync()
     assert await out.read(J, "n", "stdout") == b"abcd" + truncation_marker(4)
 
 
@@ -151,6 +154,7 @@ async def test_remove_deletes_the_job_folder(root):
     assert not out.streamed(J, "n")
     assert out.take(J, "n", "stdout", 0, b"new") == Kept(0, b"new")  # starts again at 0
     assert content(out.path(J, "n", "stdout")) == b"new"
+    assert await out.sync()
     assert await out.read(K, "n", "stdout") == b"kept"
 
 
