@@ -164,7 +164,9 @@ class Outputs:
         ok = True
         if files or folders:
             ok = await trio.to_thread.run_sync(_fsync_all, [*files, *folders, self.root])
-        if not ok:
+        if not ok:  # tried again with the next pass (the node resends what was not acked)
+            self._dirty |= files
+            self._new_dirs |= folders
             return False
         for key, size in sizes.items():
             if key in self._visible:

@@ -259,3 +259,24 @@ async def test_sync(root):
     await out.sync()
     assert (out._dirty, out._new_dirs) == (set(), set())
     assert content(out.path(J, "n", "stdout")) == b"abc"
+
+
+async def test_a_failed_fsync_shows_and_acknowledges_nothing_and_is_tried_again(root, monkeypatch):
+    from appliance.server import outputs as outputs_module
+
+    out = Outputs(root, 100)
+    out.take(J, "n", "stdout", 0, b"abc")
+    acked: list[str] = []
+    out.when_synced(lambda: acked.append("first"))
+    real = outputs_module._fsync_all
+    monkeypatch.setattr(outputs_module, "_fsync_all", lambda paths: False)
+    assert await out.sync() is False
+    assert acked == [] and await out.read(J, "n", "stdout") == b""
+    synced: list[str] = []
+    monkeypatch.setattr(
+        outputs_module, "_fsync_all", lambda paths: synced.extend(paths) or real(paths)
+    )
+    out.when_synced(lambda: acked.append("resent"))  # the node's resend
+    assert await out.sync() is True
+    assert out.path(J, "n", "stdout") in synced  # the file whose fsync failed, again
+    assert acked == ["resent"] and await out.read(J, "n", "stdout") == b"abc"
