@@ -15,6 +15,7 @@ missing, with a note: once such a group exists, only its members may read (or st
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -525,7 +526,7 @@ def _migrate_store(args: argparse.Namespace) -> int:
             state_dir, args.target, progress=lambda text: print(f"  {text}", file=sys.stderr)
         )
     except StorageError as exc:
-        if "in use" in str(exc):
+        if exc.errno == errno.EBUSY:  # the log's lock: a server holds it
             raise CliError(
                 f"the event log in {state_dir} is in use: stop the server first"
             ) from None
