@@ -252,8 +252,11 @@ def _server(args: argparse.Namespace) -> int:
     from appliance.localserver import pushy_command
     from appliance.server.edgelaunch import start_local_link
 
-    # before the web stack is imported and the log replayed: the edges start meanwhile
-    local = start_local_link(settings, [*pushy_command(), "edge"])
+    # before the web stack is imported and the log replayed: the edges start meanwhile (a
+    # PostgreSQL store's server starts as a standby: its edges wait until it is active)
+    local = None
+    if settings.store_url is None:
+        local = start_local_link(settings, [*pushy_command(), "edge"])
     try:
         return _run_server(args, settings, overrides, local)
     finally:
@@ -278,6 +281,12 @@ def _run_server(
 
     log = logging.getLogger("pushy.server")
     try:
+        if settings.store_url is not None:
+            from appliance.server.ha import run_ha
+
+            return run_ha(
+                settings, ready_file=args.ready_file, config=args.config, overrides=overrides
+            )
         return run_server(
             settings,
             recover=args.recover,

@@ -81,6 +81,10 @@ class Agent:
         self.live_outputs: dict[str, LiveOutput] = {}  # job id -> its live output (acks)
         self.stopping = trio.Event()
         self.reconfigure_due: float | None = None  # monotonic deadline of the next reconfigure
+        # the server went offline: reconnect now even while a job runs (beyond the original,
+        # which waits for the job: the output and result of a long job would go to a server
+        # that is gone, while a standby has taken over behind the same name)
+        self.reconfigure_during_job = False
         self._reconfigure_now = trio.Event()
         self._nursery: trio.Nursery | None = None
 
@@ -150,9 +154,14 @@ class Agent:
             event.set()
         self._reconfigure_now.set()
 
-    def request_reconfigure(self, reason: str, *, delay: float = 0.0) -> None:
-        """Schedule a reconfigure (de-duplicated: the earliest request wins)."""
+    def request_reconfigure(
+        self, reason: str, *, delay: float = 0.0, during_job: bool = False
+    ) -> None:
+        """Schedule a reconfigure (de-duplicated: the earliest request wins). ``during_job``:
+        do not wait for a running job to end (it goes on over the new connection)."""
         due = time.monotonic() + delay
+        if during_job:
+            self.reconfigure_during_job = True
         if self.reconfigure_due is None or due < self.reconfigure_due:
             log.info("[%s] reconfigure in %.1f s: %s", self.node, delay, reason)
             self.reconfigure_due = due
@@ -182,9 +191,11 @@ class Agent:
         old, self.conn = self.conn, conn
         if old is not None:
             old.close()
-        self.reconfigure_due = None
         self.reconfigure_due = time.monotonic() + lifetime_seconds(conn.config)
+        self.reconfigure_during_job = False
         self.watch = ServerWatch.from_heartbeat_config(hb)
+        for live in self.live_outputs.values():
+            live.server_restarted()  # the acks owed on the old connection may never come
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive_commands, conn)
@@ -205,6 +216,13 @@ class Agent:
             due = self.reconfigure_due
             if due is not None and time.monotonic() >= due:
                 if self.jobs.state == "idle":
+                    return
+                if self.reconfigure_during_job:
+                    log.info(
+                        "[%s] Server offline: reconnecting while job %s goes on",
+                        self.node,
+                        self.jobs.heartbeat_fields()[1],
+                    )
                     return
                 if not delaying_logged:
                     log.info("[%s] Job in flight, delaying reconfigure", self.node)
@@ -266,7 +284,7 @@ class Agent:
                 )
                 if not conn.got_command_message.is_set():  # never heard: the address?
                     await self._diagnose_once(conn)
-                self.request_reconfigure("server offline")
+                self.request_reconfigure("server offline", during_job=True)
                 sdnotify.status(f"server {self._server_host()} offline, reconnecting")
             if self.watch.online:  # read again: server heartbeats may have come meanwhile
                 sent += 1

@@ -10,14 +10,17 @@ it has up to), and at most ``WINDOW_BYTES`` of a job's output are sent and not a
 So what a flood of output can queue between a node and the server (in the edges, in ZeroMQ,
 in the server) is bounded by the streaming nodes times the window, and a slow server slows
 the commands (their pipes fill) instead of growing anyone's memory. A window with no ack for
-``ACK_PATIENCE`` is sent again once (the server keeps a chunk once, whatever the resends:
-offsets), then given up as lost, so neither a restarted nor a vanished server can hang a job
-for longer than that. A chunk the socket does not take is tried again for ``SEND_PATIENCE``
-seconds; once that has run out, later chunks get one try each until the socket takes one.
-A server that restarted (the agent sees its new incarnation) gets what was in flight again at
-once: the acknowledgements it owed died with it. The command's end waits for the last acks
-(bounded the same way), so that a job seen complete has its output on the server's disk; an
-aborted job's does not wait.
+``ACK_PATIENCE`` is sent again (the server keeps a chunk once, whatever the resends: offsets),
+every ``ACK_PATIENCE`` until ``GIVE_UP_SECONDS`` passed without an ack, then given up as lost:
+long enough for a standby to take over from a failed server (``lease_timeout`` + 5 s and the
+node's reconnection), short enough that a vanished server cannot hang a job for good. A chunk
+the socket does not take is tried again for ``SEND_PATIENCE`` seconds (a node reconnecting
+has no socket for a while); once that has run out, later chunks get one try each until the
+socket takes one. A new connection (a reconnect, a failover) or a server that restarted (the
+agent sees its new incarnation) gets what was in flight again at once: the acknowledgements
+owed died with the old one. The command's end waits for the last acks (bounded the same way),
+so that a job seen complete has its output on the server's disk; an aborted job's does not
+wait.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ FLUSH_SECONDS = 0.25
 #: sends this per round trip (16 MiB/s at 1 ms)
 WINDOW_BYTES = 16 * 1024
 ACK_PATIENCE = 3.0  # a round trip and an fsync; a flood's queue adds under a second
-SEND_PATIENCE = 10.0
+GIVE_UP_SECONDS = 60.0  # without any ack: the server is gone for good
+SEND_PATIENCE = 30.0
 _RETRY_SECONDS = 0.02
 #: room left in a message for everything but the chunk (the fields, the JSON, the header)
 _MESSAGE_OVERHEAD = 1024
@@ -128,18 +132,19 @@ class LiveOutput:
 
     async def _room(self, size: int) -> None:
         """Wait until ``size`` more bytes fit the window (or nothing is in flight)."""
-        resent = False
+        since = trio.current_time()  # the last ack, or the last fresh start
         while self.inflight and sum(map(len, self.inflight.values())) + size > self.window:
             if not self._restarted:
                 self._acked = trio.Event()
                 with trio.move_on_after(ACK_PATIENCE) as waiting:
                     await self._acked.wait()
                 if not waiting.cancelled_caught and not self._restarted:
+                    since = trio.current_time()
                     continue  # an ack came
             if self._restarted:  # a fresh start for the new server: resend, full patience
-                self._restarted, resent = False, False
-            if not resent:
-                resent = True
+                self._restarted = False
+                since = trio.current_time()
+            if trio.current_time() - since < GIVE_UP_SECONDS:
                 for (name, offset), data in list(self.inflight.items()):
                     if not await self._send_patiently(name, offset, data):
                         del self.inflight[(name, offset)]  # counted as lost there

@@ -27,6 +27,9 @@ History (docs/operations.md keeps the same table for operators):
                             ``run_sent`` and ``stopped`` changes: added before 0.2.0 was
                             released, which no release reads wrongly)
 
+The ``server_key`` record (the server's RSA key) is written only into a PostgreSQL log, which no
+older release can read at all (``store.pglog``): it needed no new format.
+
 The reducer (``core.state``) knows only ``FORMAT``: every older form is turned into it here.
 """
 

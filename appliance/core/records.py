@@ -30,6 +30,17 @@ def server_init(
     }
 
 
+def server_key(rsa_private_pem: str, rsa_public_pem: str) -> Record:
+    """The server's RSA key, in a PostgreSQL log only: every server sharing the log signs its
+    heartbeats with it, so a failover asks no node for anything new. (Older releases cannot
+    read a PostgreSQL log at all, so this type needed no new format.)"""
+    return {
+        "type": "server_key",
+        "rsa_private_pem": rsa_private_pem,
+        "rsa_public_pem": rsa_public_pem,
+    }
+
+
 def job_created(
     *,
     job_id: str,

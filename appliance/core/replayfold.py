@@ -130,6 +130,20 @@ class DeferredFold:
         self._build_org_feed()
         return count
 
+    def forget_ended(self, ended_before: float) -> None:
+        """Move ``ended_before`` on (a standby folds records for as long as it waits) and drop
+        what was kept of the jobs that ended before it: they can show no events any more."""
+        self.ended_before = ended_before
+        jobs, pending = self.state.jobs, self.pending
+        for job_id in list(pending):
+            job = jobs.get(job_id)
+            if job is None or (
+                job.finished_at is not None
+                and job.finished_at < ended_before
+                and job.status in _FINISHED
+            ):
+                del pending[job_id]
+
     def _org_events(self, job: jobfsm.Job, events: list[tuple[float, list[Any]]]) -> None:
         """Count a step's org feed events; keep the last ones, built in `_build_org_feed`."""
         state = self.state

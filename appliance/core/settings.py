@@ -114,6 +114,16 @@ class Settings:
     edge_processes: int | str = "auto"
     edge_link_address: str = "tcp://127.0.0.1"  # "tcp://*" lets edges on other hosts in
     edge_link_port: int = 0  # 0: a free port (enough for local edges); remote ones need one
+    # the event log: "file" (under state_dir) or a PostgreSQL URL shared by an active/standby
+    # set of servers (docs/operations.md "High availability")
+    store: str = "file"
+    store_password_file: str | None = None  # the database password, alone in the file
+    lease_timeout: float = 10.0  # seconds a silent active keeps the lease (PostgreSQL store)
+
+    @property
+    def store_url(self) -> str | None:
+        """The PostgreSQL URL of the event log, or None for the file log."""
+        return None if self.store == "file" else self.store
 
     def edge_count(self, cores: int | None, known_nodes: int = 0, fd_limit: int = 0) -> int:
         """How many local edge processes to run. ``auto``: one per core (at least 2, at most
@@ -242,6 +252,16 @@ def _edge_processes(key: str, value: Any) -> int | str:
     return value
 
 
+def _store(key: str, value: Any) -> str:
+    if isinstance(value, str) and (
+        value == "file" or value.startswith(("postgresql://", "postgres://"))
+    ):
+        if any(c.isspace() for c in value):
+            raise _fail(key, '"file" or a postgresql:// URL without spaces', value)
+        return value
+    raise _fail(key, '"file" or a PostgreSQL URL (postgresql://USER@HOST:PORT/DB)', value)
+
+
 def _log_level(key: str, value: Any) -> str:
     if not isinstance(value, str) or value.lower() not in _LOG_LEVELS:
         raise _fail(key, "one of " + ", ".join(_LOG_LEVELS), value)
@@ -283,6 +303,9 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "edge_processes": _edge_processes,
     "edge_link_address": _zmq_address,
     "edge_link_port": _port,
+    "store": _store,
+    "store_password_file": _abs_path,
+    "lease_timeout": _number("a number from 1 to 3600", lambda v: 1 <= v <= 3600),
 }
 _PORT_KEYS = ("server_heartbeat_port", "command_port", "api_port", "edge_link_port")
 

@@ -40,6 +40,9 @@ class ServerIdentity:
     curve_secret: str
     rsa_public_pem: str
     created_at: float
+    # the RSA key itself, only in a PostgreSQL log (``server_key``): every server sharing the
+    # log signs with it; a file log's server keeps it in STATE_DIR/server.pem
+    rsa_private_pem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,12 @@ def _server_init(state: State, r: dict[str, Any]) -> None:
     state.server = ServerIdentity(
         r["incarnation"], r["curve_public"], r["curve_secret"], r["rsa_public_pem"], r["t"]
     )
+
+
+def _server_key(state: State, r: dict[str, Any]) -> None:
+    if state.server is not None:
+        state.server.rsa_public_pem = r["rsa_public_pem"]
+        state.server.rsa_private_pem = r["rsa_private_pem"]
 
 
 def _job_created(state: State, r: dict[str, Any]) -> None:
@@ -200,6 +209,7 @@ def _counters(state: State, r: dict[str, Any]) -> None:
 
 _HANDLERS = {
     "server_init": _server_init,
+    "server_key": _server_key,
     "job_created": _job_created,
     "job_step": _job_step,
     "jobs_restore": _jobs_restore,
@@ -241,6 +251,8 @@ def to_records(state: State) -> list[dict[str, Any]]:
                 t=s.created_at,
             )
         )
+        if s.rsa_private_pem is not None:
+            out.append(records.server_key(s.rsa_private_pem, s.rsa_public_pem))
     out.extend(identity.export_records(state.identity))
     jobs = list(state.jobs.values())
     for i in range(0, len(jobs), JOBS_PER_RECORD):

@@ -28,6 +28,8 @@ MAX_REST_BODY = 1_000_000
 # after an error sent before the body was read (413, 408): how long the rest may still arrive
 LINGER_SECONDS = 1.0
 log = logging.getLogger("pushy.http")
+STATUS_PATH = "/pushy/_status"
+NOT_ACTIVE = "this pushy server is stepping down to standby; the active server answers"
 
 
 def create_app(ctx: ServerContext) -> QuartTrio:
@@ -46,6 +48,16 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         """Read the whole body (at most MAX_REST_BODY) before routing: hypercorn stalls a
         keep-alive connection when a reply (a 405, a 404) goes out before the body was read."""
         await request.get_data(cache=True)
+        if ctx.lease is not None and not ctx.lease.valid() and request.path != STATUS_PATH:
+            # a PostgreSQL store's active that cannot be sure of its lease any more (paused
+            # past it, cut off from the database): another server may be active now
+            return Response(
+                orjson.dumps({"error": [NOT_ACTIVE]}),
+                status=503,
+                content_type="application/json",
+                headers={"Retry-After": "5"},
+            )
+        return None
 
     @app.after_request
     async def durable_first(response: Response) -> Response:

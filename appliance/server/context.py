@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
@@ -21,6 +22,9 @@ from appliance.server.livejobs import LiveJobs
 from appliance.server.reactor import Reactor
 from appliance.server.store import Store
 from appliance.server.timers import Timers
+
+if TYPE_CHECKING:  # psycopg is imported only with a PostgreSQL store
+    from appliance.server.lease import LeaseKeeper
 
 
 @dataclass
@@ -40,6 +44,7 @@ class ServerContext:
     clock: Clock
     hub: Hub
     shutdown: trio.Event = field(default_factory=trio.Event)
+    lease: LeaseKeeper | None = None  # a PostgreSQL store's active: its lease
     ports: dict[str, int] = field(default_factory=dict)
 
     @property

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -38,6 +38,9 @@ from appliance.server.feeds import END, Hub, Output
 from appliance.server.livejobs import LiveJobs
 from appliance.server.outputs import Outputs
 from appliance.server.store import Store
+
+if TYPE_CHECKING:  # psycopg is imported only with a PostgreSQL store
+    from appliance.server.pgoutputs import PgOutputs
 
 log = logging.getLogger("pushy.dispatch")
 
@@ -67,10 +70,10 @@ class Dispatcher:
         clock: Clock,
         live: LiveJobs,
         advertiser: Advertiser,
-        outputs: Outputs | None = None,
+        outputs: Outputs | PgOutputs | None = None,
     ) -> None:
         self.settings = settings
-        self.outputs = outputs or Outputs(
+        self.outputs: Outputs | PgOutputs = outputs or Outputs(
             os.path.join(settings.state_dir, "output"), settings.max_output_bytes
         )
         self.state = state

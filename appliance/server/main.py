@@ -33,17 +33,19 @@ import uuid
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import trio
 import zmq
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from appliance import sdnotify
 from appliance.core import identity, records
 from appliance.core import nodes as corenodes
+from appliance.core import state as corestate
 from appliance.core.keys import generate_rsa, load_private_pem, private_pem, public_pem
 from appliance.core.settings import Settings, load_settings, reload_settings
 from appliance.localserver import pushy_command
@@ -60,6 +62,10 @@ from appliance.server.outbound import NodeSigner, ServerBeat
 from appliance.server.reactor import Reactor
 from appliance.server.store import Store
 from appliance.server.timers import Timers
+
+if TYPE_CHECKING:  # psycopg is imported only with a PostgreSQL store
+    from appliance.server.lease import LeaseKeeper
+    from appliance.server.pgoutputs import PgOutputs
 
 log = logging.getLogger("pushy.server")
 SUPERUSER = "pivotal"
@@ -94,6 +100,30 @@ def prepare_state_dir(settings: Settings) -> Path:
     return state_dir
 
 
+def founding_records(
+    state: corestate.State, server_key: RSAPrivateKey, pivotal_path: Path, *, shared: bool = False
+) -> list[dict[str, Any]]:
+    """A first start's records: the server's identity and the superuser (whose key is made in
+    ``pivotal_path``). ``shared`` (a PostgreSQL log): the RSA key itself goes in the log too."""
+    pivotal_key, _ = _key_file(pivotal_path)
+    curve_public, curve_secret = zmq.curve_keypair()
+    founding = [
+        records.server_init(
+            incarnation=str(uuid.uuid4()),
+            curve_public=curve_public.decode("ascii"),
+            curve_secret=curve_secret.decode("ascii"),
+            rsa_public_pem=public_pem(server_key),
+            t=time.time(),  # before trio runs: the server's clock starts with the loop
+        )
+    ]
+    if shared:
+        founding.append(records.server_key(private_pem(server_key), public_pem(server_key)))
+    founding += identity.bootstrap_superuser(
+        state.identity, public_pem(pivotal_key), name=SUPERUSER
+    )
+    return founding
+
+
 def open_store(
     settings: Settings,
     state_dir: Path,
@@ -123,22 +153,7 @@ def open_store(
         gc.freeze()
         gc.enable()
     if state.server is None:
-        pivotal_key, _ = _key_file(pivotal_path)
-        curve_public, curve_secret = zmq.curve_keypair()
-        store.initialise(
-            [
-                records.server_init(
-                    incarnation=str(uuid.uuid4()),
-                    curve_public=curve_public.decode("ascii"),
-                    curve_secret=curve_secret.decode("ascii"),
-                    rsa_public_pem=public_pem(server_key),
-                    t=time.time(),  # before trio runs: the server's clock starts with the loop
-                ),
-                *identity.bootstrap_superuser(
-                    state.identity, public_pem(pivotal_key), name=SUPERUSER
-                ),
-            ]
-        )
+        store.initialise(founding_records(state, server_key, pivotal_path))
         log.info("first start: created %s", state_dir)
     elif SUPERUSER not in state.identity.users:
         # the first start's batch was torn after server_init (or --recover cut there): without
@@ -175,18 +190,21 @@ def run_server(
             settings, state_dir, recover=recover, progress=_replay_progress()
         )
         sdnotify.status(f"event log replayed (at seq {store.state.last_seq}); binding sockets")
-        trio.run(
-            partial(
-                serve,
-                settings,
-                store,
-                server_key,
-                ready_file=ready_file,
-                config=config,
-                overrides=overrides,
-                local=local,
+        try:
+            trio.run(
+                partial(
+                    serve,
+                    settings,
+                    store,
+                    server_key,
+                    ready_file=ready_file,
+                    config=config,
+                    overrides=overrides,
+                    local=local,
+                )
             )
-        )
+        finally:
+            store.log.close()
     finally:
         signal.signal(signal.SIGHUP, previous_hup)
     return 0
@@ -225,6 +243,7 @@ def build_context(
     advertiser: Advertiser,
     hostname: str,
     local: LocalLink | None = None,
+    outputs: PgOutputs | None = None,
 ) -> ServerContext:
     """The server's parts, wired once: the reactor (sockets) and the timers hand their inputs to
     the dispatcher, which alone changes jobs and nodes (see docs/architecture.md)."""
@@ -274,6 +293,7 @@ def build_context(
         clock=clock,
         live=LiveJobs(state),
         advertiser=advertiser,
+        outputs=outputs,
     )
     if isinstance(sockets, EdgeHub):
         sockets.dispatcher = dispatcher
@@ -304,7 +324,11 @@ async def serve(
     config: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     local: LocalLink | None = None,
+    lease: LeaseKeeper | None = None,
+    outputs: PgOutputs | None = None,
 ) -> None:
+    """Serve until SIGTERM/SIGINT, or (``lease``: a PostgreSQL store's active) until the lease
+    is lost. ``outputs``: where live output goes when it is not the state directory."""
     clock = Clock()
     # the running server_name; checked (and the FQDN looked up) once the ports are bound
     advertiser = Advertiser(settings.server_name or socket.gethostname())
@@ -317,7 +341,9 @@ async def serve(
         advertiser=advertiser,
         hostname=hostname,
         local=local,
+        outputs=outputs,
     )
+    ctx.lease = lease
     p = settings
     async with trio.open_nursery() as root:
         await root.start(store.run, clock)
@@ -327,6 +353,8 @@ async def serve(
             services.start_soon(ctx.dispatcher.outputs.sync_forever)
             services.start_soon(ctx.dispatcher.send_synced_runs)
             store.on_pruned = ctx.dispatcher.outputs.remove
+            if lease is not None:
+                services.start_soon(lease.hold, ctx.shutdown)
             await start_core(ctx, services)
             hconfig = Config()
             hconfig.bind = [_bind_address(p.api_listen_address, p.api_port)]
@@ -346,7 +374,8 @@ async def serve(
         ctx.reactor.close()
         await ctx.dispatcher.outputs.sync()
         store.close()  # the committer drains the queue, then the root nursery ends
-    store.log.close()
+    if lease is not None:
+        await lease.stopped()
     log.info("pushy server stopped")
 
 

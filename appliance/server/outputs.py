@@ -126,7 +126,7 @@ class Outputs:
 
         return await trio.to_thread.run_sync(read_file)
 
-    def streamed(self, job_id: str, node: str) -> bool:
+    async def streamed(self, job_id: str, node: str) -> bool:
         """Whether the node sent live output (on either stream) for the job."""
         return any(os.path.exists(self.path(job_id, node, s)) for s in coreoutput.STREAMS)
 

@@ -354,7 +354,7 @@ async def job_output(
         data = await outputs.read(job_id, node, channel)
         # a node of ours that printed nothing (on this channel) has an empty output; one of an
         # original client that has not finished has none yet
-        ours = node in job.details or outputs.streamed(job_id, node)
+        ours = node in job.details or await outputs.streamed(job_id, node)
         if data is not None or status == "running" or ours:
             text = (data or b"").decode("utf-8", "replace")  # as the events show it
             return Response(text.encode("utf-8"), content_type=OCTETS)

@@ -101,6 +101,12 @@ SCHEMAS: dict[str, Schema] = {
     "Status": obj(
         {
             "status": {"type": "string", "const": "it's alive"},
+            "role": {
+                "description": "`active`; a standby of a PostgreSQL store answers 503 and "
+                "`standby` (what a load balancer's health check reads).",
+                "type": "string",
+                "const": "active",
+            },
             "incarnation_id": {"type": ["string", "null"], "format": "uuid"},
             "node_fsm_count": {"type": "integer", "minimum": 0},
             "job_processes": {"type": "array", "items": JOB_ID},

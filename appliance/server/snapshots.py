@@ -16,7 +16,9 @@ import gc
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import trio
@@ -45,6 +47,18 @@ def build(directory: Path, seq: int, *, now: float, linger: float, retention: fl
     files while the server runs: what a restart at ``now`` would rebuild from them, the
     events of jobs past their linger window and the jobs past retention left out."""
     snapshot, records = read_upto(directory / "log", seq)
+    return fold(snapshot, records, now=now, linger=linger, retention=retention)
+
+
+def fold(
+    snapshot: tuple[bytes, int] | None,
+    records: Iterable[tuple[int, bytes, int]],
+    *,
+    now: float,
+    linger: float,
+    retention: float,
+) -> bytes:
+    """The snapshot payload of a previous snapshot and the records after it (either engine)."""
     state = corestate.State()
     collecting = gc.isenabled()
     gc.disable()  # nothing replay makes is garbage (see Store.load)
@@ -68,15 +82,16 @@ def write(directory: Path, seq: int, fmt: int, payload: bytes) -> Path:
 
 
 async def build_in_child(
-    directory: Path, seq: int, *, fmt: int, now: float, linger: float, retention: float
-) -> Path:
-    """`build` and `write` in a child process; returns the file. Raises
+    source: dict[str, Any], seq: int, *, fmt: int, now: float, linger: float, retention: float
+) -> None:
+    """`build` and `write` in a child process. ``source``: ``{"dir": STATE_DIR}`` for the file
+    log, or ``{"url": URL, "password_file": PATH or None}`` for PostgreSQL (the child reads
+    the records and stores the snapshot there itself). Raises
     `subprocess.CalledProcessError` if it failed (it says why on the server's stderr)."""
-    args = {"dir": str(directory), "seq": seq, "fmt": fmt, "now": now, "linger": linger}
+    args = {**source, "seq": seq, "fmt": fmt, "now": now, "linger": linger}
     args["retention"] = retention
     command = [*pushy_command(), CHILD_COMMAND, orjson.dumps(args).decode()]
     await trio.run_process(command, stdin=b"", env=_child_env())
-    return directory / "log" / snapshot_name(seq)
 
 
 def _child_env() -> dict[str, str]:
@@ -94,9 +109,17 @@ def child_main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     os.nice(CHILD_NICENESS)
     args = orjson.loads(argv[0])
+    seq, timing = args["seq"], {k: args[k] for k in ("now", "linger", "retention")}
+    if "url" in args:
+        from appliance.store.pgstore import open_pglog  # psycopg: only for a PostgreSQL store
+
+        pglog = open_pglog(args["url"], args.get("password_file"), holder="snapshot")
+        try:
+            snapshot, records = pglog.read_upto(seq)
+            pglog.write_snapshot(seq, fold(snapshot, records, **timing), fmt=args["fmt"])
+        finally:
+            pglog.close()
+        return 0
     directory = Path(args["dir"])
-    out = build(
-        directory, args["seq"], now=args["now"], linger=args["linger"], retention=args["retention"]
-    )
-    write(directory, args["seq"], args["fmt"], out)
+    write(directory, seq, args["fmt"], build(directory, seq, **timing))
     return 0

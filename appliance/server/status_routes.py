@@ -22,8 +22,19 @@ from appliance.server.pushy_routes import json_response
 )
 async def status(ctx: ServerContext) -> Response:
     server = ctx.state.server
+    if ctx.lease is not None and not ctx.lease.valid():
+        # an active unsure of its lease: the load balancer must send requests elsewhere
+        return json_response(
+            {
+                "status": "stepping down",
+                "role": "standby",
+                "incarnation_id": server.incarnation if server else None,
+            },
+            status=503,
+        )
     body = {
         "status": "it's alive",
+        "role": "active",  # a standby answers 503 "standby" (``server.standby``)
         "incarnation_id": server.incarnation if server else None,
         "node_fsm_count": ctx.dispatcher.table.online_count(),
         "job_processes": sorted(ctx.live),

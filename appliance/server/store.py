@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import trio
@@ -28,6 +28,9 @@ from appliance.store.committer import Committer, CommitterClosed
 from appliance.store.errors import StorageError
 from appliance.store.log import EventLog
 from appliance.store.replay import OpenReport
+
+if TYPE_CHECKING:  # psycopg is imported only when the store is PostgreSQL
+    from appliance.store.pglog import PgLog
 
 log = logging.getLogger("pushy.store")
 READ_SYNC_WAIT_SECONDS = 5.0  # a read waits at most this long for the disk (see `barrier`)
@@ -45,8 +48,13 @@ class Store:
         segment_max_bytes: int,
         retention_days: float,
         linger: float = 5.0,
+        log: PgLog | None = None,
     ) -> None:
-        self.log = EventLog(directory, segment_max_bytes=segment_max_bytes)
+        """``log``: the PostgreSQL log of a ``store`` URL; otherwise the file log under
+        ``directory``. The rest of the server does not know which it holds."""
+        self.log: EventLog | PgLog = (
+            log if log is not None else EventLog(directory, segment_max_bytes=segment_max_bytes)
+        )
         self.retention = retention_days * 86400.0
         self.linger = linger  # wait_complete_time: how long a finished job's events are shown
         self.state = corestate.State()
@@ -54,6 +62,7 @@ class Store:
         self.report: OpenReport | None = None
         self.clock: Clock | None = None
         self._fold: DeferredFold | None = None  # the events `load` deferred
+        self.password_file: str | None = None  # a PostgreSQL store's (the snapshot child reads it)
         # told of the jobs retention dropped, once the snapshot without them is written
         self.on_pruned: Callable[[list[str]], Awaitable[None]] | None = None
 
@@ -114,6 +123,30 @@ class Store:
             )
         self.committer = Committer(self.log, snapshot=self._snapshot)
         return self.state
+
+    def follow(self, records: list[tuple[int, int, bytes]], *, now: float) -> None:
+        """A standby's step: apply the records (seq, format, payload) that the active wrote
+        after ours, as the replay did (events deferred when the replay deferred them), so the
+        state stays what a start would read. ``now``: the wall time, which lets the events of
+        jobs past their linger window go (a standby may follow for months)."""
+        if not records:
+            return
+        rows = [(seq, payload, fmt) for seq, fmt, payload in records]
+        if self._fold is not None:
+            self._fold.forget_ended(now - self.linger - CLOCK_SLACK)
+            self._fold.replay(None, rows)
+        else:
+            fold = DeferredFold(self.state)
+            fold.replay(None, rows)
+            fold.settle(lambda _job: True)
+        last = records[-1][0]
+        self.state.last_seq = last
+        size = sum(len(payload) for _, _, payload in records)
+        self.log.followed(last, size)  # type: ignore[union-attr]  # only a PgLog is followed
+
+    def start_writing(self) -> None:
+        """Appends go on from the last record read (a standby that became active)."""
+        self.committer = Committer(self.log, snapshot=self._snapshot)
 
     def settle_events(self, keep: Callable[[jobfsm.Job], bool]) -> int:
         """Build the events `load` deferred for the jobs ``keep`` accepts (the others are left
@@ -215,19 +248,16 @@ class Store:
         if expired:
             log.info("dropped %d finished jobs older than the retention period", len(expired))
         started = time.monotonic()
-        path = await snapshots.build_in_child(
-            self.log.directory,
-            seq,
-            fmt=self.log.format,
-            now=now,
-            linger=self.linger,
-            retention=self.retention,
+        engine = self.log
+        if isinstance(engine, EventLog):
+            source: dict[str, Any] = {"dir": str(engine.directory)}
+        else:
+            source = {"url": engine.url, "password_file": self.password_file}
+        await snapshots.build_in_child(
+            source, seq, fmt=engine.format, now=now, linger=self.linger, retention=self.retention
         )
         log.info(
-            "snapshot at seq %d: %d bytes, built in %.3f s by a child process",
-            seq,
-            path.stat().st_size,
-            time.monotonic() - started,
+            "snapshot at seq %d built in %.3f s by a child process", seq, time.monotonic() - started
         )
         if expired and self.on_pruned is not None:
             await self.on_pruned(expired)

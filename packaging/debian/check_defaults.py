@@ -1,8 +1,9 @@
 """Drift check for the packaged defaults, run by packaging/build-deb with the build venv.
 
 - pushy-server.toml names every server setting exactly once (commented out), and the file
-  with every line uncommented loads to the built-in defaults (server_name aside: its default
-  is the machine's FQDN); settings marked "Live." are exactly the ones a reload changes.
+  with every line uncommented loads to the built-in defaults (server_name and
+  store_password_file aside: unset by default, shown with an example); settings marked
+  "Live." are exactly the ones a reload changes.
 - the example push-jobs-client.rb loads with the client's own parser.
 """
 
@@ -30,6 +31,7 @@ def main(toml_path: str, client_example: str) -> int:
             f"{toml_path}: missing {sorted(names - set(data))}, unknown {sorted(set(data) - names)}"
         )
     data.pop("server_name")
+    data.pop("store_password_file")  # an example path; unset by default
     loaded, _ = server_settings.load_settings(data)
     if loaded != server_settings.Settings():
         return fail(f"{toml_path}: the commented values are not the defaults")

@@ -14,6 +14,8 @@ import psycopg
 import pytest
 
 from appliance.core import migrations
+from appliance.core.keys import load_private_pem, private_pem, public_pem
+from appliance.core.records import server_key
 from appliance.core.replayfold import DeferredFold
 from appliance.core.state import State, to_records
 from appliance.store.errors import LogCorruption
@@ -221,8 +223,11 @@ def test_migrate_store_copies_a_servers_log_and_refuses_what_it_must(cluster, tm
     source.close()
     target = PgLog(url, holder="check")
     snapshot, records = target.open()
-    assert replayed(snapshot, records) == expected
-    assert target.last_seq == source.last_seq
+    copied = replayed(snapshot, records)
+    # the server's RSA key went in too, so that every server sharing the database signs alike
+    key = load_private_pem((state_dir / "server.pem").read_bytes())
+    assert copied == expected[:1] + [server_key(private_pem(key), public_pem(key))] + expected[1:]
+    assert target.last_seq == source.last_seq + 1
     target.close()
     again = migrate("--to", url, "--state-dir", str(state_dir))
     assert again.returncode == 100 and "already holds an event log" in again.stderr, again.stderr

@@ -19,6 +19,7 @@ import trio.testing
 from appliance.client import liveoutput
 from appliance.client.liveoutput import (
     ACK_PATIENCE,
+    GIVE_UP_SECONDS,
     SEND_PATIENCE,
     WINDOW_BYTES,
     LiveOutput,
@@ -46,7 +47,9 @@ def test_the_constants():
     assert WINDOW_BYTES == 16 * 1024
     assert MAX_CHUNK_BYTES == 32 * 1024  # what the server takes: twice what is sent
     assert ACK_PATIENCE == 3.0
-    assert SEND_PATIENCE == 10.0
+    assert SEND_PATIENCE == 30.0  # a node reconnecting after a failover has no socket meanwhile
+    assert GIVE_UP_SECONDS == 60.0  # lease_timeout + 5 s, and the node's reconnection
+    assert GIVE_UP_SECONDS % ACK_PATIENCE == 0
 
 
 @pytest.mark.parametrize(
@@ -448,7 +451,10 @@ async def test_close_with_nothing_in_flight_returns_at_once(mock_clock):
     assert trio.current_time() == 0
 
 
-async def test_no_ack_resends_once_then_gives_up(mock_clock, nursery, caplog):
+RESENDS = int(GIVE_UP_SECONDS / ACK_PATIENCE) - 1  # a resend every patience, then given up
+
+
+async def test_no_ack_resends_every_patience_then_gives_up(mock_clock, nursery, caplog):
     socket = Socket()
     out = live(socket)
     await out.on_output("stdout", b"abcdefgh")
@@ -464,15 +470,20 @@ async def test_no_ack_resends_once_then_gives_up(mock_clock, nursery, caplog):
         await settle()
         assert socket.sent == first + first  # the same offsets and bytes, in order
         assert socket.tries_since(0)[2:] == [(ACK_PATIENCE, *chunk) for chunk in first]
-        assert not closing.done and out.lost == 0
+        for n in range(2, RESENDS + 1):
+            assert not closing.done and out.lost == 0
+            mock_clock.jump(ACK_PATIENCE)
+            await settle()
+            assert socket.sent == first * (n + 1), n
+        assert trio.current_time() == GIVE_UP_SECONDS - ACK_PATIENCE
         mock_clock.jump(ACK_PATIENCE - 1)
         await settle()
         assert not closing.done and out.lost == 0
         mock_clock.jump(1)
         await settle()
-    assert closing.done  # the job is never stuck
-    assert trio.current_time() == 2 * ACK_PATIENCE
-    assert socket.sent == first + first  # resent once only
+    assert closing.done  # the job is never stuck for longer
+    assert trio.current_time() == GIVE_UP_SECONDS
+    assert socket.sent == first * (RESENDS + 1)
     assert out.lost == 8
     assert inflight(out) == {}
     assert "8 bytes of output not acknowledged by the server: given up" in caplog.text
@@ -511,23 +522,26 @@ async def test_a_partial_ack_resends_only_what_is_left_and_waits_anew(autojump_c
     await trio.sleep(1)
     assert socket.tries_since(start)[2:] == [(2 * ACK_PATIENCE - 1, "stdout", 6, b"ghijkl")]
     assert not closing.done
-    await trio.sleep(ACK_PATIENCE)
+    acked = ACK_PATIENCE - 1
+    await trio.sleep(start + acked + GIVE_UP_SECONDS - 0.5 - trio.current_time())
+    assert not closing.done  # given up a whole GIVE_UP_SECONDS after the last ack
+    await trio.sleep(1)
     assert closing.done
     assert out.lost == 6
-    assert len(socket.tries) == 3
+    assert len(socket.tries) == 2 + RESENDS
 
 
 async def test_a_full_window_with_no_ack_never_holds_the_command(autojump_clock):
-    """The writer waits for room: ACK_PATIENCE, a resend, ACK_PATIENCE, then the window is
-    given up and the next chunks go; close waits the same for those."""
+    """The writer waits for room: a resend every ACK_PATIENCE, then, GIVE_UP_SECONDS without
+    an ack, the window is given up and the next chunks go; close waits the same for those."""
     socket = Socket()
     out = live(socket, chunk=6, window=12)
     start = trio.current_time()
     await out.on_output("stdout", b"abcdefghijklmnopqrstuvwx")
-    assert trio.current_time() - start == 2 * ACK_PATIENCE
+    assert trio.current_time() - start == GIVE_UP_SECONDS
     assert out.lost == 12
     await out.close()
-    assert trio.current_time() - start == 4 * ACK_PATIENCE
+    assert trio.current_time() - start == 2 * GIVE_UP_SECONDS
     assert out.lost == 24
     a, b, c, d = (
         ("stdout", 0, b"abcdef"),
@@ -535,16 +549,13 @@ async def test_a_full_window_with_no_ack_never_holds_the_command(autojump_clock)
         ("stdout", 12, b"mnopqr"),
         ("stdout", 18, b"stuvwx"),
     )
-    assert socket.tries_since(start) == [
-        (0, *a),
-        (0, *b),
-        (ACK_PATIENCE, *a),
-        (ACK_PATIENCE, *b),
-        (2 * ACK_PATIENCE, *c),
-        (2 * ACK_PATIENCE, *d),
-        (3 * ACK_PATIENCE, *c),
-        (3 * ACK_PATIENCE, *d),
+    tries = [(0, *a), (0, *b)]
+    tries += [(n * ACK_PATIENCE, *x) for n in range(1, RESENDS + 1) for x in (a, b)]
+    tries += [(GIVE_UP_SECONDS, *c), (GIVE_UP_SECONDS, *d)]
+    tries += [
+        (GIVE_UP_SECONDS + n * ACK_PATIENCE, *x) for n in range(1, RESENDS + 1) for x in (c, d)
     ]
+    assert socket.tries_since(start) == tries
     assert inflight(out) == {}
 
 

@@ -119,15 +119,15 @@ async def test_read(root):
     assert await out.read(J, "n", "stdout") == b"abcd" + truncation_marker(4)
 
 
-def test_streamed(root):
+async def test_streamed(root):
     out = Outputs(root, 100)
-    assert not out.streamed(J, "n")
+    assert not await out.streamed(J, "n")
     out.take(J, "n", "stderr", 0, b"e")
-    assert out.streamed(J, "n")
-    assert not out.streamed(J, "m")
-    assert not out.streamed(K, "n")
+    assert await out.streamed(J, "n")
+    assert not await out.streamed(J, "m")
+    assert not await out.streamed(K, "n")
     assert out.take(J, "m", "stdout", 0, b"") is None  # nothing kept: no file either
-    assert not out.streamed(J, "m")
+    assert not await out.streamed(J, "m")
 
 
 def test_forget_drops_the_lengths_of_those_jobs_only(root):
@@ -151,7 +151,7 @@ async def test_remove_deletes_the_job_folder(root):
     await out.remove([J, "feedfeedfeedfeedfeedfeedfeedfeed"])  # a job without output too
     assert os.listdir(root) == [K]
     assert await out.read(J, "n", "stdout") is None
-    assert not out.streamed(J, "n")
+    assert not await out.streamed(J, "n")
     assert out.take(J, "n", "stdout", 0, b"new") == Kept(0, b"new")  # starts again at 0
     assert content(out.path(J, "n", "stdout")) == b"new"
     assert await out.sync()
@@ -197,13 +197,13 @@ def test_a_failed_write_is_counted_not_raised(root, caplog):
     assert out.write_errors == 2
 
 
-def test_a_failed_first_write_is_counted_not_raised(root):
+async def test_a_failed_first_write_is_counted_not_raised(root):
     out = Outputs(root, 100)
     node = "n" * 250  # with ".stdout": longer than a file name may be
     assert out.take(J, node, "stdout", 0, b"abc") is None
     assert out.write_errors == 1
     assert os.listdir(os.path.join(root, J)) == []  # the folder was made, the file could not be
-    assert not out.streamed(J, "n")
+    assert not await out.streamed(J, "n")
 
 
 def long_name_after_another_node(root: str) -> str:

@@ -54,6 +54,15 @@ CASES: dict[str, tuple[object, object, object, list[object], list[object]]] = {
     "edge_processes": ("auto", 3, 3, ["3", True, 1.0, "Auto"], [-1, 65]),
     "edge_link_address": ("tcp://127.0.0.1", "tcp://*", "tcp://*", [1, "*"], ["127.0.0.1"]),
     "edge_link_port": (0, 10005, 10005, ["10005", True], [-1, 65536]),
+    "store": (
+        "file",
+        "postgresql://pushy@db.example.com:5432/pushy",
+        "postgresql://pushy@db.example.com:5432/pushy",
+        [1, True, None],
+        ["", "mysql://db/pushy", "File", "postgresql://a b"],
+    ),
+    "store_password_file": (None, "/etc/pushy/db.pw", "/etc/pushy/db.pw", [1, True], ["db.pw"]),
+    "lease_timeout": (10.0, 3, 3.0, ["10", True], [0, 0.5, 3601, math.nan]),
 }
 
 

@@ -1,0 +1,210 @@
+"""High availability on PostgreSQL (issue 16), end to end: a real PostgreSQL, two `pushy
+server`s on 127.0.0.2 / 127.0.0.3 sharing it, a real HAProxy in front of their API ports, and
+real `pushy client` processes that know only HAProxy's address.
+
+- the roles: the active answers 200 ``"role": "active"``, the standby 503 ``standby`` on
+  ``/_status`` and 503 with a JSON error elsewhere, and binds no ZeroMQ port;
+- a kill -9 of the active mid-job: the standby takes over within ``lease_timeout`` + 5 s, the
+  job finishes there with its output, the nodes come back through HAProxy, the killed server
+  returns as a standby;
+- fencing: the active paused (SIGSTOP) past its lease while the standby takes over and writes;
+  resumed, it writes nothing more and turns standby;
+- PostgreSQL restarted under a running job: reads go on, writes answer 503 meanwhile, nothing
+  is lost and the job ends;
+- a standby started empty catches up with a long log.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import httpx
+import psycopg
+import pytest
+
+from tests.hacluster import HaSet
+from tests.pgcluster import PgCluster
+from tests.support import Chef, ClientFleet, wait_for
+
+LEASE = 3.0  # seconds: the tests' lease_timeout (the default is 10)
+WHITELIST = '{"hello"=>"echo hello", "slow"=>"sleep 4; echo slow done", "nap"=>"sleep 1"}'
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    pg = PgCluster().start()
+    try:
+        yield pg
+    finally:
+        pg.destroy()
+
+
+class Front:
+    """What nodes and the CLI know of the service: HAProxy's URL and the superuser's key."""
+
+    def __init__(self, ha: HaSet) -> None:
+        self.url = ha.proxy.url
+        self.pivotal_key = ha.servers[0].pivotal_key
+
+
+@pytest.fixture
+def ha(cluster, tmp_path):
+    rig = HaSet(tmp_path / "ha", cluster=cluster, lease_timeout=LEASE)
+    try:
+        yield rig.start()
+    finally:
+        rig.close()
+
+
+@pytest.fixture
+def fleet_of(ha, tmp_path):
+    """``fleet_of(*names)``: real clients of org ``haorg`` that reach the service through
+    HAProxy, available; killed at the test's end."""
+    made: list[ClientFleet] = []
+
+    def make(*names: str) -> ClientFleet:
+        fleet = ClientFleet(Front(ha), "haorg", tmp_path / "clients")  # type: ignore[arg-type]
+        made.append(fleet)
+        for name in names:
+            fleet.add(name, whitelist=WHITELIST)
+        fleet.wait_available(*names, seconds=60)
+        return fleet
+
+    yield make
+    for fleet in made:
+        fleet.close()
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process ``pid`` listens on (its sockets matched in /proc/net/tcp)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def log_rows(url: str) -> list[tuple[int, int]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT seq, epoch FROM pushy_log ORDER BY seq").fetchall()
+
+
+def test_the_active_serves_and_the_standby_answers_503_without_zeromq(ha):
+    active, standby = ha.servers
+    r = httpx.get(f"{active.url}/pushy/_status")
+    assert r.status_code == 200 and r.json()["role"] == "active"
+    r = httpx.get(f"{standby.url}/pushy/_status")
+    assert r.status_code == 503
+    body = r.json()
+    assert body["role"] == "standby" and body["status"] == "standby"
+    assert (
+        body["incarnation_id"] == httpx.get(f"{active.url}/pushy/_status").json()["incarnation_id"]
+    )
+    assert body["active"]  # who holds the lease
+    r = httpx.get(f"{standby.url}/organizations/haorg/pushy/jobs")
+    assert r.status_code == 503 and r.headers["content-type"] == "application/json"
+    assert "standby" in r.json()["error"][0]
+    assert listening_ports(standby.proc.pid) == {standby.api_port}
+    assert {active.ports["command_port"], active.ports["server_heartbeat_port"]} <= (
+        listening_ports(active.proc.pid)
+    )
+    # through HAProxy, the active answers
+    r = httpx.get(f"{ha.proxy.url}/pushy/_status")
+    assert r.status_code == 200 and r.json()["role"] == "active"
+
+
+def test_kill_9_of_the_active_mid_job_fails_over_and_the_job_finishes(ha, fleet_of):
+    fleet = fleet_of("n1", "n2")
+    old = ha.active()
+    job_id = fleet.post("slow", ["n1", "n2"], capture_output=True)
+    fleet.wait_nodes(job_id, {"running": ["n1", "n2"]}, seconds=30)
+    old.proc.kill()
+    killed = time.monotonic()
+    old.proc.wait(10)
+    new = ha.active(seconds=LEASE + 5 + 5)
+    took = time.monotonic() - killed
+    assert new is not old
+    assert took < LEASE + 5, f"the standby took over after {took:.1f} s"
+    ha.proxy.wait_backend()
+    fleet.admin = Chef(ha.proxy.url, "pivotal", old.pivotal_key.read_bytes())
+    job = fleet.wait_job(job_id, 60)
+    assert job["status"] == "complete" and job["nodes"] == {"succeeded": ["n1", "n2"]}, job
+    for node in ("n1", "n2"):
+        r = fleet.output(job_id, node)
+        assert r.status_code == 200 and r.text == "slow done\n", (r.status_code, r.text)
+    fleet.wait_available("n1", "n2", seconds=60)
+    again = fleet.run("hello", ["n1", "n2"], capture_output=True)
+    assert again["nodes"] == {"succeeded": ["n1", "n2"]}, again
+    old.start(role="standby")  # the killed server comes back as a standby
+    assert new.role() == "active"
+
+
+def test_an_active_paused_past_its_lease_never_writes_again(ha, fleet_of):
+    fleet = fleet_of("n1")
+    old, other = ha.servers
+    assert old.role() == "active"
+    old.pause()
+    try:
+        other.wait_role("active", LEASE + 10)
+        epoch = max(e for _, e in log_rows(ha.url))
+        fleet.admin = Chef(ha.proxy.url, "pivotal", old.pivotal_key.read_bytes())
+        ha.proxy.wait_backend()
+        fleet.wait_available("n1", seconds=60)
+        job = fleet.run("hello", ["n1"], capture_output=True)
+        assert job["nodes"] == {"succeeded": ["n1"]}, job
+    finally:
+        old.resume()
+    old.wait_role("standby", 30)
+    ha.proxy.wait_backend()  # HAProxy's checks see it go standby (fall 2 × 500 ms)
+    rows = log_rows(ha.url)
+    seqs = [s for s, _ in rows]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "a gap in the log"
+    # after the first record of the new epoch, no record of an older one
+    first_new = next(i for i, (_, e) in enumerate(rows) if e == epoch)
+    assert all(e >= epoch for _, e in rows[first_new:]), rows[first_new:]
+    assert "stepping down to standby" in old.log()
+    job = fleet.run("hello", ["n1"], capture_output=True)
+    assert job["nodes"] == {"succeeded": ["n1"]}, job
+
+
+def test_postgresql_restarting_under_a_running_job_loses_nothing(ha, fleet_of):
+    fleet = fleet_of("n1", "n2")
+    active = ha.active()
+    admin = Chef(active.url, "pivotal", active.pivotal_key.read_bytes())
+    job_id = fleet.post("slow", ["n1", "n2"], capture_output=True)
+    fleet.wait_nodes(job_id, {"running": ["n1", "n2"]}, seconds=30)
+    ha.cluster.stop("fast")
+    try:
+        r = admin.get(f"/organizations/haorg/pushy/jobs/{job_id}")
+        assert r.status_code == 200, r.text  # reads go on from memory
+        r = admin.post("/organizations/haorg/pushy/jobs", {"command": "hello", "nodes": ["n1"]})
+        assert r.status_code == 503, r.text
+    finally:
+        ha.cluster.start()
+    job = fleet.wait_job(job_id, 60)
+    assert job["status"] == "complete" and job["nodes"] == {"succeeded": ["n1", "n2"]}, job
+    assert ha.active() is active, "a short database restart made the active step down"
+    for node in ("n1", "n2"):
+        r = fleet.output(job_id, node)
+        assert r.status_code == 200 and r.text == "slow done\n", (r.status_code, r.text)
+    again = fleet.run("hello", ["n1", "n2"])
+    assert again["nodes"] == {"succeeded": ["n1", "n2"]}, again
+    # what the active had in memory is what a fresh read of the database gives
+    standby = next(s for s in ha.servers if s is not active)
+    wait_for(
+        lambda: httpx.get(f"{standby.url}/pushy/_status").json()["seq"] == max(log_rows(ha.url))[0],
+        20,
+        what="the standby caught up",
+    )
