@@ -282,8 +282,15 @@ def _run_server(
     log = logging.getLogger("pushy.server")
     try:
         if settings.store_url is not None:
-            from appliance.server.ha import run_ha
-
+            try:
+                from appliance.server.ha import run_ha
+            except ImportError as exc:  # psycopg found no libpq
+                log.error(
+                    "store = PostgreSQL needs PostgreSQL's client library, libpq (Debian: "
+                    "apt-get install libpq5): %s",
+                    exc,
+                )
+                return EXIT_FAILURE
             return run_ha(
                 settings, ready_file=args.ready_file, config=args.config, overrides=overrides
             )

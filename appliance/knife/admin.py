@@ -22,12 +22,15 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.client.bootstrap import client_config_text
 from appliance.knife.credentials import connect
 from appliance.knife.output import emit
 from appliance.knife.session import Api, ApiError, CliError
+
+if TYPE_CHECKING:
+    from appliance.core.settings import Settings
 
 PUSHY_GROUPS = ("pushy_job_readers", "pushy_job_writers")
 CONFIG_NAME = "push-jobs-client.rb"
@@ -517,13 +520,18 @@ def _migrate_store(args: argparse.Namespace) -> int:
 
         from appliance.store.errors import LogCorruption, StorageError
         from appliance.store.migrate import migrate_file_to_postgresql
-    except ImportError:
-        raise CliError("this needs psycopg: pip install 'pushy[postgresql]'") from None
+    except ImportError as exc:
+        raise CliError(
+            f"this needs PostgreSQL's client library, libpq (Debian: apt-get install libpq5): {exc}"
+        ) from None
     where = _without_password(args.target)
     print(f"Copying the event log of {state_dir} to {where} ...", file=sys.stderr)
     try:
         copied = migrate_file_to_postgresql(
-            state_dir, args.target, progress=lambda text: print(f"  {text}", file=sys.stderr)
+            state_dir,
+            args.target,
+            password_file=_configured(args.config).store_password_file if args.config else None,
+            progress=lambda text: print(f"  {text}", file=sys.stderr),
         )
     except StorageError as exc:
         if exc.errno == errno.EBUSY:  # the log's lock: a server holds it
@@ -552,6 +560,11 @@ def _migrate_store(args: argparse.Namespace) -> int:
 def _configured_state_dir(config: Path | None) -> Path:
     if config is None:
         return Path("/var/lib/pushy")
+    return Path(_configured(config).state_dir)
+
+
+def _configured(config: Path) -> Settings:
+    """The server's settings in ``config`` (a clear error when they cannot be read)."""
     import tomllib
 
     from appliance.core.settings import SettingsError, load_settings
@@ -560,7 +573,7 @@ def _configured_state_dir(config: Path | None) -> Path:
         settings, _ = load_settings(tomllib.loads(config.read_text(encoding="utf-8")))
     except (OSError, ValueError, SettingsError) as exc:
         raise CliError(f"cannot read {config}: {exc}") from None
-    return Path(settings.state_dir)
+    return settings
 
 
 def _without_password(url: str) -> str:

@@ -84,4 +84,4 @@ def migrate_file_to_postgresql(
     finally:
         source.close()
         target.close()
-    return Copied(base, count, source.last_seq, time.monotonic() - started)
+    return Copied(base, count, (base or 0) + count, time.monotonic() - started)

@@ -15,11 +15,13 @@ import sysconfig
 from pathlib import Path
 
 LICENSE_FILE = re.compile(r"(LICEN[CS]E|COPYING|NOTICE|AUTHORS)", re.IGNORECASE)
+# modules packaging/pushy.spec collects as source files beside the archive (not in its table)
+COLLECTED_AS_SOURCE = ("psycopg",)
 
 
 def main(toc_path: str, dest: str) -> int:
     toc = ast.literal_eval(Path(toc_path).read_text())
-    modules = {entry[0].split(".")[0] for entry in toc[-1]}
+    modules = {entry[0].split(".")[0] for entry in toc[-1]} | set(COLLECTED_AS_SOURCE)
     by_module = importlib.metadata.packages_distributions()
     dists = set()
     for name in modules - set(sys.stdlib_module_names):

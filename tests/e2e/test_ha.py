@@ -17,13 +17,21 @@ real `pushy client` processes that know only HAProxy's address.
 from __future__ import annotations
 
 import os
+import shutil
+import threading
 import time
 
 import httpx
+import orjson
 import psycopg
 import pytest
 
-from tests.hacluster import HaSet
+from appliance.bench.replay import ORG, _node_name, build_state
+from appliance.core import records
+from appliance.store.migrate import migrate_file_to_postgresql
+from appliance.store.pglog import PgLog
+from tests.campaigns.hakill import run_campaign
+from tests.hacluster import HaServer, HaSet
 from tests.pgcluster import PgCluster
 from tests.support import Chef, ClientFleet, wait_for
 
@@ -208,3 +216,80 @@ def test_postgresql_restarting_under_a_running_job_loses_nothing(ha, fleet_of):
         20,
         what="the standby caught up",
     )
+
+
+CATCH_UP_JOBS = 100_000
+
+
+def test_a_standby_started_empty_catches_up_with_a_log_of_100000_jobs(cluster, tmp_path):
+    """A log of 100,000 finished jobs (about a million records, copied in with migrate-store)
+    and an active that goes on writing: a server started empty replays it as a standby,
+    follows what is written meanwhile, and once the lease is free serves every job."""
+    built = build_state(tmp_path / "built", jobs=CATCH_UP_JOBS, fleet=50, nodes_per_job=3)
+    url = cluster.createdb("catchup")
+    copied = migrate_file_to_postgresql(tmp_path / "built", url)
+    writer = PgLog(url, holder="the test, as the active")
+    _, replay = writer.open()
+    for _ in replay:
+        pass
+    assert writer.try_acquire() is not None
+    server = HaServer(tmp_path / "standby" / "state", "127.0.0.2", url, lease_timeout=LEASE)
+    server.state_dir.mkdir(parents=True)
+    shutil.copy(tmp_path / "built" / "pivotal.pem", server.pivotal_key)
+    keep = threading.Event()
+
+    def renew() -> None:
+        while not keep.wait(LEASE / 4):
+            writer.renew()
+
+    try:
+        renewer = threading.Thread(target=renew, daemon=True)
+        renewer.start()
+        try:
+            server.start(role="standby")
+            seq = lambda: httpx.get(f"{server.url}/pushy/_status").json()["seq"]  # noqa: E731
+            wait_for(lambda: seq() == copied.last_seq + 1, 120, what="the standby replayed the log")
+            # the active writes on: the standby follows (node_up records of the built fleet)
+            more = [
+                (writer.last_seq + i, orjson.dumps(records.node_up(ORG, _node_name(i), f"inc-{i}")))
+                for i in range(1, 51)
+            ]
+            writer.append(more)
+            wait_for(lambda: seq() == writer.last_seq, 30, what="the standby followed the writes")
+        finally:
+            keep.set()
+            renewer.join(10)
+        writer.release()
+        writer.close()
+        server.wait_role("active", 60)
+        admin = Chef(server.url, "pivotal", server.pivotal_key.read_bytes())
+        r = admin.get(f"/organizations/{ORG}/pushy/jobs")
+        assert r.status_code == 200 and len(r.json()) == CATCH_UP_JOBS
+        for job_id, status in list(built.samples.items())[:20]:
+            r = admin.get(f"/organizations/{ORG}/pushy/jobs/{job_id}")
+            assert r.status_code == 200 and r.json()["status"] == status, (job_id, r.text[:200])
+    finally:
+        server.kill()
+
+
+def test_failover_campaign_slice_has_no_violations(cluster, tmp_path):
+    """The failover campaign's CI slice (tests/campaigns/hakill.py; 20 kills and more by
+    hand): kill -9 of the active under the mixed workload, three times in a row."""
+    lines: list[str] = []
+    summary, failovers = run_campaign(
+        kills=3,
+        seed=20261206,
+        nodes=3,
+        workdir=tmp_path,
+        max_ops=6,
+        cluster=cluster,
+        lease_timeout=LEASE,
+        segment_max_bytes=16 * 1024,  # snapshots in the database, some kills after one
+        progress=lines.append,
+    )
+    report = "\n".join(lines)
+    assert summary.violations == [], report
+    assert summary.kills == 3 and len(failovers) == 3, report
+    assert all(took < LEASE + 5 for took in failovers), report
+    assert summary.jobs_created > 0 and summary.jobs_checked >= summary.jobs_created, report
+    assert summary.outputs_checked > 0 and summary.events_checked > 0, report
