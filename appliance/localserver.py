@@ -101,8 +101,8 @@ class LocalServer(ManagedProcess):
     def pivotal_key(self) -> Path:
         return self.state_dir / "pivotal.pem"
 
-    def start(self, *extra: str) -> LocalServer:
-        """Start and wait until ready; raises RuntimeError (with the log) if it is not."""
+    def launch(self, *extra: str) -> None:
+        """Start the process (its settings written to its config file) without waiting."""
         self.config_path.write_text(
             "".join(f"{k} = {json.dumps(v)}\n" for k, v in self.settings.items())
         )
@@ -117,6 +117,11 @@ class LocalServer(ManagedProcess):
                 cwd=self.cwd,
                 env=env,
             )
+
+    def start(self, *extra: str) -> LocalServer:
+        """Start and wait until ready; raises RuntimeError (with the log) if it is not."""
+        self.launch(*extra)
+        assert self.proc is not None
         deadline = time.monotonic() + self.startup_seconds
         while not self.ready_path.exists():
             if self.proc.poll() is not None:

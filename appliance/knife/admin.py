@@ -538,7 +538,7 @@ def _migrate_store(args: argparse.Namespace) -> int:
             raise CliError(
                 f"the event log in {state_dir} is in use: stop the server first"
             ) from None
-        raise CliError(str(exc)) from None
+        raise CliError(exc.strerror or str(exc)) from None
     except LogCorruption as exc:
         raise CliError(f"the event log is damaged ({exc}): nothing copied") from None
     except ValueError as exc:

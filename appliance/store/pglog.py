@@ -159,7 +159,7 @@ class PgLog:
         try:
             return psycopg.connect(self.url, connect_timeout=self.connect_timeout, **options)
         except psycopg.OperationalError as exc:
-            raise StorageError(errno.ECONNREFUSED, f"cannot reach the database: {exc}", "") from exc
+            raise StorageError(errno.ECONNREFUSED, f"cannot reach the database: {exc}") from exc
 
     def _connection(self) -> psycopg.Connection:
         conn = self._conn

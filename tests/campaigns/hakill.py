@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from appliance.bench.pgcluster import PgCluster
 from tests.campaigns.kill import GROUPS, ORG, STABLE_USERS, WHITELIST, Campaign, Summary
 from tests.hacluster import HaSet
-from tests.pgcluster import PgCluster
 from tests.support import Chef, ClientFleet
 
 

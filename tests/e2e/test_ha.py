@@ -26,13 +26,13 @@ import orjson
 import psycopg
 import pytest
 
+from appliance.bench.pgcluster import PgCluster
 from appliance.bench.replay import ORG, _node_name, build_state
 from appliance.core import records
 from appliance.store.migrate import migrate_file_to_postgresql
 from appliance.store.pglog import PgLog
 from tests.campaigns.hakill import run_campaign
 from tests.hacluster import HaServer, HaSet
-from tests.pgcluster import PgCluster
 from tests.support import Chef, ClientFleet, wait_for
 
 LEASE = 3.0  # seconds: the tests' lease_timeout (the default is 10)

@@ -13,6 +13,7 @@ import time
 import psycopg
 import pytest
 
+from appliance.bench.pgcluster import PgCluster
 from appliance.core import migrations
 from appliance.core.keys import load_private_pem, private_pem, public_pem
 from appliance.core.records import server_key
@@ -21,7 +22,6 @@ from appliance.core.state import State, to_records
 from appliance.store.errors import LogCorruption
 from appliance.store.log import EventLog
 from appliance.store.pglog import Fenced, PgLog
-from tests.pgcluster import PgCluster
 from tests.support import REPO, Server, setup_org
 
 

@@ -1,4 +1,5 @@
-"""A real PostgreSQL for the tests: Debian's server binaries, a cluster in a temp dir.
+"""A real PostgreSQL for the tests and ``pushy bench``: Debian's server binaries, a cluster in a
+temp dir.
 
 PostgreSQL refuses to run as root, so as root the cluster's directory belongs to the
 ``postgres`` user and every server command runs as that user (``runuser``); as anyone else it
