@@ -16,7 +16,7 @@ from typing import Any
 
 from appliance.bench import provision
 
-SCENARIOS = ("hold", "fanout", "storm", "api", "flood", "fetch")
+SCENARIOS = ("hold", "fanout", "storm", "api", "flood", "fetch", "failover")
 
 
 def _share(text: str) -> str:
@@ -128,7 +128,7 @@ def add_parser(sub: Any) -> None:
     bench = sub.add_parser(
         "bench",
         help="benchmarks: a simulated fleet against a server (hold, fanout, storm, api, flood, "
-        "fetch, replay)",
+        "fetch, replay, store, failover)",
         description="Measure the server with a protocol-accurate simulated fleet. Every scenario "
         "prints a table and writes JSON under bench/results/ (or $PUSHY_BENCH_RESULTS).",
     )
@@ -249,6 +249,18 @@ def add_parser(sub: Any) -> None:
     fetch.add_argument("--rounds", type=int, default=3, help="fetches per node (default 3)")
     fetch.add_argument("--threads", type=int, default=16, help="client threads (default 16)")
 
+    from appliance.bench import failover
+
+    failover.add_arguments(
+        _scenario(
+            scenarios,
+            "failover",
+            "kill -9 the active of a PostgreSQL-backed pair under N nodes: failover times",
+            (failover.__doc__ or "").strip().splitlines()[0],
+            nodes=1000,
+        )
+    )
+
     from appliance.bench import peer_salt, replay
 
     parser = scenarios.add_parser(
@@ -258,6 +270,15 @@ def add_parser(sub: Any) -> None:
     )
     replay.add_arguments(parser)
     parser.set_defaults(bench_func="replay")
+    from appliance.bench import storebench
+
+    store = scenarios.add_parser(
+        "store",
+        help="the event log in PostgreSQL vs the file log: appends/s, job POST latency",
+        description=(storebench.__doc__ or "").strip().splitlines()[0],
+    )
+    storebench.add_arguments(store)
+    store.set_defaults(bench_func="store")
     salt = scenarios.add_parser(
         "salt",
         help="side by side with SaltStack: salt '*' cmd.run true vs a true job on M real clients",
@@ -277,6 +298,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from appliance.bench import peer_salt
 
         return peer_salt.run(args)
+    if name == "store":
+        from appliance.bench import storebench
+
+        return storebench.run(args)
     if name not in SCENARIOS:
         print("pushy bench: name a scenario (pushy bench --help)", file=sys.stderr)
         return 2
@@ -293,6 +318,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from appliance.bench import flood
 
         return harness.main_guard(flood.flood, args)
+    if name == "failover":
+        from appliance.bench import failover
+
+        return harness.main_guard(failover.failover, args)
     run = fetchrate.fetch if name == "fetch" else getattr(scenarios, name)
     return harness.main_guard(run, args)
 

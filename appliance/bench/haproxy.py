@@ -24,7 +24,7 @@ def haproxy_config(port: int, backends: list[tuple[str, int]]) -> str:
     (every 500 ms, down after 2 failures, up after 1 success)."""
     lines = [
         "global",
-        "    maxconn 20000",
+        "    maxconn 8000",  # each takes 2 descriptors: under the 20,000 a process may have
         "defaults",
         "    mode http",
         "    timeout connect 2s",
