@@ -118,6 +118,7 @@ async def _session(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, stop)
+            nursery.start_soon(sdnotify.watchdog_task)  # a standby is watched as well
             active = await standby.stand_by(store, pglog, bind, stop)
             nursery.cancel_scope.cancel()
     except standby.LogGap as exc:

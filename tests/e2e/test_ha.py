@@ -26,13 +26,14 @@ import orjson
 import psycopg
 import pytest
 
+from appliance.bench.haproxy import HaProxy
 from appliance.bench.pgcluster import PgCluster
 from appliance.bench.replay import ORG, _node_name, build_state
 from appliance.core import records
 from appliance.store.migrate import migrate_file_to_postgresql
 from appliance.store.pglog import PgLog
 from tests.campaigns.hakill import run_campaign
-from tests.hacluster import HaServer, HaSet
+from tests.hacluster import Forwarder, HaServer, HaSet
 from tests.support import Chef, ClientFleet, wait_for
 
 LEASE = 3.0  # seconds: the tests' lease_timeout (the default is 10)
@@ -293,3 +294,43 @@ def test_failover_campaign_slice_has_no_violations(cluster, tmp_path):
     assert all(took < LEASE + 5 for took in failovers), report
     assert summary.jobs_created > 0 and summary.jobs_checked >= summary.jobs_created, report
     assert summary.outputs_checked > 0 and summary.events_checked > 0, report
+
+
+def test_an_active_cut_off_from_the_database_steps_down(cluster, tmp_path):
+    """The active reaches PostgreSQL through a forwarder that is cut (a partition): the standby,
+    which still reaches it, takes over once the lease expires; the cut-off server answers 503
+    before then and never serves beside its successor; back on the network, it is a standby."""
+    url = cluster.createdb("partition")
+    forwarder = Forwarder((cluster.host, cluster.port)).start()
+    via = url.replace(f":{cluster.port}/", f":{forwarder.port}/")
+    cut_off = HaServer(tmp_path / "s0" / "state", "127.0.0.2", via, lease_timeout=LEASE)
+    other = HaServer(tmp_path / "s1" / "state", "127.0.0.3", url, lease_timeout=LEASE)
+    proxy = HaProxy(tmp_path / "haproxy", [(s.host, s.api_port) for s in (cut_off, other)])
+    for server in (cut_off, other):
+        server.state_dir.parent.mkdir(parents=True)
+    try:
+        cut_off.start(role="active")
+        other.start(role="standby")
+        proxy.start()
+        proxy.wait_backend()
+        front_admin = Chef(proxy.url, "pivotal", cut_off.pivotal_key.read_bytes())
+        r = front_admin.post("/organizations", {"name": "cutorg", "full_name": "cutorg"})
+        assert r.status_code == 201, r.text
+        forwarder.cut()
+        cut = time.monotonic()
+        # within the lease it must stop answering as the active
+        wait_for(lambda: cut_off.role() != "active", LEASE + 1, what="the cut-off server gave up")
+        assert time.monotonic() - cut <= LEASE + 1
+        other.wait_role("active", LEASE + 10)
+        proxy.wait_backend()
+        r = Chef(proxy.url, "pivotal", cut_off.pivotal_key.read_bytes()).get("/organizations")
+        assert r.status_code == 200 and "cutorg" in r.json(), r.text
+        assert "stepping down to standby" in cut_off.log()
+        forwarder.start()  # the network is back
+        cut_off.wait_role("standby", 60)
+        assert other.role() == "active"
+    finally:
+        forwarder.cut()
+        proxy.stop()
+        for server in (cut_off, other):
+            server.kill()

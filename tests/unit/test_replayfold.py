@@ -181,3 +181,28 @@ def test_shows_events_is_the_linger_window() -> None:
     assert not jobfsm.shows_events(job, end + 5.0, 5.0)
     assert jobfsm.shows_events(dataclasses.replace(job, status="running"), end + 99, 5.0)
     assert not jobfsm.shows_events(dataclasses.replace(job, finished_at=None), end, 5.0)
+
+
+def test_a_fold_fed_in_pieces_equals_one_replay_and_forgets_what_ended_meanwhile() -> None:
+    """A standby folds the log in pieces as it is written (``Store.follow``), moving
+    ``ended_before`` on each time: the state it settles to is one replay's, and the steps kept
+    for events are only those of the jobs that may still show them."""
+    records = fleet_records(6, finish_all=False)
+    want = applied(records)
+    finished = sorted(j.finished_at for j in want.jobs.values() if j.finished_at is not None)
+    now, linger = finished[-1] + 0.5, 2.0
+    past = frozenset(
+        j.id for j in want.jobs.values() if j.finished_at and now - j.finished_at >= linger
+    )
+    assert 0 < len(past) < len(want.jobs)
+    state = State()
+    fold = DeferredFold(state, ended_before=None)  # a standby's first replay keeps everything
+    rows = encoded(records)
+    for start in range(0, len(rows), 7):  # the follower's batches
+        fold.replay(None, rows[start : start + 7])
+    assert set(fold.pending) == set(want.jobs)
+    fold.forget_ended(now - linger)
+    assert set(fold.pending) == set(want.jobs) - past  # the lingering and the running jobs
+    built = fold.settle(lambda job: jobfsm.shows_events(job, now, linger))
+    assert built == len(want.jobs) - len(past)
+    assert_same(state, want, without_events=past)
