@@ -115,16 +115,14 @@ async def _session(
     assert isinstance(pglog, PgLog)
     stop = trio.Event()
     bind = main._bind_address(settings.api_listen_address, settings.api_port)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_signal, stop)
-            nursery.start_soon(sdnotify.watchdog_task)  # a standby is watched as well
-            active = await standby.stand_by(store, pglog, bind, stop)
-            nursery.cancel_scope.cancel()
-    except standby.LogGap as exc:
-        log.warning("standby: %s", exc)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, stop)
+        nursery.start_soon(sdnotify.watchdog_task)  # a standby is watched as well
+        outcome = await standby.stand_by(store, pglog, bind, stop)
+        nursery.cancel_scope.cancel()
+    if outcome == "gap":
         return True
-    if not active:
+    if outcome == "stopped":
         log.info("pushy server (standby) stopped")
         return False
     store.start_writing()

@@ -28,6 +28,7 @@ from appliance.store.pglog import PgLog
 log = logging.getLogger("pushy.output")
 
 Key = tuple[str, str, str]  # job, node, stream
+RETRY_SECONDS = 1.0  # between two passes while the database refuses them
 
 
 class PgOutputs:
@@ -103,7 +104,9 @@ class PgOutputs:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            await self.sync()
+            if not await self.sync():
+                await trio.sleep(RETRY_SECONDS)  # the database is away: try again, unasked
+                self._wake.set()
 
     async def sync(self) -> bool:
         rows, self._rows = self._rows, []

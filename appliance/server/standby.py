@@ -88,9 +88,10 @@ class StandbyApp:
         await send({"type": "http.response.body", "body": payload})
 
 
-async def stand_by(store: Store, pglog: PgLog, bind: str, stop: trio.Event) -> bool:
-    """Be a standby until this server holds the lease and has read the whole log (True), or
-    until ``stop`` is set (False). Raises `LogGap` when the log moved past what it can follow."""
+async def stand_by(store: Store, pglog: PgLog, bind: str, stop: trio.Event) -> str:
+    """Be a standby until this server holds the lease and has read the whole log
+    (``"active"``), until ``stop`` is set (``"stopped"``), or until the log has moved past what
+    it can follow (``"gap"``: the records after ours were deleted; read the log again)."""
     app = StandbyApp(store, pglog)
     hconfig = Config()
     hconfig.bind = [bind]
@@ -98,7 +99,8 @@ async def stand_by(store: Store, pglog: PgLog, bind: str, stop: trio.Event) -> b
     hconfig.accesslog = None
     hconfig.errorlog = logging.getLogger("pushy.hypercorn")
     web_done = trio.Event()
-    acquired = False
+    gap: list[str] = []
+    outcome = "stopped"
     async with trio.open_nursery() as nursery:
 
         async def web() -> None:
@@ -108,26 +110,34 @@ async def stand_by(store: Store, pglog: PgLog, bind: str, stop: trio.Event) -> b
                 web_done.set()
 
         nursery.start_soon(web)
-        nursery.start_soon(_follow, store, pglog)
         sdnotify.ready(f"standby: following the event log (at seq {store.state.last_seq})")
         log.info("standby: following the event log from seq %d", store.state.last_seq)
         with trio.CancelScope() as attempts:
             nursery.start_soon(_stop_on, stop, attempts)
+            nursery.start_soon(_follow, store, pglog, gap, attempts)
             while True:
                 try:
                     if await trio.to_thread.run_sync(pglog.try_acquire) is not None:
-                        acquired = True
+                        outcome = "active"
                         break
                     app.holder = (await trio.to_thread.run_sync(pglog.lease)).holder
                 except StorageError as exc:
                     log.warning("standby: cannot reach the lease: %s", exc)
                 await trio.sleep(ATTEMPT_SECONDS)
         nursery.cancel_scope.cancel()  # the follower (at most one wait step) and the web front
-    if not acquired:
-        return False
-    await trio.to_thread.run_sync(_catch_up, store, pglog)
-    log.info("lease taken (epoch %s): active from seq %d", pglog.epoch, store.state.last_seq)
-    return True
+    if outcome == "active" and not gap:
+        try:
+            await trio.to_thread.run_sync(_catch_up, store, pglog)
+        except LogGap as exc:
+            gap.append(str(exc))
+    if gap:
+        log.warning("standby: %s: reading the log again", gap[0])
+        if outcome == "active":
+            await trio.to_thread.run_sync(pglog.release)  # taken again once the log is read
+        return "gap"
+    if outcome == "active":
+        log.info("lease taken (epoch %s): active from seq %d", pglog.epoch, store.state.last_seq)
+    return outcome
 
 
 async def _stop_on(stop: trio.Event, scope: trio.CancelScope) -> None:
@@ -135,7 +145,8 @@ async def _stop_on(stop: trio.Event, scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
-async def _follow(store: Store, pglog: PgLog) -> None:
+async def _follow(store: Store, pglog: PgLog, gap: list[str], done: trio.CancelScope) -> None:
+    """Apply what the active writes; on a gap, say so in ``gap`` and end the standby."""
     complained = False
     while True:
         last = store.state.last_seq
@@ -150,7 +161,12 @@ async def _follow(store: Store, pglog: PgLog) -> None:
         if complained:
             log.info("standby: reading the event log again")
             complained = False
-        _apply(store, rows, last)
+        try:
+            _apply(store, rows, last)
+        except LogGap as exc:
+            gap.append(str(exc))
+            done.cancel()
+            return
 
 
 def _apply(store: Store, rows: list[tuple[int, int, bytes]], last: int) -> None:

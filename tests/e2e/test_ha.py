@@ -105,6 +105,14 @@ def listening_ports(pid: int) -> set[int]:
     return ports
 
 
+def followed(server: HaServer) -> int | None:
+    """How far a standby has read the log (None while it does not answer)."""
+    try:
+        return httpx.get(f"{server.url}/pushy/_status", timeout=2).json().get("seq")
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
 def log_rows(url: str) -> list[tuple[int, int]]:
     with psycopg.connect(url) as conn:
         return conn.execute("SELECT seq, epoch FROM pushy_log ORDER BY seq").fetchall()
@@ -334,3 +342,42 @@ def test_an_active_cut_off_from_the_database_steps_down(cluster, tmp_path):
         proxy.stop()
         for server in (cut_off, other):
             server.kill()
+
+
+@pytest.fixture
+def ha_small_segments(cluster, tmp_path):
+    """The rig with a snapshot every 4 KiB of records (the smallest segment)."""
+    rig = HaSet(tmp_path / "ha", cluster=cluster, lease_timeout=LEASE, log_segment_max_bytes=4096)
+    try:
+        yield rig.start()
+    finally:
+        rig.close()
+
+
+def test_a_standby_left_behind_past_two_snapshots_reads_the_log_again(ha_small_segments):
+    """A standby paused while the active writes enough for two snapshots (which delete the
+    records the older one covers) finds a gap when it resumes: it reads the log again, from
+    the newest snapshot, and follows on."""
+    ha = ha_small_segments
+    active, behind = ha.servers
+    behind.pause()
+    try:
+        admin = Chef(active.url, "pivotal", active.pivotal_key.read_bytes())
+        for i in range(40):  # an identity record each, a snapshot every 4 KiB of them
+            r = admin.post("/organizations", {"name": f"gap{i}", "full_name": f"gap {i}"})
+            assert r.status_code == 201, r.text
+
+        def snapshots() -> int:
+            with psycopg.connect(ha.url) as conn:
+                return conn.execute("SELECT count(*) FROM pushy_snapshots").fetchone()[0]
+
+        wait_for(lambda: snapshots() >= 2, 60, what="two snapshots")
+        with psycopg.connect(ha.url) as conn:
+            first = conn.execute("SELECT min(seq) FROM pushy_log").fetchone()[0]
+        assert first > 1, "no record was deleted"
+    finally:
+        behind.resume()
+    last = max(log_rows(ha.url))[0]
+    wait_for(lambda: followed(behind) == last, 60, what="the standby caught up again")
+    assert "reading the log again" in behind.log()
+    assert behind.role() == "standby" and active.role() == "active"
