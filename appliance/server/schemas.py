@@ -114,6 +114,19 @@ SCHEMAS: dict[str, Schema] = {
         },
         ["status", "incarnation_id", "node_fsm_count", "job_processes", "advertised"],
     ),
+    "StandbyStatus": {
+        "description": "A standby of a PostgreSQL store (503), or an active stepping down.",
+        **obj(
+            {
+                "status": {"type": "string", "enum": ["standby", "stepping down"]},
+                "role": {"type": "string", "const": "standby"},
+                "incarnation_id": {"type": ["string", "null"], "format": "uuid"},
+                "seq": {"type": "integer", "minimum": 0},
+                "active": {"type": ["string", "null"]},
+            },
+            ["status", "role", "incarnation_id"],
+        ),
+    },
     "Advertised": {
         "description": "The last check (at start, at each reload) of the name nodes are told to "
         "connect to: `ok`, or why nodes cannot connect (`problem` says it and the fix).",

@@ -17,7 +17,15 @@ from appliance.server.pushy_routes import json_response
     "getStatus",
     "status",
     "Health check (no authentication)",
-    {"200": json_reply("The server is up.", ref("Status")), "500": resp("InternalError")},
+    {
+        "200": json_reply(
+            "The server is up (and the active one, with a PostgreSQL store).", ref("Status")
+        ),
+        "503": json_reply(
+            "Not the active server: a standby, or stepping down.", ref("StandbyStatus")
+        ),
+        "500": resp("InternalError"),
+    },
     signed=False,
 )
 async def status(ctx: ServerContext) -> Response:
@@ -34,12 +42,12 @@ async def status(ctx: ServerContext) -> Response:
         )
     body = {
         "status": "it's alive",
-        "role": "active",  # a standby answers 503 "standby" (``server.standby``)
         "incarnation_id": server.incarnation if server else None,
         "node_fsm_count": ctx.dispatcher.table.online_count(),
         "job_processes": sorted(ctx.live),
         # the last check of server_name: why nodes may not connect (docs/troubleshooting.md)
         "advertised": ctx.advertiser.report(ctx.ports),
+        "role": "active",  # a standby answers 503 "standby" (``server.standby``)
     }
     if request.args.get("counters") == "true":  # `pushy bench` reads the message rates
         received, dropped = ctx.reactor.counters()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.bench.pgcluster import PgCluster
-from tests.campaigns.kill import GROUPS, ORG, STABLE_USERS, WHITELIST, Campaign, Summary
+from tests.campaigns.kill import ORG, Campaign, Summary
 from tests.hacluster import HaSet
 from tests.support import Chef, ClientFleet
 
@@ -67,20 +67,8 @@ class HaCampaign(Campaign):
         self.ha.start()
         self.server = self.ha.active()
         front = Front(self.ha.proxy.url, self.server.pivotal_key)
-        self.fleet = ClientFleet(front, ORG, self.workdir / "clients")  # type: ignore[arg-type]
-        for name in self.node_names:
-            self.fleet.add(name, whitelist=WHITELIST)
-        admin = self.api()
-        for user in STABLE_USERS:
-            r = admin.post("/users", {"username": user, "create_key": True})
-            assert r.status_code == 201, r.text
-            r = admin.post(f"/organizations/{ORG}/users", {"username": user})
-            assert r.status_code == 201, r.text
-        for group in GROUPS:
-            r = admin.post(f"/organizations/{ORG}/groups", {"groupname": group})
-            assert r.status_code == 201, r.text
-        self.fleet.wait_available(*self.node_names, seconds=60)
-        self.driver.api = admin
+        # the nodes reach the service through HAProxy only
+        self.populate(ClientFleet(front, ORG, self.workdir / "clients"))  # type: ignore[arg-type]
 
     def restart(self) -> float:
         """The failover: the standby takes over (timed from the kill's end), the killed server

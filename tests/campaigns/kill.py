@@ -720,9 +720,13 @@ class Campaign:
 
     def setup(self) -> None:
         self.server.start()
-        self.fleet = ClientFleet(self.server, ORG, self.workdir / "clients")
+        self.populate(ClientFleet(self.server, ORG, self.workdir / "clients"))
+
+    def populate(self, fleet: ClientFleet) -> None:
+        """The fleet's clients, the stable users and groups; every node available."""
+        self.fleet = fleet
         for name in self.node_names:
-            self.fleet.add(name, whitelist=WHITELIST)
+            fleet.add(name, whitelist=WHITELIST)
         admin = self.api()
         for user in STABLE_USERS:
             r = admin.post("/users", {"username": user, "create_key": True})

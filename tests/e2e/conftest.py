@@ -21,6 +21,18 @@ def server(tmp_path) -> Iterator[Server]:
         yield srv
 
 
+@pytest.fixture(scope="module")
+def cluster():
+    """A real PostgreSQL (Debian's server, as ``scripts/test`` installs it) for the module."""
+    from appliance.bench.pgcluster import PgCluster
+
+    pg = PgCluster().start()
+    try:
+        yield pg
+    finally:
+        pg.destroy()
+
+
 @pytest.fixture
 def zctx() -> Iterator[zmq.Context]:
     ctx = zmq.Context()

@@ -13,7 +13,6 @@ import time
 import psycopg
 import pytest
 
-from appliance.bench.pgcluster import PgCluster
 from appliance.core import migrations
 from appliance.core.keys import load_private_pem, private_pem, public_pem
 from appliance.core.records import server_key
@@ -23,16 +22,6 @@ from appliance.store.errors import LogCorruption
 from appliance.store.log import EventLog
 from appliance.store.pglog import Fenced, PgLog
 from tests.support import REPO, Server, setup_org
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    pg = PgCluster().start()
-    try:
-        yield pg
-    finally:
-        pg.destroy()
-
 
 _dbs = iter(range(1, 10_000))
 

@@ -8,21 +8,11 @@ import time
 
 import pytest
 
-from appliance.bench.pgcluster import PgCluster
 from appliance.core.output import Kept, truncation_marker
 from appliance.server.pgoutputs import PgOutputs
 from appliance.store.pglog import PgLog
 
 J, K = "a" * 32, "b" * 32
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    pg = PgCluster().start()
-    try:
-        yield pg
-    finally:
-        pg.destroy()
 
 
 _dbs = iter(range(1, 10_000))

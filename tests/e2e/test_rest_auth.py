@@ -497,6 +497,7 @@ def test_status_is_unauthenticated_and_read_only(srv, world):
         "node_fsm_count",
         "job_processes",
         "advertised",
+        "role",  # with a PostgreSQL store a standby answers 503 "standby"
     ]
     assert body["advertised"]["status"] == "ok"  # server_name 127.0.0.1, explicitly
     assert body["status"] == "it's alive"
