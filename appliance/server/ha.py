@@ -86,20 +86,21 @@ def _open(settings: Settings, state_dir: Path) -> Store:
         )
         store.password_file = settings.store_password_file
         sdnotify.status(f"replaying the event log from {pglog.where()}")
-        gc.disable()
+        gc.disable()  # as in main.open_store: the replayed state is frozen, not walked
         try:
             store.load(defer_events=True, now=time.time())
-            return store
         except StorageError as exc:
             pglog.close()
+            gc.enable()
             wait = OPEN_RETRY_SECONDS[min(attempt, len(OPEN_RETRY_SECONDS) - 1)]
             attempt += 1
             log.warning("cannot read the event log (%s); trying again in %.0f s", exc, wait)
             sdnotify.status(f"waiting for the database: {exc}")
             time.sleep(wait)
-        finally:
-            gc.freeze()
-            gc.enable()
+            continue
+        gc.freeze()
+        gc.enable()
+        return store
 
 
 async def _session(

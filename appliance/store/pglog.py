@@ -265,12 +265,15 @@ class PgLog:
     ) -> tuple[tuple[bytes, int] | None, Iterator[tuple[int, bytes, int]]]:
         """As `EventLog.open`: ((snapshot payload, format) or None, the records after it).
         ``recover`` is accepted for the interface; a database has no torn tail to cut."""
-        self.create_schema()
-        conn = self._connection()
-        row = conn.execute(
-            "SELECT seq, format, payload FROM pushy_snapshots ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
-        conn.commit()
+        try:
+            self.create_schema()
+            conn = self._connection()
+            row = conn.execute(
+                "SELECT seq, format, payload FROM pushy_snapshots ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            conn.commit()
+        except psycopg.Error as exc:
+            raise StorageError(errno.EIO, f"opening the event log: {exc}", "pushy_log") from exc
         base = 0
         snapshot = None
         if row is not None:
