@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import trio
@@ -35,7 +35,9 @@ from appliance.localserver import LocalServer
 from appliance.signedhttp import SignedClient
 from appliance.store.committer import Committer
 from appliance.store.log import EventLog
-from appliance.store.pglog import PgLog
+
+if TYPE_CHECKING:  # psycopg (and libpq) only when the bench runs: `pushy --help` builds this
+    from appliance.store.pglog import PgLog
 
 ORG = "storebench"
 # a job step's size in a busy log (a node's state change and an event)
@@ -104,6 +106,8 @@ def _pick(values: dict[str, Any], key: str | tuple[str, str]) -> Any:
 
 
 def _open_log(engine: str, directory: Path, url: str | None) -> EventLog | PgLog:
+    from appliance.store.pglog import PgLog
+
     if engine == "file":
         log: EventLog | PgLog = EventLog(directory, segment_max_bytes=2**40)
     else:
