@@ -220,8 +220,10 @@ def _names(names: list[str], width: int) -> str:
 
 
 def _job_line(job: JobState) -> str:
+    """A job's line, with its whole id: the first 12 digits of every job id of an org are
+    the org's (the original's make_org_prefix_id), and `pushy job status ID` wants it all."""
     counts = " ".join(f"{status} {n}" for status, n in job.counts().items())
-    return f"  {job.id[:12]}  {job.status:<8} {counts}  {job.command}"
+    return f"  {job.id}  {job.status:<8} {counts}  {job.command}"
 
 
 def render(view: View, *, width: int = 100, clock: str = "") -> list[str]:

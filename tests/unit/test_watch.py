@@ -187,10 +187,23 @@ def test_render_lists_unavailable_nodes_and_job_counts_within_the_width():
     assert lines[1] == "nodes: 2 online, 1 available, 1 unavailable, 1 offline"
     assert lines[2] == "  not available: b, c (offline)"
     assert lines[3] == "running jobs: 1"
-    assert lines[4] == "  JOB123456789  voting   new 1 ready 1  chef-client"
+    assert lines[4] == "  JOB1234567890ABCDEF  voting   new 1 ready 1  chef-client"
     view.apply(job_event("JOB1234567890ABCDEF", "start", 1, command="x" * 100, node_count=2))
-    assert render(view, width=60)[4] == "  JOB123456789  voting   new 1 ready 1  " + "x" * 20
+    assert render(view, width=60)[4] == "  JOB1234567890ABCDEF  voting   new 1 ready 1  " + "x" * 13
     assert all(len(text) <= 60 for text in lines)
+
+
+def test_jobs_of_one_org_are_told_apart_by_their_whole_ids():
+    """Every job id of an org starts with the same 12 digits (the org's): the view shows the
+    whole id, which is also what `pushy job status ID` takes."""
+    view = View()
+    view.apply(hello({"a": "available"}))
+    ids = ["0123456789ab" + "1" * 20, "0123456789ab" + "2" * 20]
+    for n, job_id in enumerate(ids, start=1):
+        view.apply(job_event(job_id, "start", n, command="chef-client", node_count=1))
+    shown = [text for text in render(view, width=100) if "chef-client" in text]
+    assert len(shown) == 2
+    assert {text.split()[0] for text in shown} == set(ids)
 
 
 def test_render_bounds_the_node_list():
