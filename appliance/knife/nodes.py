@@ -17,6 +17,7 @@ from appliance.knife.credentials import connect
 from appliance.knife.session import Api, ApiError, CliError, error_text
 
 SEARCH_PAGE_ROWS = 1000
+EXIT_UNKNOWN_NODE = 1  # a named node the organization does not have (the others are printed)
 MAX_SEARCH_PAGES = 10_000
 
 
@@ -71,15 +72,37 @@ def status_lines(states: list[dict[str, Any]]) -> str:
     return "".join(f"{s.get('node_name')}\t{s.get('availability')}\n" for s in states)
 
 
+def unknown_nodes(api: Api, states: list[dict[str, Any]], named: set[str]) -> list[str]:
+    """The ``named`` nodes among ``states`` that the organization has no client for: the
+    server answers "offline, unavailable" for any name, so a typo looked like a node that is
+    down. (A caller who may not read clients gets no verdict: every node counts as known.)"""
+    unknown = []
+    for state in states:
+        name = state.get("node_name")
+        if name in named and state.get("status") == "offline":
+            quoted = urllib.parse.quote(str(name), safe="")
+            if api.request("GET", api.org_path(f"clients/{quoted}")).status == 404:
+                unknown.append(str(name))
+    return unknown
+
+
 def run_status(args: argparse.Namespace) -> int:
     api = connect(args)
     states = node_states(api, list(args.nodes))
+    unknown = unknown_nodes(api, states, {n for n in args.nodes if ":" not in n})
+    states = [s for s in states if s.get("node_name") not in unknown]
     if args.format == "json":
         output.emit(states, "json", sys.stdout)
     else:
         sys.stdout.write(status_lines(states))
         sys.stdout.flush()
-    return 0
+    for name in unknown:
+        print(
+            f"pushy node status: no node named '{name}' in organization '{api.org}' "
+            "(no client of that name)",
+            file=sys.stderr,
+        )
+    return EXIT_UNKNOWN_NODE if unknown else 0
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -113,7 +136,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         description="Print NAME<TAB>AVAILABILITY (available/unavailable) for every node the "
         "server knows, or for the named nodes (one GET each). An argument containing ':' is a "
         "node search query (e.g. 'role:web'); its nodes are listed. -F json prints the "
-        "server's objects instead. Exit 0; 100 on a server error (e.g. an unknown org).",
+        "server's objects instead. Exit 0; 1 when a named node does not exist in the "
+        "organization (said on stderr, the others printed); 100 on a server error (e.g. an "
+        "unknown org).",
     )
     status.add_argument("nodes", nargs="*", metavar="NODE", help="node names or search queries")
     status.set_defaults(func=run_status)

@@ -409,6 +409,15 @@ def test_node_status_lines(fleet):
     ]
 
 
+def test_node_status_of_a_node_that_does_not_exist_says_so_and_fails(fleet):
+    r = pushy(fleet, "node", "status", "k1", "nosuch", "koff")
+    assert r.returncode == 1, r.stderr
+    assert r.stdout == "k1\tavailable\nkoff\tunavailable\n"  # a registered node that is down
+    assert "no node named 'nosuch' in organization" in r.stderr
+    r = pushy(fleet, "node", "status", "nosuch", "-F", "json")
+    assert r.returncode == 1 and json.loads(r.stdout) == []
+
+
 def test_node_list(fleet):
     r = pushy(fleet, "node", "list")
     assert r.returncode == 0 and r.stdout == "k1\nk2\nkoff\n", r.stderr
