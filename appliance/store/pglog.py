@@ -80,6 +80,7 @@ CREATE TABLE IF NOT EXISTS pushy_output (
 );
 """
 _REPLAY_BATCH = 2000  # rows fetched per round trip while replaying
+FOLLOW_BATCH = 5000  # records a standby applies per step (PgLog.wait_after)
 
 
 class Fenced(StorageError):
@@ -325,11 +326,15 @@ class PgLog:
             if left is not None:
                 left -= len(rows)
 
-    def wait_after(self, seq: int, timeout: float) -> list[tuple[int, int, bytes]]:
-        """A standby's step: the records after ``seq``, waiting up to ``timeout`` seconds for
-        some. A notification only wakes it up; what it returns is always read from the table,
-        so a notification lost (a reconnect, a full queue) costs at most ``timeout``."""
-        found = list(self.read_after(seq))
+    def wait_after(
+        self, seq: int, timeout: float, limit: int = FOLLOW_BATCH
+    ) -> list[tuple[int, int, bytes]]:
+        """A standby's step: at most ``limit`` records after ``seq``, waiting up to ``timeout``
+        seconds for some. A notification only wakes it up; what it returns is always read from
+        the table, so a notification lost (a reconnect, a full queue) costs at most ``timeout``.
+        The limit keeps a standby that fell far behind from holding minutes of the active's
+        records in memory and from applying them in one step of its event loop."""
+        found = list(self.read_after(seq, limit))
         if found:
             return found
         listener = self._listener
@@ -339,7 +344,7 @@ class PgLog:
                 listener.execute(f"LISTEN {CHANNEL}")
             except psycopg.Error as exc:
                 raise StorageError(errno.EIO, f"LISTEN: {exc}", "pushy_log") from exc
-            found = list(self.read_after(seq))  # written between the read and the LISTEN
+            found = list(self.read_after(seq, limit))  # written between the read and the LISTEN
             if found:
                 return found
         try:
@@ -347,7 +352,7 @@ class PgLog:
                 break
         except psycopg.Error as exc:
             raise StorageError(errno.EIO, f"waiting for the event log: {exc}", "pushy_log") from exc
-        return list(self.read_after(seq))
+        return list(self.read_after(seq, limit))
 
     # -- appends ---------------------------------------------------------------------------
 

@@ -246,3 +246,23 @@ def test_a_standby_follows_the_active_as_it_writes(url):
     assert standby.wait_after(3, timeout=0.2) == []  # nothing new: back after the timeout
     a.close()
     standby.close()
+
+
+def test_a_standby_far_behind_reads_the_log_in_bounded_steps(url):
+    a = active(url, "a")
+    a.append([(seq, b"r%d" % seq) for seq in range(1, 13)])
+    standby, _, records = opened(url, "b")
+    assert [seq for seq, _, _ in records] == list(range(1, 13))
+    a.append([(seq, b"r%d" % seq) for seq in range(13, 31)])
+    steps, last = [], 12
+    for _ in range(10):  # bounded: 18 new records in steps of at most 5
+        got = standby.wait_after(last, timeout=0.2, limit=5)
+        if not got:
+            break
+        steps.append(len(got))
+        assert [s for s, _, _ in got] == list(range(last + 1, last + 1 + len(got)))
+        last = got[-1][0]
+    assert steps == [5, 5, 5, 3]
+    assert last == 30
+    a.close()
+    standby.close()
