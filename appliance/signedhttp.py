@@ -248,18 +248,12 @@ class SignedClient:
         )
 
     def presign(
-        self,
-        method: str,
-        path: str,
-        body: bytes,
-        user: str,
-        key: RSAPrivateKey,
-        at: float | None = None,
+        self, method: str, path: str, body: bytes, user: str, key: RSAPrivateKey
     ) -> dict[str, str]:
         """Every header of the request, signed now: a load generator signs each request once
         and sends it with `send_presigned` for as long as the server's clock skew allows
         (``max_time_skew``, 15 minutes by default), instead of paying an RSA signature each."""
-        return request_headers(key, user, method, self.prefix + path, body, at=at)
+        return request_headers(key, user, method, self.prefix + path, body)
 
     def send_presigned(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> Reply:
         """`send` with the headers of `presign` (the same retry of a dropped connection)."""

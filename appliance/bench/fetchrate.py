@@ -28,7 +28,7 @@ from appliance.bench.harness import common_params, finish, prepare, rounded
 from appliance.bench.provision import progress
 from appliance.client.fetch import config_path, connection_from_answer
 from appliance.core.keys import load_private_pem
-from appliance.signedhttp import SignedClient, Unreachable
+from appliance.signedhttp import SignedClient, Unreachable, request_headers
 
 
 def fetch(args: argparse.Namespace) -> int:
@@ -71,7 +71,10 @@ def _measure(setup: Any, args: argparse.Namespace) -> dict[str, Any]:
         requests = []
         for name, key, curve in zip(setup.names, keys, curves, strict=True):
             path = config_path(prefix, name, curve)
-            requests.append((path, api.presign("GET", path, b"", name, key, at=signed_at - i)))
+            at = signed_at - i  # each round another second: new signatures
+            requests.append(
+                (path, request_headers(key, name, "GET", api.prefix + path, b"", at=at))
+            )
         presign_s += time.monotonic() - t
         r, last_body = _round(api, requests, args.threads, setup.server_pid)
         r["round"] = i
