@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _server(args: argparse.Namespace) -> int:
+    from appliance import logformat
     from appliance.core.settings import SettingsError, load_settings
 
     data: dict = {}
@@ -245,7 +246,7 @@ def _server(args: argparse.Namespace) -> int:
         where = f"{args.config}: " if args.config else ""
         print(f"pushy server: {where}{exc.message}", file=sys.stderr)
         return EXIT_USAGE
-    _setup_logging(settings.log_level)
+    logformat.setup(settings.log_level, settings.log_format)
     log = logging.getLogger("pushy.server")
     for warning in warnings:
         log.warning("%s", warning)
@@ -348,14 +349,6 @@ def _bind_error(group: BaseExceptionGroup) -> str | None:
         else:
             leaves.append(exc)
     return "; ".join(str(leaf) for leaf in leaves)
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 if __name__ == "__main__":

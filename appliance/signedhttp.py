@@ -93,16 +93,17 @@ def unreachable(exc: httpx.TransportError) -> Unreachable:
 
 
 def signed_headers(
-    key: RSAPrivateKey, user: str, method: str, path: str, body: bytes
+    key: RSAPrivateKey, user: str, method: str, path: str, body: bytes, at: float | None = None
 ) -> dict[str, str]:
-    """X-Ops headers for ``path`` (the query string is not signed, as in mixlib)."""
+    """X-Ops headers for ``path`` (the query string is not signed, as in mixlib), signed now
+    or as of the epoch second ``at``."""
     return chefauth.sign_request(
         key=key,
         user_id=user,
         method=method,
         path=path.split("?", 1)[0],
         body=body,
-        timestamp=chefauth.format_timestamp(time.time()),
+        timestamp=chefauth.format_timestamp(time.time() if at is None else at),
     )
 
 
@@ -115,9 +116,10 @@ def request_headers(
     *,
     accept: str = JSON,
     headers: dict[str, str] | None = None,
+    at: float | None = None,
 ) -> dict[str, str]:
     """Every header of a signed request: the signature, Accept, the body's type, extras."""
-    all_headers = signed_headers(key, user, method, path, body)
+    all_headers = signed_headers(key, user, method, path, body, at)
     all_headers["Accept"] = accept
     all_headers["Accept-Encoding"] = "identity"  # replies byte for byte as the server sent them
     if body:
@@ -344,7 +346,8 @@ class Presigner:
     ``max_age`` seconds. A load generator or a simulated fleet on the server's own machine
     would otherwise spend an RSA signature (~1 ms of CPU) per request on the cores it is
     measuring; the server sees the same bytes a client signing each time would send, only
-    with an older (still valid) timestamp. Thread-safe: a race signs twice, nothing worse."""
+    with an older (still valid) timestamp (a node's own config fetch sent again is a replay to
+    the server: it gets the session key it was given, ``core.servedfetches``). Thread-safe: a race signs twice, nothing worse."""
 
     def __init__(self, client: SignedClient, max_age: float = PRESIGNED_MAX_AGE) -> None:
         self.client = client

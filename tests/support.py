@@ -12,6 +12,7 @@ tests/e2e/helpers.py.
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import signal
@@ -119,11 +120,20 @@ def sign(
     )
 
 
+_SIGNED_AT: dict[tuple[str, str], int] = {}  # Chef(distinct_seconds=True)'s last second per user
+
+
 class Chef:
     """A signed HTTP client, as knife or mixlib-authentication would sign (protocol 1.3)."""
 
     def __init__(
-        self, base_url: str, user: str, key_pem: str | bytes, version: str = "1.3"
+        self,
+        base_url: str,
+        user: str,
+        key_pem: str | bytes,
+        version: str = "1.3",
+        *,
+        distinct_seconds: bool = False,
     ) -> None:
         self.base_url = base_url
         self.user = user
@@ -131,10 +141,18 @@ class Chef:
         self.key = load_private_pem(key_pem)
         self.version = version
         self.http = httpx.Client(base_url=base_url, timeout=30)
+        self.distinct_seconds = distinct_seconds
 
     def headers(
         self, method: str, path: str, body: bytes, *, timestamp: float | None = None
     ) -> dict[str, str]:
+        if timestamp is None and self.distinct_seconds:
+            # a second after the last request this user signed so, by any Chef of the process:
+            # never the same signature twice (a node's own config fetch sent again is a replay,
+            # which gets the key it was given and refuses another ccpk; core.servedfetches)
+            who = (self.base_url, self.user)
+            timestamp = max(math.floor(time.time()), _SIGNED_AT.get(who, 0) + 1)
+            _SIGNED_AT[who] = timestamp
         return sign(
             self.key, self.user, method, path, body, version=self.version, timestamp=timestamp
         )
@@ -147,13 +165,14 @@ class Chef:
         *,
         raw: bytes | None = None,
         headers: dict[str, str] | None = None,
+        timestamp: float | None = None,
     ) -> httpx.Response:
         body = (
             raw
             if raw is not None
             else (b"" if json_body is None else json.dumps(json_body).encode())
         )
-        h = {"Accept": "application/json", **self.headers(method, path, body)}
+        h = {"Accept": "application/json", **self.headers(method, path, body, timestamp=timestamp)}
         if body:
             h["Content-Type"] = "application/json"
         h.update(headers or {})
@@ -268,7 +287,7 @@ class WireNode:
         self.server = server
         self.org = org
         self.name = name
-        self.chef = Chef(server.url, name, key_pem)
+        self.chef = Chef(server.url, name, key_pem, distinct_seconds=True)
         self.private_key = load_private_pem(key_pem)
         self.ctx = ctx or zmq.Context.instance()
         self.curve_public, self.curve_secret = zmq.curve_keypair()

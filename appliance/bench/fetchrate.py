@@ -7,7 +7,8 @@ once, before the clock starts (a Chef signature stays valid for the server's
 ``max_time_skew``, 15 minutes by default), and sent ``--rounds`` times from ``--threads``
 keep-alive threads, as fast as the server answers: the first round registers every node's
 CURVE key and mints its session key, the later ones are the storm's re-fetches (a new session
-key each). The load generator's own CPU is reported beside the server's, so a reader can
+key each). Each round is signed anew, as of another second: the same signed bytes sent again
+would be a replay, answered with the key already given (``core.servedfetches``). The load generator's own CPU is reported beside the server's, so a reader can
 tell which of the two was saturated.
 """
 
@@ -27,7 +28,7 @@ from appliance.bench.harness import common_params, finish, prepare, rounded
 from appliance.bench.provision import progress
 from appliance.client.fetch import config_path, connection_from_answer
 from appliance.core.keys import load_private_pem
-from appliance.signedhttp import SignedClient, Unreachable
+from appliance.signedhttp import SignedClient, Unreachable, request_headers
 
 
 def fetch(args: argparse.Namespace) -> int:
@@ -58,17 +59,23 @@ def _measure(setup: Any, args: argparse.Namespace) -> dict[str, Any]:
     pems = provision.read_keys(setup.key_file, len(setup.names))
     api = SignedClient(setup.url, timeout=60)
     prefix = f"/organizations/{setup.org}"
-    progress(f"signing {len(setup.names)} config requests")
-    t = time.monotonic()
-    requests = []
-    for name, pem in zip(setup.names, pems, strict=True):
-        path = config_path(prefix, name, zmq.curve_keypair()[0])
-        key = load_private_pem(pem, trusted=True)
-        requests.append((path, api.presign("GET", path, b"", name, key)))
-    presign_s = time.monotonic() - t
+    keys = [load_private_pem(pem, trusted=True) for pem in pems]
+    curves = [zmq.curve_keypair()[0] for _ in setup.names]
+    signed_at = time.time()
+    presign_s = 0.0
     rounds = []
     last_body: bytes = b""
     for i in range(1, args.rounds + 1):
+        progress(f"signing {len(setup.names)} config requests")
+        t = time.monotonic()
+        requests = []
+        for name, key, curve in zip(setup.names, keys, curves, strict=True):
+            path = config_path(prefix, name, curve)
+            at = signed_at - i  # each round another second: new signatures
+            requests.append(
+                (path, request_headers(key, name, "GET", api.prefix + path, b"", at=at))
+            )
+        presign_s += time.monotonic() - t
         r, last_body = _round(api, requests, args.threads, setup.server_pid)
         r["round"] = i
         progress(f"round {i}: {r['fetches_per_s']} fetches/s, {r['errors']} errors")

@@ -11,11 +11,14 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from appliance import __version__
+from appliance import __version__, logformat
+
+if TYPE_CHECKING:  # imported when the client runs, not for --help
+    from appliance.client.config import ClientConfig
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_SESSION_KEY = 0, 1, 2, 255
 
@@ -27,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("-l", "--log_level", help="debug, info, warn, error, fatal")
     parser.add_argument("-L", "--logfile", help="log to this file instead of standard output")
+    parser.add_argument(
+        "--log_format", help="text (the default; no timestamp under journald) or json"
+    )
     parser.add_argument("-N", "--node-name", dest="node_name", help="the node name")
     parser.add_argument(
         "-S", "--server", dest="chef_server_url", help="Chef server URL (…/organizations/ORG)"
@@ -63,6 +69,7 @@ def run_client(args: argparse.Namespace) -> int:
         key: getattr(args, key)
         for key in (
             "log_level",
+            "log_format",
             "node_name",
             "chef_server_url",
             "client_key",
@@ -85,7 +92,7 @@ def run_client(args: argparse.Namespace) -> int:
     for name, value in config.environment:  # the cookbook's environment_variables lines
         os.environ[name] = value
     os.environ.update(config.proxies.as_env())  # Chef exports its proxy settings likewise
-    _setup_logging(config.log_level, config.log_location, show_time=config.show_time)
+    _setup_logging(config)
     if config.ignored:
         logging.getLogger("pushy.client").info(
             "settings with no effect on the push client: %s", ", ".join(config.ignored)
@@ -125,13 +132,14 @@ def _find(exc: BaseException, kind: type[BaseException]) -> Any:
     return None
 
 
-def _setup_logging(level: str, location: str | None, *, show_time: bool = True) -> None:
+def _setup_logging(config: ClientConfig) -> None:
+    """The original's text lines (``[time] LEVEL: message``, mixlib-log's), or JSON."""
     levels = {"warn": "WARNING", "fatal": "CRITICAL"}
-    name = levels.get(level.lower(), level.upper())
+    name = levels.get(config.log_level.lower(), config.log_level.upper())
+    location = config.log_location
     handler: logging.Handler
     handler = logging.FileHandler(location) if location else logging.StreamHandler(sys.stdout)
-    stamp = "[%(asctime)s] " if show_time else ""
-    handler.setFormatter(logging.Formatter(stamp + "%(levelname)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(getattr(logging, name, logging.INFO))
+    stamp = "[%(asctime)s] " if config.show_time else ""
+    logformat.setup(
+        name, config.log_format, handler, text="%(levelname)s: %(message)s", stamp=stamp
+    )

@@ -176,6 +176,7 @@ class ClientConfig:
     allowed_overwritable_env_vars: tuple[str, ...] | None = None
     max_body_size: int = 63000
     log_level: str = "info"
+    log_format: str = "text"  # or "json": one object per line (appliance.logformat)
     log_location: str | None = None  # None: standard output
     lockfile: str | None = None
     file_cache_path: str = "/var/chef/cache"

@@ -86,6 +86,7 @@ SETTINGS = frozenset(
     {
         *PUSH_SETTINGS,
         "log_level",
+        "log_format",
         "log_location",
         "lockfile",
         "file_cache_path",
@@ -294,6 +295,7 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
         ("debug", "info", "warn", "error", "fatal"),
         {"auto": "info", "trace": "debug", "warning": "warn"},
     ),
+    "log_format": _word_choice(("text", "json"), {}),
     "log_location": _log_location,
     "lockfile": _string,
     "file_cache_path": _string,

@@ -23,6 +23,11 @@ class Granted:
     records: list[records.Record] = field(default_factory=list)  # durable before the answer
 
 
+def own_fetch(principal: tuple[str, str], node: str) -> bool:
+    """The node's own client fetching: the fetch that registers its key and rotates."""
+    return principal == ("client", node)
+
+
 def decide(
     state: State,
     org: str,
@@ -47,7 +52,7 @@ def decide(
       itself fetches (a restarted client must not keep a key an old process knew); anyone
       else who may fetch (a superuser, a validator-less admin) gets the current key.
     """
-    kind, name = principal
+    kind = principal[0]
     out: list[records.Record] = []
     keys = state.node_keys.get((org, node))
     if curve:
@@ -58,8 +63,7 @@ def decide(
             return Refused(401, "Bad ccpk")
         if kind == "client" and (keys is None or keys.ccpk != ccpk):
             out.append(records.ccpk(org, node, ccpk))
-    own_fetch = kind == "client" and name == node
-    if keys is None or keys.session_key is None or own_fetch:
+    if keys is None or keys.session_key is None or own_fetch(principal, node):
         out.append(records.session_key(org, node, fresh_key, t=now, grace=grace))
         return Granted(fresh_key, out)
     return Granted(keys.session_key, out)

@@ -109,6 +109,8 @@ class Settings:
     log_segment_max_bytes: int = 64 * 1024 * 1024
     session_key_grace: float = 60.0
     log_level: str = "info"
+    # "text" or "json" (one object per line); at restart: the edges take it when they start
+    log_format: str = "text"
     # node edges (docs/architecture.md "Edges"): "auto" is one per core, at least 2; 0 keeps
     # the node sockets in the server process
     edge_processes: int | str = "auto"
@@ -268,6 +270,12 @@ def _log_level(key: str, value: Any) -> str:
     return value.lower()
 
 
+def _log_format(key: str, value: Any) -> str:
+    if value not in ("text", "json"):
+        raise _fail(key, '"text" or "json"', value)
+    return value
+
+
 _port = _int(0, 65535)
 _positive = _number("a number > 0", lambda v: v > 0)
 _non_negative = _number("a number >= 0", lambda v: v >= 0)
@@ -300,6 +308,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "log_segment_max_bytes": _int(4096, 2**40),
     "session_key_grace": _non_negative,
     "log_level": _log_level,
+    "log_format": _log_format,
     "edge_processes": _edge_processes,
     "edge_link_address": _zmq_address,
     "edge_link_port": _port,

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import zmq
 
+from appliance import logformat
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
@@ -45,6 +47,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "address, or this host's FQDN when it listens on every interface)",
     )
     edge.add_argument("-l", "--log-level", default="info", help="debug, info, warning, error")
+    edge.add_argument(
+        "--log-format",
+        choices=logformat.FORMATS,
+        default="text",
+        help="text (the default; no timestamp under journald) or json, one object per line",
+    )
     edge.add_argument("--local", action="store_true", help=argparse.SUPPRESS)
     key = sub.add_parser(
         "edge-key",
@@ -64,11 +72,7 @@ def run_edge(args: argparse.Namespace) -> int:
     from appliance.edge.process import Edge, EdgeOptions, EdgeStopped
     from appliance.server.edgelaunch import ENV_LINK
 
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logformat.setup(str(args.log_level), args.log_format)
     parent: int | None = None
     if args.local:
         try:

@@ -25,6 +25,8 @@ JSON = "application/json"
 class Authenticated:
     principal: identity.Principal
     key: RSAPublicKey  # the key that verified the signature (session keys are encrypted to it)
+    signature: bytes = b""  # as sent: a replay of the request sends the same
+    signed_at: float = 0.0  # X-Ops-Timestamp: the signature is valid within the skew of it
 
 
 def fail(status: int, body: object, headers: dict[str, str] | None = None) -> NoReturn:
@@ -74,7 +76,8 @@ def verify(
                         403,
                         error_list(f"'{req.user_id}' is not associated with organization '{org}'"),
                     )
-                return Authenticated(principal, key)
+                signed_at = chefauth.parse_timestamp(req.timestamp)
+                return Authenticated(principal, key, req.signature, signed_at)
     fail(
         401,
         error_list(f"Invalid signature for user or client '{req.user_id}'"),

@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING
 import trio
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
+from appliance.core.chefauth import DEFAULT_SKEW
 from appliance.core.keys import load_public_pem, public_pem
 from appliance.core.nodes import NodeKey
+from appliance.core.servedfetches import ServedFetches
 from appliance.core.settings import Settings
 from appliance.core.state import State
 from appliance.server.advertise import Advertiser
@@ -46,6 +48,9 @@ class ServerContext:
     shutdown: trio.Event = field(default_factory=trio.Event)
     lease: LeaseKeeper | None = None  # a PostgreSQL store's active: its lease
     ports: dict[str, int] = field(default_factory=dict)
+    # nodes' own config fetches by signature, so a replay does not rotate the session key
+    served_fetches: ServedFetches = field(default_factory=lambda: ServedFetches(DEFAULT_SKEW))
+    fetches_in_flight: dict[bytes, trio.Event] = field(default_factory=dict)
 
     @property
     def live(self) -> LiveJobs:

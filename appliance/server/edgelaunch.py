@@ -87,6 +87,7 @@ class LocalLink:
     local_secret: str
     command: list[str]  # how to start an edge: [*pushy_command(), "edge"]
     log_level: str
+    log_format: str
     early: dict[int, subprocess.Popen] = field(default_factory=dict)  # by index, not adopted
     cpus: set[int] | None = None  # the server's processors, while the early edges share one
 
@@ -109,6 +110,7 @@ class LocalLink:
             local_secret,
             list(command),
             settings.log_level,
+            settings.log_format,
         )
 
     def argv(self, index: int) -> list[str]:
@@ -116,6 +118,8 @@ class LocalLink:
         return [*self.command, "--coordinator", self.url, "--name", name, "--local"] + [
             "--log-level",
             self.log_level,
+            "--log-format",
+            self.log_format,
         ]
 
     def env(self) -> dict[str, str]:

@@ -8,6 +8,7 @@ read ``ctx.settings`` per request: a reload (SIGHUP) replaces it. The SSE feeds 
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from functools import partial
@@ -19,7 +20,7 @@ import zmq
 import zmq.utils.z85
 from quart import Blueprint, Response, request
 
-from appliance.core import configfetch, identity, jobfsm, render
+from appliance.core import configfetch, identity, jobfsm, render, servedfetches
 from appliance.core.jobspec import JobRequestError, parse_job_request
 from appliance.core.keys import encrypt_session_key
 from appliance.server.apidoc import (
@@ -33,7 +34,7 @@ from appliance.server.apidoc import (
     request_body,
     resp,
 )
-from appliance.server.auth import JSON, authenticate, fail, forbidden, require_accept
+from appliance.server.auth import JSON, Authenticated, authenticate, fail, forbidden, require_accept
 from appliance.server.context import ServerContext, server_public_pem
 from appliance.server.schemas import JOB, NODE, ORG, STRING, URI
 from appliance.store.errors import StorageError
@@ -42,6 +43,7 @@ OCTETS = "application/octet-stream"
 PREFIX = "/organizations/<org>/pushy"
 ABORT_SYNC_WAIT_SECONDS = 5.0
 TAG = "push jobs"
+log = logging.getLogger("pushy.http")
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -110,7 +112,8 @@ def job_in_org(ctx: ServerContext, org: str, job_id: str) -> jobfsm.Job:
     "validate_client_node_name is false) and to the superuser; other users get 403 (the "
     "session key goes to no one else). A node's own fetch registers its CURVE key (ccpk) "
     "and rotates its session key (the previous one stays valid for session_key_grace "
-    "seconds).",
+    "seconds); the same signed request sent again within the signing window gets the key it "
+    "was given then, without a rotation (with another ccpk: 401).",
     parameters=[
         ORG,
         NODE,
@@ -141,23 +144,11 @@ async def config(ctx: ServerContext, org: str, node: str) -> Response:
     curve = not s.disable_curve_encryption
     if curve and ccpk is not None and (len(ccpk) != 40 or not _z85_ok(ccpk)):
         fail(401, render.error_list("Bad ccpk"))
-    decision = configfetch.decide(
-        ctx.state,
-        org,
-        node,
-        principal=(p.kind, p.name),
-        ccpk=ccpk,
-        curve=curve,
-        fresh_key=os.urandom(32),
-        now=ctx.clock.now(),
-        grace=s.session_key_grace,
-    )
-    if isinstance(decision, configfetch.Refused):
-        fail(decision.status, render.error_list(decision.message))
-    if decision.records:
-        await durable(ctx, decision.records)
-        await ctx.reactor.keys_ready((org, node))  # the edges check its messages with them
-    session = decision.session_key
+    registered = ccpk if curve else None
+    if configfetch.own_fetch((p.kind, p.name), node):
+        session = await _own_session_key(ctx, org, node, auth, registered)
+    else:
+        session = await _session_key(ctx, org, node, auth, registered)
     server = ctx.state.server
     assert server is not None
     out_addr, command_addr = ctx.node_endpoints((org, node))
@@ -191,6 +182,60 @@ async def config(ctx: ServerContext, org: str, node: str) -> Response:
     body["incarnation_id"] = server.incarnation
     body["max_output_bytes"] = s.max_output_bytes  # beyond the original: live output taken
     return json_response(body)
+
+
+async def _session_key(
+    ctx: ServerContext, org: str, node: str, auth: Authenticated, ccpk: str | None
+) -> bytes:
+    """The fetch's decision, made durable (and known to the edges) before the answer."""
+    decision = configfetch.decide(
+        ctx.state,
+        org,
+        node,
+        principal=(auth.principal.kind, auth.principal.name),
+        ccpk=ccpk,
+        curve=not ctx.settings.disable_curve_encryption,
+        fresh_key=os.urandom(32),
+        now=ctx.clock.now(),
+        grace=ctx.settings.session_key_grace,
+    )
+    if isinstance(decision, configfetch.Refused):
+        fail(decision.status, render.error_list(decision.message))
+    if decision.records:
+        await durable(ctx, decision.records)
+        await ctx.reactor.keys_ready((org, node))  # the edges check its messages with them
+    return decision.session_key
+
+
+REPLAYED = "This signed request was already answered; sign a new one"
+
+
+async def _own_session_key(
+    ctx: ServerContext, org: str, node: str, auth: Authenticated, ccpk: str | None
+) -> bytes:
+    """A node's own fetch rotates its session key, but not when it replays a signature
+    already served (core.servedfetches): that gets the key it was given then, so a captured
+    request sent again cannot cut the node off. Nothing is written for a replay: the key is
+    the one the first answer recorded."""
+    sig, at = auth.signature, auth.signed_at
+    while (pending := ctx.fetches_in_flight.get(sig)) is not None:
+        await pending.wait()  # the same signed request is being answered: take its answer
+    seen = ctx.served_fetches.check((org, node), sig, at, ctx.clock.now())
+    if isinstance(seen, servedfetches.Replay) and seen.served.ccpk == ccpk:
+        log.info("config fetch of %s/%s: a signature already served; key not rotated", org, node)
+        return seen.served.session_key
+    if seen is not None:  # with another ccpk (not signed), or dropped from a full memory
+        log.warning("config fetch of %s/%s: a replayed signature refused", org, node)
+        fail(401, render.error_list(REPLAYED))
+    done = ctx.fetches_in_flight[sig] = trio.Event()
+    try:
+        session = await _session_key(ctx, org, node, auth, ccpk)
+        served = servedfetches.Served(session, ccpk)
+        ctx.served_fetches.remember((org, node), sig, at, served, ctx.clock.now())
+        return session
+    finally:
+        del ctx.fetches_in_flight[sig]
+        done.set()
 
 
 # jobs --------------------------------------------------------------------------------------

@@ -108,7 +108,7 @@ def state_of(admin: Chef, name: str, org: str = ORG) -> dict:
 @pytest.fixture(scope="module")
 def world(srv):
     names = ("victim", "attacker", "n_cfg", "n_other", "n_super", "n_ccpk1", "n_ccpk2", "n_del")
-    names += ("n_replay",)
+    names += ("n_replay", "n_fresh")
     admin, keys = setup_org(srv, ORG, names)
     return {"admin": admin, "keys": keys}
 
@@ -403,25 +403,53 @@ def test_a_deleted_client_is_cut_off_and_a_new_one_of_that_name_starts_clean(srv
         node.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design: a node's own config fetch rotates its session key, and a replayed fetch "
-    "(the identical signed request within the 900 s window; Chef signing has no nonce and does "
-    "not sign the query) is indistinguishable from a real one, so it rotates the key too and "
-    "the node, which never saw the new key, is cut off after session_key_grace",
-)
+def own_fetch(srv: Server, node: Node, ccpk: bytes, *, timestamp: float | None = None):
+    """The node's own signed fetch: (headers as sent, the reply, the session key it carries)."""
+    path = config_path(node.name, ccpk)
+    headers = {
+        "Accept": "application/json",
+        **node.chef.headers("GET", path, b"", timestamp=timestamp),
+    }
+    r = httpx.get(srv.url + path, headers=headers, timeout=10)
+    assert r.status_code == 200, r.text
+    return headers, decrypt_session_key(node.private_key, r.json()["encoded_session_key"]["key"])
+
+
 def test_a_replayed_own_config_fetch_does_not_cut_the_node_off(srv, world, zctx):
+    """Chef signing has no nonce and does not sign the query: the identical signed request,
+    sent again within the signing window, is answered with the key the first answer gave (it
+    was rotating the key and cutting the node off, grace 0); sent with another ccpk it is
+    refused and registers nothing."""
     node = joined(srv, world, "n_replay", zctx)
     try:
         path = config_path("n_replay", node.curve_public)
-        headers = {"Accept": "application/json", **node.chef.headers("GET", path, b"")}
-        first = httpx.get(srv.url + path, headers=headers, timeout=10)  # the node's own fetch
-        assert first.status_code == 200, first.text
-        node.session_key = decrypt_session_key(
-            node.private_key, first.json()["encoded_session_key"]["key"]
-        )
-        replayed = httpx.get(srv.url + path, headers=headers, timeout=10)  # an eavesdropper
-        assert replayed.status_code == 200  # accepted, as by the original (see test_auth_matrix)
+        headers, node.session_key = own_fetch(srv, node, node.curve_public)  # the node's own
+        for _ in range(2):  # an eavesdropper
+            replayed = httpx.get(srv.url + path, headers=headers, timeout=10)
+            assert replayed.status_code == 200, replayed.text  # accepted, as by the original
+            key = replayed.json()["encoded_session_key"]["key"]
+            assert decrypt_session_key(node.private_key, key) == node.session_key
+        public, secret = zmq.curve_keypair()
+        other = config_path("n_replay", public)
+        r = httpx.get(srv.url + other, headers=headers, timeout=10)
+        assert r.status_code == 401, r.text
+        assert r.json() == {"error": ["This signed request was already answered; sign a new one"]}
+        assert handshake(srv, node.config["curve_public_key"], public, secret) == "denied"
+        assert_runs_a_new_job(world["admin"], ORG, node)
+    finally:
+        node.close()
+
+
+def test_a_freshly_signed_own_fetch_still_rotates_the_key(srv, world, zctx):
+    node = joined(srv, world, "n_fresh", zctx)
+    try:
+        seen = [node.session_key]
+        for ago in (30, 20):  # signed at other seconds than the join's fetch: new signatures
+            _, node.session_key = own_fetch(
+                srv, node, node.curve_public, timestamp=time.time() - ago
+            )
+            seen.append(node.session_key)
+        assert len(set(seen)) == 3
         assert_runs_a_new_job(world["admin"], ORG, node)
     finally:
         node.close()

@@ -51,6 +51,7 @@ CASES: dict[str, tuple[object, object, object, list[object], list[object]]] = {
     "log_segment_max_bytes": (64 * 1024 * 1024, 4096, 4096, [4096.0, "1M", True], [4095, 0]),
     "session_key_grace": (60.0, 0, 0.0, ["60", True], [-1, math.nan]),
     "log_level": ("info", "DEBUG", "debug", [1, True, None], ["verbose", "", "warn"]),
+    "log_format": ("text", "json", "json", [1, True, None, ["json"]], ["JSON", "", "logfmt"]),
     "edge_processes": ("auto", 3, 3, ["3", True, 1.0, "Auto"], [-1, 65]),
     "edge_link_address": ("tcp://127.0.0.1", "tcp://*", "tcp://*", [1, "*"], ["127.0.0.1"]),
     "edge_link_port": (0, 10005, 10005, ["10005", True], [-1, 65536]),
