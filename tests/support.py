@@ -47,6 +47,7 @@ class Server(LocalServer):
             startup_seconds=STARTUP_SECONDS,
             **{"heartbeat_interval": 200, "log_level": "debug", **settings},
         )
+        self.verify: Any = True  # httpx's verify= for the tests' own requests (HTTPS tests)
 
     def start(self, *extra: str) -> Server:
         super().start(*extra)
@@ -56,7 +57,7 @@ class Server(LocalServer):
         return self.start()
 
     def status(self) -> dict[str, Any]:
-        return httpx.get(f"{self.url}/pushy/_status", timeout=10).json()
+        return httpx.get(f"{self.url}/pushy/_status", timeout=10, verify=self.verify).json()
 
 
 def server_fixture(name: str, *, scope: str = "module", **settings: Any) -> Any:
@@ -123,14 +124,19 @@ class Chef:
     """A signed HTTP client, as knife or mixlib-authentication would sign (protocol 1.3)."""
 
     def __init__(
-        self, base_url: str, user: str, key_pem: str | bytes, version: str = "1.3"
+        self,
+        base_url: str,
+        user: str,
+        key_pem: str | bytes,
+        version: str = "1.3",
+        verify: Any = True,
     ) -> None:
         self.base_url = base_url
         self.user = user
         self.key_pem = key_pem
         self.key = load_private_pem(key_pem)
         self.version = version
-        self.http = httpx.Client(base_url=base_url, timeout=30)
+        self.http = httpx.Client(base_url=base_url, timeout=30, verify=verify)
 
     def headers(
         self, method: str, path: str, body: bytes, *, timestamp: float | None = None
@@ -220,7 +226,7 @@ def setup_org(
     server: Server, org: str = "testorg", nodes: tuple[str, ...] = ("node1",)
 ) -> tuple[Chef, dict[str, str]]:
     """An org with the given node clients; returns the superuser client and each node's key."""
-    admin = Chef(server.url, "pivotal", server.pivotal_key.read_bytes())
+    admin = Chef(server.url, "pivotal", server.pivotal_key.read_bytes(), verify=server.verify)
     r = admin.post("/organizations", {"name": org, "full_name": org})
     assert r.status_code == 201, r.text
     keys = {}

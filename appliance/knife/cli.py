@@ -43,10 +43,10 @@ def common_options() -> argparse.ArgumentParser:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from appliance.knife import admin, jobs, nodes, watch
+    from appliance.knife import admin, jobs, nodes, sslcerts, watch
 
     common = common_options()
-    for module in (jobs, nodes, admin, watch):
+    for module in (jobs, nodes, admin, watch, sslcerts):
         module.add_parser(sub, common)
 
 

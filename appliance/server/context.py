@@ -22,6 +22,7 @@ from appliance.server.livejobs import LiveJobs
 from appliance.server.reactor import Reactor
 from appliance.server.store import Store
 from appliance.server.timers import Timers
+from appliance.server.tls import ServerTls
 
 if TYPE_CHECKING:  # psycopg is imported only with a PostgreSQL store
     from appliance.server.lease import LeaseKeeper
@@ -46,6 +47,7 @@ class ServerContext:
     shutdown: trio.Event = field(default_factory=trio.Event)
     lease: LeaseKeeper | None = None  # a PostgreSQL store's active: its lease
     ports: dict[str, int] = field(default_factory=dict)
+    tls: ServerTls | None = None  # HTTPS on the API port (a reload loads its certificate again)
 
     @property
     def live(self) -> LiveJobs:
