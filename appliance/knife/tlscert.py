@@ -98,8 +98,8 @@ def _split(names: list[str], ips: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _file_stem(name: str) -> str:
-    """A file name from the certificate's CN, as ``knife ssl fetch`` names it."""
-    return re.sub(r"[^A-Za-z0-9-]", "_", name.replace("*", "wildcard"))
+    """A file name from the certificate's first name (``*`` → ``wildcard``)."""
+    return re.sub(r"[^A-Za-z0-9.-]", "_", name.replace("*", "wildcard"))
 
 
 def run_tls_cert(args: argparse.Namespace) -> int:

@@ -175,7 +175,9 @@ def test_a_job_runs_over_https_with_its_event_feed(tls, tmp_path):
             tls=TlsOptions(trusted_certs_dir=str(trusted)),
         )
     )
-    job_id = api.post(api.org_path("pushy/jobs"), {"command": "ok", "nodes": ["n1"]})["id"]
+    created = api.post(api.org_path("pushy/jobs"), {"command": "ok", "nodes": ["n1"]})
+    job_id = created["id"]
+    assert created["uri"] == f"{tls.url}/organizations/{ORG}/pushy/jobs/{job_id}"
     with api.stream(feed_path(ORG, job_id)) as stream:
         first = next(iter(stream.chunks()))
     assert b"event: start" in first
@@ -285,3 +287,62 @@ def test_reload_serves_a_renewed_certificate(tmp_path):
 
 def _same(pem_a: str, pem_b: str) -> bool:
     return ssl.PEM_cert_to_DER_cert(pem_a) == ssl.PEM_cert_to_DER_cert(pem_b)
+
+
+# Ruby's Net::HTTP set up as Chef's HTTP client sets it up for API requests (Chef::HTTP::
+# BasicClient with DefaultSSLPolicy / APISSLPolicy): VERIFY_PEER unless ssl_verify_mode is
+# :verify_none and verify_api_cert is false; a store with the system's default paths plus every
+# *.crt / *.pem of trusted_certs_dir. What the original push client and knife would accept.
+CHEF_LIKE_RUBY = r"""
+require "net/http"
+require "openssl"
+ARGV.each do |spec|
+  name, url, mode, dir, api = spec.split("|")
+  uri = URI(url)
+  http = Net::HTTP.new(uri.host, uri.port)
+  http.use_ssl = true
+  http.open_timeout = http.read_timeout = 10
+  verify = (mode == "verify_peer" || api == "true")
+  http.verify_mode = verify ? OpenSSL::SSL::VERIFY_PEER : OpenSSL::SSL::VERIFY_NONE
+  store = OpenSSL::X509::Store.new
+  store.set_default_paths
+  Dir.glob(File.join(dir, "*.{crt,pem}")).each do |file|
+    begin
+      store.add_cert(OpenSSL::X509::Certificate.new(File.read(file)))
+    rescue OpenSSL::X509::StoreError => e
+      raise unless e.message =~ /cert already in hash table/
+    end
+  end
+  http.cert_store = store
+  begin
+    puts "#{name} HTTP #{http.get("/pushy/_status").code}"
+  rescue OpenSSL::SSL::SSLError => e
+    puts "#{name} SSLError #{e.message}"
+  end
+end
+"""
+
+
+@pytest.mark.skipif(shutil.which("ruby") is None, reason="no ruby (Debian: apt-get install ruby)")
+def test_ruby_openssl_as_chef_configures_it_accepts_our_tls(tls, tmp_path):
+    empty, trusted = tmp_path / "empty", tmp_path / "trusted"
+    empty.mkdir()
+    r = pushy("ssl", "fetch", "--trusted-certs-dir", str(trusted), tls.url, home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    wrong = f"https://127.0.0.1:{tls.server.ports['api_port']}"
+    cases = [
+        f"untrusted|{tls.url}|verify_peer|{empty}|false",
+        f"fetched|{tls.url}|verify_peer|{trusted}|false",
+        f"none|{tls.url}|verify_none|{empty}|false",
+        f"api_cert|{tls.url}|verify_none|{empty}|true",
+        f"wrong_name|{wrong}|verify_peer|{trusted}|false",
+    ]
+    ruby = subprocess.run(
+        ["ruby", "-e", CHEF_LIKE_RUBY, *cases], capture_output=True, text=True, timeout=60
+    )
+    assert ruby.returncode == 0, ruby.stderr
+    seen = dict(line.split(" ", 1) for line in ruby.stdout.splitlines())
+    assert seen["fetched"] == "HTTP 200" and seen["none"] == "HTTP 200", seen
+    assert "self-signed certificate" in seen["untrusted"], seen
+    assert "self-signed certificate" in seen["api_cert"], seen
+    assert seen["wrong_name"].startswith("SSLError") and "hostname" in seen["wrong_name"], seen
