@@ -246,6 +246,15 @@ def _server(args: argparse.Namespace) -> int:
         where = f"{args.config}: " if args.config else ""
         print(f"pushy server: {where}{exc.message}", file=sys.stderr)
         return EXIT_USAGE
+    if settings.api_tls_cert is not None or settings.api_tls_key is not None:
+        from appliance.server.tls import TlsSetupError, check_pair
+
+        try:
+            warnings += check_pair(settings.api_tls_cert, settings.api_tls_key)
+        except TlsSetupError as exc:
+            where = f"{args.config}: " if args.config else ""
+            print(f"pushy server: {where}{exc}", file=sys.stderr)
+            return EXIT_USAGE
     logformat.setup(settings.log_level, settings.log_format)
     log = logging.getLogger("pushy.server")
     for warning in warnings:

@@ -95,7 +95,8 @@ class LocalServer(ManagedProcess):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['api_port']}"
+        scheme = "https" if self.settings.get("api_tls_cert") else "http"
+        return f"{scheme}://127.0.0.1:{self.ports['api_port']}"
 
     @property
     def pivotal_key(self) -> Path:

@@ -8,7 +8,10 @@ reply to a streaming GET (SSE) comes back open as a `Stream`.
 
 Errors: an HTTP error status is a `Reply` like any other; a server that cannot be reached (or
 drops the connection) raises `Unreachable`, an ``OSError`` whose text is the one urllib gave,
-which the client's log line and docs/troubleshooting.md quote.
+which the client's log line and docs/troubleshooting.md quote. An HTTPS server whose
+certificate is refused (``appliance.tlstrust``: Chef's ``ssl_verify_mode``,
+``verify_api_cert``, ``trusted_certs_dir``) raises `CertificateRefused`, an `Unreachable` whose
+text names the URL, the reason and the fix.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -31,6 +35,13 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from appliance.core import chefauth
 from appliance.core.keys import load_private_pem
 from appliance.sse import SseEvent, SseParser
+from appliance.tlstrust import (
+    TlsOptions,
+    client_context,
+    dir_signature,
+    untrusted_message,
+    verify_error,
+)
 
 JSON = "application/json"
 DEFAULT_TIMEOUT = 30.0
@@ -74,6 +85,19 @@ class Unreachable(OSError):
         return f"<urlopen error {self.reason}>" if self.before_sending else str(self.reason)
 
 
+class CertificateRefused(Unreachable):
+    """The HTTPS server's certificate is not trusted: ``str()`` says which server, why and what
+    to do (`tlstrust.untrusted_message`)."""
+
+    def __init__(self, url: str, error: ssl.SSLCertVerificationError, tls: TlsOptions) -> None:
+        super().__init__(untrusted_message(url, error, tls), before_sending=True)
+        self.url = url
+        self.error = error
+
+    def __str__(self) -> str:
+        return str(self.reason)
+
+
 class HttpError(Exception):
     """A status the caller did not expect (`SignedClient.json`)."""
 
@@ -83,8 +107,17 @@ class HttpError(Exception):
         self.body = body
 
 
-def unreachable(exc: httpx.TransportError) -> Unreachable:
-    """httpx's transport error as `Unreachable`, keeping the socket error underneath."""
+def unreachable(exc: httpx.TransportError, tls: TlsOptions | None = None) -> Unreachable:
+    """httpx's transport error as `Unreachable`, keeping the socket error underneath (a refused
+    certificate: `CertificateRefused`)."""
+    refused = verify_error(exc)
+    if refused is not None:
+        try:
+            url = exc.request.url
+            origin = f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
+        except RuntimeError:  # no request attached
+            origin = "the server"
+        return CertificateRefused(origin, refused, tls or TlsOptions())
     cause: BaseException | None = exc
     while cause is not None and not isinstance(cause, OSError):
         cause = cause.__cause__ or cause.__context__
@@ -189,7 +222,7 @@ class SignedClient:
     """Signed requests to one server over pooled keep-alive connections; thread-safe.
 
     ``base_url`` may carry a path prefix (``http://host/api``): request paths are appended to
-    it and the whole path is signed."""
+    it and the whole path is signed. ``tls``: Chef's SSL settings for an ``https`` URL."""
 
     def __init__(
         self,
@@ -197,12 +230,16 @@ class SignedClient:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,  # tests: httpx.MockTransport
+        tls: TlsOptions | None = None,
     ) -> None:
         parts = urllib.parse.urlsplit(base_url)
         self.origin = f"{parts.scheme}://{parts.netloc}"
         self.prefix = parts.path.rstrip("/")
         self.timeout = timeout
+        self.tls = tls or TlsOptions()
+        https = parts.scheme.lower() == "https"
         self._http = httpx.Client(
+            verify=client_context(self.tls) if https else True,
             timeout=timeout,
             follow_redirects=False,
             transport=transport,
@@ -287,7 +324,7 @@ class SignedClient:
                     isinstance(exc, _RETRY_IDEMPOTENT) and method in _IDEMPOTENT
                 )
                 if attempt == 2 or not retry:
-                    raise unreachable(exc) from None
+                    raise unreachable(exc, self.tls) from None
         raise AssertionError("unreachable")
 
     def open_stream(
@@ -312,7 +349,7 @@ class SignedClient:
                     response.close()
                 return _reply(response)
         except httpx.TransportError as exc:
-            raise unreachable(exc) from None
+            raise unreachable(exc, self.tls) from None
         return Stream(response)
 
     def json(
@@ -370,20 +407,26 @@ class Presigner:
         return self.client.send_presigned(method, path, b"", self.headers(method, path, user, key))
 
 
-_clients: dict[str, SignedClient] = {}
+_clients: dict[tuple[Any, ...], SignedClient] = {}
 _clients_lock = threading.Lock()
 MAX_CLIENTS = 32  # servers one process talks to (tests start many); the oldest is dropped
 
 
-def client_for(base_url: str) -> SignedClient:
-    """The process's shared client for ``base_url`` (each request says its own timeout)."""
-    key = base_url.rstrip("/")
+def client_for(base_url: str, tls: TlsOptions | None = None) -> SignedClient:
+    """The process's shared client for ``base_url`` (each request says its own timeout). For an
+    HTTPS server, a certificate added to ``trusted_certs_dir`` meanwhile gives a new client: a
+    node client told to run ``pushy ssl fetch`` needs no restart."""
+    url = base_url.rstrip("/")
+    key: tuple[Any, ...] = (url,)
+    if url.lower().startswith("https:"):
+        tls = tls or TlsOptions()
+        key = (url, tls, dir_signature(tls.trusted_certs_dir))
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
             if len(_clients) >= MAX_CLIENTS:  # dropped, not closed: a thread may be using it
                 _clients.pop(next(iter(_clients)))
-            client = _clients[key] = SignedClient(key)
+            client = _clients[key] = SignedClient(url, tls=tls)
         return client
 
 
@@ -398,10 +441,11 @@ def send(
     accept: str = JSON,
     headers: dict[str, str] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    tls: TlsOptions | None = None,
 ) -> Reply:
     """One signed request on the shared client; HTTP errors are returned as replies. Raises
     `Unreachable` (an OSError) when the server cannot be reached."""
-    return client_for(base_url).send(
+    return client_for(base_url, tls).send(
         method, path, body, user, key, accept=accept, headers=headers, timeout=timeout
     )
 
@@ -415,9 +459,10 @@ def open_stream(
     accept: str = "text/event-stream",
     headers: dict[str, str] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    tls: TlsOptions | None = None,
 ) -> Stream | Reply:
     """`SignedClient.open_stream` on the shared client."""
-    return client_for(base_url).open_stream(
+    return client_for(base_url, tls).open_stream(
         path, user, key, accept=accept, headers=headers, timeout=timeout
     )
 
@@ -438,11 +483,20 @@ def signed_request(
     *,
     accept: str = JSON,
     timeout: float = DEFAULT_TIMEOUT,
+    tls: TlsOptions | None = None,
 ) -> tuple[int, Any]:
     """One signed JSON request; returns (status, parsed JSON or text). Raises `Unreachable`
     (an OSError) if unreachable."""
     raw = b"" if body is None else json.dumps(body).encode("utf-8")
     reply = send(
-        url, method, path, raw, user, _private_key(key_pem), accept=accept, timeout=timeout
+        url,
+        method,
+        path,
+        raw,
+        user,
+        _private_key(key_pem),
+        accept=accept,
+        timeout=timeout,
+        tls=tls,
     )
     return reply.status, reply.body()

@@ -48,6 +48,7 @@ class Server(LocalServer):
             startup_seconds=STARTUP_SECONDS,
             **{"heartbeat_interval": 200, "log_level": "debug", **settings},
         )
+        self.verify: Any = True  # httpx's verify= for the tests' own requests (HTTPS tests)
 
     def start(self, *extra: str) -> Server:
         super().start(*extra)
@@ -57,7 +58,7 @@ class Server(LocalServer):
         return self.start()
 
     def status(self) -> dict[str, Any]:
-        return httpx.get(f"{self.url}/pushy/_status", timeout=10).json()
+        return httpx.get(f"{self.url}/pushy/_status", timeout=10, verify=self.verify).json()
 
 
 def server_fixture(name: str, *, scope: str = "module", **settings: Any) -> Any:
@@ -132,6 +133,7 @@ class Chef:
         user: str,
         key_pem: str | bytes,
         version: str = "1.3",
+        verify: Any = True,
         *,
         distinct_seconds: bool = False,
     ) -> None:
@@ -140,7 +142,7 @@ class Chef:
         self.key_pem = key_pem
         self.key = load_private_pem(key_pem)
         self.version = version
-        self.http = httpx.Client(base_url=base_url, timeout=30)
+        self.http = httpx.Client(base_url=base_url, timeout=30, verify=verify)
         self.distinct_seconds = distinct_seconds
 
     def headers(
@@ -239,7 +241,7 @@ def setup_org(
     server: Server, org: str = "testorg", nodes: tuple[str, ...] = ("node1",)
 ) -> tuple[Chef, dict[str, str]]:
     """An org with the given node clients; returns the superuser client and each node's key."""
-    admin = Chef(server.url, "pivotal", server.pivotal_key.read_bytes())
+    admin = Chef(server.url, "pivotal", server.pivotal_key.read_bytes(), verify=server.verify)
     r = admin.post("/organizations", {"name": org, "full_name": org})
     assert r.status_code == 201, r.text
     keys = {}

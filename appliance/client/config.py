@@ -90,6 +90,7 @@ from appliance.client.settings_table import (
     Invalid,
     unknown_message,
 )
+from appliance.tlstrust import TlsOptions
 
 __all__ = [
     "DEFAULT_SEARCH",
@@ -183,6 +184,8 @@ class ClientConfig:
     ssl_verify_mode: str = "verify_peer"
     trusted_certs_dir: str = "/etc/chef/trusted_certs"
     verify_api_cert: bool = False
+    ssl_ca_file: str | None = None
+    ssl_ca_path: str | None = None
     environment: tuple[tuple[str, str], ...] = ()  # exported into the client's environment
     show_time: bool = True
     proxies: Proxies = field(default_factory=Proxies)
@@ -191,6 +194,17 @@ class ClientConfig:
     roles: tuple[str, ...] = ()  # TOML only
     ignored: tuple[str, ...] = ()  # Chef settings found in the file that have no effect here
     source: str | None = None  # the file the settings came from
+
+    @property
+    def tls(self) -> TlsOptions:
+        """Chef's SSL settings for the HTTPS requests to the server (``appliance.tlstrust``)."""
+        return TlsOptions(
+            verify_mode=self.ssl_verify_mode,
+            verify_api_cert=self.verify_api_cert,
+            trusted_certs_dir=self.trusted_certs_dir,
+            ca_file=self.ssl_ca_file,
+            ca_path=self.ssl_ca_path,
+        )
 
     @property
     def org(self) -> str:

@@ -132,7 +132,14 @@ async def fetch_config(
     log.info("[%s] Retrieving configuration from %s%s", node, origin, path)
     status, body = await trio.to_thread.run_sync(
         lambda: signed_request(
-            origin, "GET", path, None, node, key_pem, timeout=CONFIG_TIMEOUT_SECONDS
+            origin,
+            "GET",
+            path,
+            None,
+            node,
+            key_pem,
+            timeout=CONFIG_TIMEOUT_SECONDS,
+            tls=config.tls,
         )
     )
     return connection_from_answer(
@@ -161,6 +168,7 @@ async def publish_node_record(config: ClientConfig, *, node: str, key_pem: str) 
             node,
             key_pem,
             timeout=CONFIG_TIMEOUT_SECONDS,
+            tls=config.tls,
         )
         if status == 404:
             status, _ = signed_request(
@@ -171,6 +179,7 @@ async def publish_node_record(config: ClientConfig, *, node: str, key_pem: str) 
                 node,
                 key_pem,
                 timeout=CONFIG_TIMEOUT_SECONDS,
+                tls=config.tls,
             )
         return status
 

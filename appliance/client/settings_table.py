@@ -61,7 +61,7 @@ IGNORED_KEYS = frozenset(
     normal_attribute_blacklist normal_attribute_whitelist override_attribute_blacklist
     override_attribute_whitelist pid_file policy_group policy_name policy_path
     report_handlers rest_timeout role_path run_lock_timeout rubygems_url script_path
-    show_download_progress solo solo_legacy_mode splay ssl_ca_file ssl_ca_path ssl_client_cert
+    show_download_progress solo solo_legacy_mode splay ssl_client_cert
     ssl_client_key start_handlers stream_execute_output syntax_check_cache_path
     treat_deprecation_warnings_as_errors umask use_policyfile user user_path
     validation_client_name validation_key validation_key_contents verbose_logging why_run
@@ -93,6 +93,8 @@ SETTINGS = frozenset(
         "ssl_verify_mode",
         "trusted_certs_dir",
         "verify_api_cert",
+        "ssl_ca_file",
+        "ssl_ca_path",
         *PROXY_KEYS,
     }
 )
@@ -302,6 +304,8 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "ssl_verify_mode": _word_choice(("verify_peer", "verify_none"), {}),
     "trusted_certs_dir": _string,
     "verify_api_cert": _bool,
+    "ssl_ca_file": _string,
+    "ssl_ca_path": _string,
     "environment_variables": _environment,
     "show_time": _bool,
     "attributes": _attributes,

@@ -29,6 +29,10 @@ Decisions:
   ``state_dir``, CURVE, the heartbeat and liveness parameters nodes were already told, body
   and segment sizes) keeps its running value and is reported as needing a restart
   (`reload_settings`).
+- ``api_tls_cert`` / ``api_tls_key`` (absolute paths; both or neither, and the files a
+  matching PEM pair: the server's start checks them, ``appliance.server.tls``) serve the API
+  over HTTPS. While HTTPS is on, a reload reads both files again (new paths too), so a renewed
+  certificate takes effect without a restart; turning HTTPS on or off needs one.
 """
 
 from __future__ import annotations
@@ -121,6 +125,9 @@ class Settings:
     store: str = "file"
     store_password_file: str | None = None  # the database password, alone in the file
     lease_timeout: float = 10.0  # seconds a silent active keeps the lease (PostgreSQL store)
+    # HTTPS on the API port (both or neither; docs/operations.md "HTTPS")
+    api_tls_cert: str | None = None
+    api_tls_key: str | None = None
 
     @property
     def store_url(self) -> str | None:
@@ -315,6 +322,8 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "store": _store,
     "store_password_file": _abs_path,
     "lease_timeout": _number("a number from 1 to 3600", lambda v: 1 <= v <= 3600),
+    "api_tls_cert": _abs_path,
+    "api_tls_key": _abs_path,
 }
 _PORT_KEYS = ("server_heartbeat_port", "command_port", "api_port", "edge_link_port")
 
@@ -380,6 +389,8 @@ LIVE_KEYS = frozenset(
         "server_name",
     }
 )
+#: Live while HTTPS stays on (the certificate is loaded again), restart-only to turn it on/off.
+TLS_KEYS = frozenset({"api_tls_cert", "api_tls_key"})
 
 
 def reload_settings(running: Settings, loaded: Settings) -> tuple[Settings, list[str], list[str]]:
@@ -387,11 +398,12 @@ def reload_settings(running: Settings, loaded: Settings) -> tuple[Settings, list
     run with, the live keys that changed, and the keys that differ but need a restart."""
     changed: dict[str, Any] = {}
     restart: list[str] = []
+    tls_stays = running.api_tls_cert is not None and loaded.api_tls_cert is not None
     for key in Settings.__dataclass_fields__:
         new = getattr(loaded, key)
         if new == getattr(running, key):
             continue
-        if key in LIVE_KEYS:
+        if key in LIVE_KEYS or (key in TLS_KEYS and tls_stays):
             changed[key] = new
         else:
             restart.append(key)

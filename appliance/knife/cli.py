@@ -2,7 +2,8 @@
 
 Every command module exposes ``add_parser(sub, common)``; its top-level parser sets
 ``operator=True`` and each leaf parser sets ``func`` (args → exit code) with ``set_defaults``. `CliError` is printed as ``ERROR: message`` on stderr (knife's ``ui.error``)
-and exits with its code: 100 for server and network errors, as knife does.
+and exits with its code: 100 for server and network errors, as knife does; 101 when the
+server's HTTPS certificate is not trusted (``tlstrust.EXIT_UNTRUSTED``).
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ def common_options() -> argparse.ArgumentParser:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from appliance.knife import admin, jobs, nodes, watch
+    from appliance.knife import admin, jobs, nodes, sslcerts, watch
 
     common = common_options()
-    for module in (jobs, nodes, admin, watch):
+    for module in (jobs, nodes, admin, watch, sslcerts):
         module.add_parser(sub, common)
 
 

@@ -66,6 +66,7 @@ from urllib.parse import urlsplit
 
 from appliance.knife.rubyconf import RubyConfigError, read_knife_config
 from appliance.knife.session import Api, CliError, Credentials
+from appliance.tlstrust import VERIFY_MODES, TlsOptions
 
 DEFAULT_URL = "http://127.0.0.1:10003"
 DEFAULT_USER = "pivotal"
@@ -112,6 +113,7 @@ class _Layer:
     key_pem: str | None = None
     key_dirs: list[Path] = field(default_factory=list)  # where knife looks for default keys
     path: Path | None = None  # the file (an inline key's "path" in messages)
+    tls: dict[str, Any] = field(default_factory=dict)  # TlsOptions fields this source sets
 
 
 def _tilde(path: Path | str, home: Path) -> str:
@@ -203,6 +205,48 @@ def _credentials_path(env: Mapping[str, str], home: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------
+# Chef's SSL settings (any config source may set them)
+
+#: Chef setting → `TlsOptions` field
+SSL_KEYS = {
+    "ssl_verify_mode": "verify_mode",
+    "verify_api_cert": "verify_api_cert",
+    "trusted_certs_dir": "trusted_certs_dir",
+    "ssl_ca_file": "ca_file",
+    "ssl_ca_path": "ca_path",
+}
+
+
+def _ssl_value(layer: _Layer, key: str, value: Any, where: str, home: Path, base: Path) -> None:
+    """One SSL setting into ``layer.tls``, checked: ``:verify_peer``/``:verify_none`` (a
+    string in TOML), a boolean, or a path (``~`` and relative paths expanded)."""
+    if value is None:
+        return
+    if key == "ssl_verify_mode":
+        mode = value.lstrip(":") if isinstance(value, str) else None
+        if mode not in VERIFY_MODES:
+            raise CliError(f"{where}: ssl_verify_mode must be :verify_peer or :verify_none")
+        layer.tls["verify_mode"] = mode
+    elif key == "verify_api_cert":
+        if not isinstance(value, bool):
+            raise CliError(f"{where}: verify_api_cert must be true or false")
+        layer.tls["verify_api_cert"] = value
+    else:
+        if not isinstance(value, str) or not value.strip():
+            raise CliError(f"{where}: {key} must be a non-empty string (a path)")
+        layer.tls[SSL_KEYS[key]] = _expand(value.strip(), home, base)
+
+
+def tls_options(layers: list[_Layer], default_dir: Path) -> TlsOptions:
+    """Each SSL setting from the first layer that sets it; ``trusted_certs_dir`` defaults to
+    ``default_dir`` (chef-config: ``trusted_certs`` next to the config file)."""
+    values: dict[str, Any] = {"trusted_certs_dir": str(default_dir)}
+    for layer in reversed(layers):
+        values.update(layer.tls)
+    return TlsOptions(**values)
+
+
+# ---------------------------------------------------------------------------------------
 # ~/.chef/credentials and the pushy TOML form
 
 
@@ -235,6 +279,8 @@ def _credentials_layer(data: Mapping[str, Any], profile: str, path: Path, home: 
         layer.key_pem = key
     elif key is not None:
         layer.key = _expand(key, home, home / ".chef")
+    for name in SSL_KEYS:
+        _ssl_value(layer, name, table.get(name), where, home, home / ".chef")
     return layer
 
 
@@ -257,9 +303,12 @@ def _toml_values(
     for key in table:
         if key == "profiles":
             continue
+        if key in SSL_KEYS:
+            _ssl_value(layer, key, table[key], where, home, base)
+            continue
         target = _TOML_KEYS.get(key)
         if target is None:
-            known = ", ".join(sorted(_TOML_KEYS))
+            known = ", ".join(sorted([*_TOML_KEYS, *SSL_KEYS]))
             raise CliError(f"{where}: unknown setting {key!r} (known: {known}, [profiles.NAME])")
         if target in seen:
             raise CliError(f"{where}: both {seen[target]} and {key} are set; keep one")
@@ -310,13 +359,19 @@ def _knife_layer(path: Path, env: Mapping[str, str], cwd: Path, home: Path) -> _
     except RubyConfigError as exc:
         raise CliError(exc.message) from None
     layer = _Layer(shown, path=absolute, key_dirs=[absolute.parent, home / ".chef"])
-    if "chef_server_url" in values:
-        url, line = values["chef_server_url"]
-        layer.url = _check_url(url, f"{shown}:{line}")
-    if "node_name" in values:
-        layer.user = values["node_name"][0]
-    if "client_key" in values:
-        layer.key = _expand(values["client_key"][0], home, cwd)
+    for name, (value, line) in values.items():
+        where = f"{shown}:{line}"
+        if name in SSL_KEYS:
+            _ssl_value(layer, name, value, where, home, cwd)
+            continue
+        if not isinstance(value, str):
+            raise CliError(f"{where}: {name} must be a string")
+        if name == "chef_server_url":
+            layer.url = _check_url(value, where)
+        elif name == "node_name":
+            layer.user = value
+        elif name == "client_key":
+            layer.key = _expand(value, home, cwd)
     return layer
 
 
@@ -428,7 +483,12 @@ def resolve(
         name = _source_name(layer)
         if name not in sources:
             sources.append(name)
-    return Credentials(base, org, user, Path(key), ", ".join(sources), key_pem)
+    # chef-config: trusted_certs_dir is ``trusted_certs`` in the config file's directory,
+    # else in ~/.chef (the pushy TOML is not Chef's: ~/.chef, shared with knife)
+    knife_rb = config is not None and config.path is not None and config.path.suffix != ".toml"
+    certs_home = config.path.parent if knife_rb and config.path else home / ".chef"
+    tls = tls_options([la for la in (config, credentials) if la], certs_home / "trusted_certs")
+    return Credentials(base, org, user, Path(key), ", ".join(sources), key_pem, tls)
 
 
 def _source_name(layer: _Layer | None) -> str:

@@ -1,6 +1,9 @@
-"""knife.rb / config.rb read without running Ruby: the three settings the CLI needs.
+"""knife.rb / config.rb read without running Ruby: the settings the CLI needs.
 
-Only ``chef_server_url``, ``node_name`` and ``client_key`` matter; every other line is ignored.
+Only ``chef_server_url``, ``node_name``, ``client_key`` and Chef's SSL settings
+(``ssl_verify_mode``, ``verify_api_cert``, ``trusted_certs_dir``, ``ssl_ca_file``,
+``ssl_ca_path``) matter; every other line is ignored. A value may also be a ``:symbol`` (read
+as `RubySymbol`) or ``true``/``false`` (a Python bool); the caller checks each setting's type.
 Values may be literals or the usual idioms: local variables (``current_dir =
 File.dirname(__FILE__)``), ``"#{...}"`` interpolation, ``+``, ``||``,
 ``File.join``/``expand_path``/``absolute_path``/``dirname``, ``__FILE__``, ``__dir__``,
@@ -18,7 +21,20 @@ from pathlib import Path
 
 from appliance.core.rubylex import Lexer, Token, join_lines
 
-NEEDED = ("chef_server_url", "node_name", "client_key")
+NEEDED = (
+    "chef_server_url",
+    "node_name",
+    "client_key",
+    "ssl_verify_mode",
+    "verify_api_cert",
+    "trusted_certs_dir",
+    "ssl_ca_file",
+    "ssl_ca_path",
+)
+
+
+class RubySymbol(str):
+    """A ``:symbol`` value (its name), kept apart from a string of the same text."""
 
 
 class RubyConfigError(ValueError):
@@ -94,7 +110,7 @@ class _Unsupported(Exception):
     pass
 
 
-_Value = str | _Nil
+_Value = str | bool | _Nil
 
 
 @dataclass
@@ -149,6 +165,8 @@ class _Parser:
             for side in (value, right):
                 if isinstance(side, _Nil):
                     raise _Unsupported(f"nil in '+': {side.why}")
+                if isinstance(side, bool | RubySymbol):
+                    raise _Unsupported("'+' of a symbol or boolean")
             value = str(value) + str(right)
         return value
 
@@ -164,6 +182,8 @@ class _Parser:
                     value = ""
                     continue
                 raise _Unsupported(f"nil.{method}: {value.why}")
+            if isinstance(value, bool):
+                raise _Unsupported(f"the method .{method} of a boolean")
             if method in ("to_s", "freeze", "dup", "to_str"):
                 continue
             if method == "strip":
@@ -191,6 +211,8 @@ class _Parser:
         self.pos += 1
         if tok.kind == "str":
             return self.interpolate(tok)
+        if tok.kind == "sym" and tok.text != ":":
+            return RubySymbol(tok.text)
         if tok.kind == "op" and tok.text == "(":
             value = self.expr()
             self.take("op", ")")
@@ -200,6 +222,8 @@ class _Parser:
         if tok.kind == "name":
             if tok.text == "nil":
                 return _Nil("nil")
+            if tok.text in ("true", "false"):
+                return tok.text == "true"
             if tok.text == "__FILE__":
                 return self.scope.file
             if tok.text == "__dir__":
@@ -244,6 +268,8 @@ class _Parser:
         for value in values:
             if isinstance(value, _Nil):
                 raise _Unsupported(f"nil passed to {call}: {value.why}")
+            if isinstance(value, bool):
+                raise _Unsupported(f"a boolean passed to {call}")
         texts = [str(v) for v in values]
         if method == "join":
             return _join(texts)
@@ -283,6 +309,8 @@ class _Parser:
             value = inner.expr()
             if not inner.done():
                 raise _Unsupported(f"{inner.peek().text!r} inside #{{...}}")  # type: ignore[union-attr]
+            if isinstance(value, bool):
+                value = "true" if value else "false"
             out.append("" if isinstance(value, _Nil) else value)
         return "".join(out)
 
@@ -373,13 +401,13 @@ def read_knife_config(
     env: Mapping[str, str],
     cwd: Path,
     home: Path,
-) -> dict[str, tuple[str, int]]:
+) -> dict[str, tuple[str | bool, int]]:
     """``{setting: (value, line)}`` for the settings of `NEEDED` that a knife.rb sets.
 
     ``path`` is ``__FILE__`` (the config path as knife has it); errors name ``shown``."""
     shown = shown or path
     scope = _Scope(path, cwd, home, env)
-    found: dict[str, tuple[str, int]] = {}
+    found: dict[str, tuple[str | bool, int]] = {}
     depth = 0
     for statement in _statements(_tokens(text, shown)):
         first, line = statement[0], statement[0].line
@@ -426,7 +454,7 @@ def _no_nested_setting(statement: list[Token], shown: str) -> None:
             )
 
 
-def _setting(statement: list[Token], scope: _Scope, shown: str) -> str:
+def _setting(statement: list[Token], scope: _Scope, shown: str) -> str | bool:
     name, line = statement[0].text, statement[0].line
     for tok in statement[1:]:
         if tok.kind == "name" and tok.text in ("if", "unless", "rescue", "while", "until"):

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from appliance import signedhttp
 from appliance.core.keys import KeyFormatError, load_private_pem
+from appliance.tlstrust import EXIT_UNTRUSTED, TlsOptions
 
 EXIT_ERROR = 100  # knife's status for any uncaught error (HTTP, network, bad option value)
 JSON = signedhttp.JSON
@@ -55,6 +56,7 @@ class Credentials:
     key_path: Path
     source: str = "defaults"  # where they came from, named in error messages
     key_pem: str | None = None  # an inline key (``client_key`` PEM in ~/.chef/credentials)
+    tls: TlsOptions = TlsOptions()  # Chef's SSL settings, for an https server URL
 
 
 class Api:
@@ -113,9 +115,10 @@ class Api:
                 accept=accept,
                 headers=headers,
                 timeout=self.timeout,
+                tls=self.creds.tls,
             )
         except OSError as exc:
-            raise CliError(f"cannot reach {self.creds.server_url}: {_reason(exc)}") from None
+            raise unreachable_error(self.creds.server_url, exc) from None
 
     def call(self, method: str, path: str, body: Any = None, *, accept: str = JSON) -> Any:
         """The parsed body of a 2xx reply; any other status raises `ApiError`."""
@@ -149,9 +152,10 @@ class Api:
                 self.key,
                 headers=headers,
                 timeout=self.timeout if timeout is None else timeout,
+                tls=self.creds.tls,
             )
         except OSError as exc:
-            raise CliError(f"cannot reach {self.creds.server_url}: {_reason(exc)}") from None
+            raise unreachable_error(self.creds.server_url, exc) from None
         if isinstance(got, signedhttp.Reply):
             raise ApiError(got.status, got.body(), "GET", path)
         return got
@@ -159,3 +163,11 @@ class Api:
 
 def _reason(exc: OSError) -> str:
     return str(getattr(exc, "reason", None) or exc.strerror or exc)
+
+
+def unreachable_error(url: str, exc: OSError) -> CliError:
+    """A server that could not be reached, or whose certificate is refused (its own message
+    and exit status, `tlstrust.EXIT_UNTRUSTED`)."""
+    if isinstance(exc, signedhttp.CertificateRefused):
+        return CliError(str(exc), EXIT_UNTRUSTED)
+    return CliError(f"cannot reach {url}: {_reason(exc)}")

@@ -26,6 +26,7 @@ from trio_websocket import (
 
 from appliance.knife.credentials import connect
 from appliance.knife.session import Api, CliError, error_text
+from appliance.tlstrust import EXIT_UNTRUSTED, client_context, untrusted_message, verify_error
 
 REDRAW_SECONDS = 0.25  # at most four redraws a second
 FIRST_BACKOFF, MAX_BACKOFF = 1.0, 30.0
@@ -318,6 +319,7 @@ class _Watcher:
         self.view = View(org=api.org)
         self.path = api.org_path("pushy/ws")
         self.url = ws_url(api.creds.server_url, self.path)
+        self.tls = api.creds.tls
         self.subscribe = subscription(args.jobs, not args.no_nodes)
         self.dirty = trio.Event()
         self.drawn_lines = 0
@@ -349,7 +351,17 @@ class _Watcher:
                 if exc.status_code < 500:
                     raise CliError(f"{self.url}: {exc.status_code} {_rejection(exc)}") from None
                 reason = f"{exc.status_code} {_rejection(exc)}"
-            except (HandshakeError, ConnectionClosed, OSError, trio.TooSlowError) as exc:
+            except (
+                HandshakeError,
+                ConnectionClosed,
+                OSError,
+                trio.TooSlowError,
+                trio.BrokenResourceError,
+            ) as exc:
+                refused = verify_error(exc)
+                if refused is not None:
+                    message = untrusted_message(self.api.creds.server_url, refused, self.tls)
+                    raise CliError(message, EXIT_UNTRUSTED) from None
                 cause = exc.__cause__ if isinstance(exc, HandshakeError) else exc
                 if not ever_connected and not self.view.connected and isinstance(cause, OSError):
                     raise CliError(f"cannot reach {self.url}: {cause.strerror or cause}") from None
@@ -376,6 +388,7 @@ class _Watcher:
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         async with open_websocket_url(
             self.url,
+            client_context(self.tls) if self.url.startswith("wss:") else None,
             extra_headers=extra,
             connect_timeout=CONNECT_SECONDS,
             disconnect_timeout=CONNECT_SECONDS,

@@ -24,6 +24,7 @@ from appliance.server.livejobs import LiveJobs
 from appliance.server.reactor import Reactor
 from appliance.server.store import Store
 from appliance.server.timers import Timers
+from appliance.server.tls import ServerTls
 
 if TYPE_CHECKING:  # psycopg is imported only with a PostgreSQL store
     from appliance.server.lease import LeaseKeeper
@@ -51,6 +52,7 @@ class ServerContext:
     # nodes' own config fetches by signature, so a replay does not rotate the session key
     served_fetches: ServedFetches = field(default_factory=lambda: ServedFetches(DEFAULT_SKEW))
     fetches_in_flight: dict[bytes, trio.Event] = field(default_factory=dict)
+    tls: ServerTls | None = None  # HTTPS on the API port (a reload loads its certificate again)
 
     @property
     def live(self) -> LiveJobs:

@@ -30,6 +30,7 @@ from appliance.server import main, standby
 from appliance.server.lease import LeaseKeeper
 from appliance.server.pgoutputs import PgOutputs
 from appliance.server.store import Store
+from appliance.server.tls import server_tls
 from appliance.store.errors import StorageError
 from appliance.store.pglog import PgLog
 from appliance.store.pgstore import open_pglog
@@ -119,7 +120,7 @@ async def _session(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, stop)
         nursery.start_soon(sdnotify.watchdog_task)  # a standby is watched as well
-        outcome = await standby.stand_by(store, pglog, bind, stop)
+        outcome = await standby.stand_by(store, pglog, bind, stop, server_tls(settings))
         nursery.cancel_scope.cancel()
     if outcome == "gap":
         return True

@@ -39,7 +39,6 @@ import orjson
 import trio
 import zmq
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from appliance import sdnotify
@@ -62,6 +61,7 @@ from appliance.server.outbound import NodeSigner, ServerBeat
 from appliance.server.reactor import Reactor
 from appliance.server.store import Store
 from appliance.server.timers import Timers
+from appliance.server.tls import TlsSetupError, hypercorn_config, server_tls
 
 if TYPE_CHECKING:  # psycopg is imported only with a PostgreSQL store
     from appliance.server.lease import LeaseKeeper
@@ -356,13 +356,11 @@ async def serve(
             if lease is not None:
                 services.start_soon(lease.hold, ctx.shutdown)
             await start_core(ctx, services)
-            hconfig = Config()
-            hconfig.bind = [_bind_address(p.api_listen_address, p.api_port)]
+            ctx.tls = server_tls(p)
+            hconfig = hypercorn_config(_bind_address(p.api_listen_address, p.api_port), ctx.tls)
             # in-flight requests are short and SSE streams end themselves at shutdown; hypercorn
             # also waits this long for idle keep-alive connections, so keep it small
             hconfig.graceful_timeout = 2
-            hconfig.accesslog = None
-            hconfig.errorlog = logging.getLogger("pushy.hypercorn")
             app = create_app(ctx)
             async with trio.open_nursery() as web:
                 binds = await web.start(
@@ -453,6 +451,14 @@ def _reload_settings(ctx: ServerContext, reread: Callable[[], tuple[Settings, li
     for warning in warnings:
         log.warning("reload: %s", warning)
     settings, changed, restart = reload_settings(ctx.settings, loaded)
+    if ctx.tls is not None and settings.api_tls_cert and settings.api_tls_key:
+        try:
+            for warning in ctx.tls.reload(settings.api_tls_cert, settings.api_tls_key):
+                log.warning("reload: %s", warning)
+        except TlsSetupError as exc:
+            log.error("reload failed, keeping the running settings and certificate: %s", exc)
+            return False
+        log.info("reload: the API certificate was loaded again from %s", settings.api_tls_cert)
     apply_settings(ctx, settings)
     if changed:
         applied = ", ".join(f"{key} = {getattr(settings, key)!r}" for key in changed)

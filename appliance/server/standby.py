@@ -17,11 +17,11 @@ from typing import Any
 
 import orjson
 import trio
-from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from appliance import sdnotify
 from appliance.server.store import Store
+from appliance.server.tls import ServerTls, hypercorn_config
 from appliance.store.errors import StorageError
 from appliance.store.pglog import PgLog
 
@@ -88,16 +88,15 @@ class StandbyApp:
         await send({"type": "http.response.body", "body": payload})
 
 
-async def stand_by(store: Store, pglog: PgLog, bind: str, stop: trio.Event) -> str:
+async def stand_by(
+    store: Store, pglog: PgLog, bind: str, stop: trio.Event, tls: ServerTls | None = None
+) -> str:
     """Be a standby until this server holds the lease and has read the whole log
     (``"active"``), until ``stop`` is set (``"stopped"``), or until the log has moved past what
     it can follow (``"gap"``: the records after ours were deleted; read the log again)."""
     app = StandbyApp(store, pglog)
-    hconfig = Config()
-    hconfig.bind = [bind]
+    hconfig = hypercorn_config(bind, tls)  # a standby answers over HTTPS too
     hconfig.graceful_timeout = 1
-    hconfig.accesslog = None
-    hconfig.errorlog = logging.getLogger("pushy.hypercorn")
     web_done = trio.Event()
     gap: list[str] = []
     outcome = "stopped"

@@ -67,9 +67,11 @@ class Requests:
     def __init__(self, *answers: Any) -> None:
         self.answers = list(answers)
         self.calls: list[tuple] = []
+        self.tls: list[Any] = []  # the SSL settings each request was sent with
 
-    def __call__(self, origin, method, path, body, user, key_pem, *, timeout):
+    def __call__(self, origin, method, path, body, user, key_pem, *, timeout, tls):
         self.calls.append((origin, method, path, body, user, timeout))
+        self.tls.append(tls)
         reply = self.answers.pop(0)
         if isinstance(reply, Exception):
             raise reply
@@ -94,9 +96,11 @@ async def test_fetch_asks_as_the_original_and_builds_a_connection(keys, monkeypa
     node_key, server_key = keys
     requests = Requests((200, answer(node_key, server_key)))
     monkeypatch.setattr(fetch, "signed_request", requests)
-    conn = await do_fetch(config(), node_key)
+    cfg = config()
+    conn = await do_fetch(cfg, node_key)
     origin, method, path, body, user, timeout = requests.calls[0]
     assert (origin, method, body, user) == ("https://chef.example:8443", "GET", None, NODE)
+    assert requests.tls == [cfg.tls]  # Chef's ssl_verify_mode, trusted_certs_dir, ...
     assert timeout == fetch.CONFIG_TIMEOUT_SECONDS
     split = urllib.parse.urlsplit(path)
     assert split.path == "/organizations/acme/pushy/config/node1"

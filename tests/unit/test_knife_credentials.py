@@ -21,6 +21,7 @@ from appliance.knife.credentials import (
 )
 from appliance.knife.rubyconf import RubyConfigError
 from appliance.knife.session import Api, CliError
+from appliance.tlstrust import TlsOptions
 
 URL = "https://chef.example/organizations/acme"
 
@@ -403,7 +404,7 @@ chef_server_url = "https://local.variable.only"
 __END__
 client_key "after the end"
 """
-    assert read(text) == {"node_name": "real"}
+    assert read(text) == {"node_name": "real", "ssl_verify_mode": "verify_none"}
 
 
 def test_a_value_that_needs_ruby_is_an_error_naming_the_line():
@@ -486,3 +487,69 @@ def test_any_text_gives_values_or_a_config_error(text):
     else:
         assert set(values) <= {"chef_server_url", "node_name", "client_key"}
         assert all(isinstance(v, str) and isinstance(line, int) for v, line in values.values())
+
+
+# --------------------------------------------------------------------------- Chef's SSL settings
+
+
+def test_ssl_settings_from_knife_rb_with_chef_defaults(world):
+    plain = world.write(world.home / ".chef" / "knife.rb", knife())
+    tls = world.resolve().tls
+    assert tls == TlsOptions(trusted_certs_dir=str(plain.parent / "trusted_certs"))
+    project = world.write(
+        world.cwd.parent / ".chef" / "knife.rb",
+        knife()
+        + "ssl_verify_mode :verify_none\nverify_api_cert true\n"
+        + "trusted_certs_dir File.join(__dir__, 'certs')\nssl_ca_file '~/ca.pem'\n",
+    )
+    tls = world.resolve().tls
+    assert tls.verify_mode == "verify_none" and tls.verify_api_cert is True
+    assert tls.verifies  # verify_api_cert wins for API requests, as in Chef
+    assert tls.trusted_certs_dir == str(project.parent / "certs")
+    assert tls.ca_file == str(world.home / "ca.pem")
+
+
+def test_ssl_settings_from_credentials_and_pushy_toml(world):
+    world.write(
+        world.home / ".chef" / "credentials",
+        f'[default]\nchef_server_url = "{URL}"\nssl_verify_mode = "verify_none"\n'
+        'trusted_certs_dir = "tc"\n',
+    )
+    tls = world.resolve().tls
+    assert tls.verify_mode == "verify_none" and not tls.verifies
+    assert tls.trusted_certs_dir == str(world.home / ".chef" / "tc")
+    toml = world.write(
+        world.home / ".pushy" / "config.toml",
+        f'server_url = "{URL}"\nverify_api_cert = true\n[profiles.p]\nssl_ca_path = "/ca"\n',
+    )
+    assert toml.is_file()
+    tls = world.resolve(config=str(toml), profile="p").tls
+    assert tls.verify_api_cert is True and tls.ca_path == "/ca"
+    # profile p is not in the credentials file: its trusted_certs_dir is not used
+    assert tls.trusted_certs_dir == str(world.home / ".chef" / "trusted_certs")
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("ssl_verify_mode :verify_maybe", "ssl_verify_mode must be :verify_peer or :verify_none"),
+        ("verify_api_cert 'yes'", "verify_api_cert must be true or false"),
+        ("trusted_certs_dir true", "trusted_certs_dir must be a non-empty string"),
+        ("node_name true", "node_name must be a string"),
+    ],
+)
+def test_bad_ssl_values_name_the_line(world, line, message):
+    world.write(world.home / ".chef" / "knife.rb", knife() + line + "\n")
+    with pytest.raises(CliError, match=rf"knife.rb:4: {message}"):
+        world.resolve()
+
+
+def test_symbols_and_booleans_are_read_as_such():
+    found = read('ssl_verify_mode(:verify_peer)\nverify_api_cert false\nnode_name "#{true}"\n')
+    assert found == {
+        "ssl_verify_mode": "verify_peer",
+        "verify_api_cert": False,
+        "node_name": "true",
+    }
+    with pytest.raises(RubyConfigError, match="boolean"):
+        read("client_key File.join(true, 'x')")

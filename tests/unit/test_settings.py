@@ -64,6 +64,8 @@ CASES: dict[str, tuple[object, object, object, list[object], list[object]]] = {
     ),
     "store_password_file": (None, "/etc/pushy/db.pw", "/etc/pushy/db.pw", [1, True], ["db.pw"]),
     "lease_timeout": (10.0, 3, 3.0, ["10", True], [0, 0.5, 3601, math.nan]),
+    "api_tls_cert": (None, "/etc/pushy/tls/a.crt", "/etc/pushy/tls/a.crt", [1, True], ["a.crt"]),
+    "api_tls_key": (None, "/etc/pushy/tls/a.key", "/etc/pushy/tls/a.key", [[], False], ["a.key"]),
 }
 
 
