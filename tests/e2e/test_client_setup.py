@@ -8,13 +8,15 @@
 * node search fed from the client: ``environment``/``roles``/``tags`` in push-jobs-client.rb,
   or ``-E``/``--role``/``--tag`` on the command line, make the README's
   ``role:web AND chef_environment:prod`` select exactly those nodes, through ``pushy node
-  list --search`` and ``pushy job start -s``.
+  list --search`` and ``pushy job start -s``; a changed ``environment`` is published again on
+  ``HUP``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -184,3 +186,21 @@ def test_readme_search_reaches_the_nodes_set_up_in_the_config_or_on_the_command_
     assert job["nodes"] == {"succeeded": ["web-flags", "web-prod"]}
     for name in ("web-flags", "web-prod"):
         assert fleet.output(job["id"], name).content == f"hello from {name}\n".encode()
+
+
+def test_hup_publishes_a_changed_environment(fleet):
+    """After the test above: web-dev's file now says prod; a HUP re-publishes its record."""
+    client = fleet.clients.get("web-dev")
+    if client is None or client.proc is None or client.proc.poll() is not None:
+        pytest.skip("needs web-dev from the test above")
+    text = client.config_path.read_text()
+    client.config_path.write_text(text.replace("environment 'dev'", "environment 'prod'"))
+    client.proc.send_signal(signal.SIGHUP)
+
+    def listed() -> str | None:
+        r = pushy(fleet, "node", "list", "--search", README_QUERY)
+        assert r.returncode == 0, r.stderr
+        return r.stdout if "web-dev" in r.stdout else None
+
+    assert wait_for(listed, 30, what="web-dev found as prod") == "web-dev\nweb-flags\nweb-prod\n"
+    assert "received HUP: re-reading the configuration" in client.log()
