@@ -4,6 +4,7 @@ search order and precedence (client-knife.md §A.5, docs-spec.md §3, §8, §10.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -670,3 +671,11 @@ def test_lower_case_environment_lines_from_the_cookbook_are_exported():
         "http_proxy": "http://proxy:3128",
         "no_proxy": "localhost",
     }
+
+
+def test_the_packaged_example_reads_with_its_search_settings():
+    """packaging/debian/push-jobs-client.rb (shipped in /usr/share/doc/pushy-client/examples)."""
+    example = Path(__file__).resolve().parents[2] / "packaging/debian/push-jobs-client.rb"
+    config = load_config(str(example), {})
+    assert (config.org, config.node_name, config.chef_environment) == ("acme", "web1", "prod")
+    assert (config.roles, config.tags, config.ignored) == (("web",), ("canary",), ())
