@@ -111,7 +111,7 @@ class Agent:
                 published = False
                 while not self.stopping.is_set():
                     conn = await fetch.fetch_until_it_works(
-                        self._fetch_config, self.node, self.stopping
+                        self._fetch_config, self.node, self.stopping, self._explain_refusal
                     )
                     if conn is None:
                         break
@@ -170,12 +170,38 @@ class Agent:
     # Configuration ---------------------------------------------------------------------------
     async def _fetch_config(self) -> Connection:
         """One fetch with the configuration of now (a HUP may have re-read it since)."""
+        self._reread_key()
         return await fetch.fetch_config(
             self.config,
             node=self.node,
             key_pem=self.key_pem,
             private_key=self.private_key,
             curve_public=self.curve_public,
+        )
+
+    def _reread_key(self) -> None:
+        """Take the key file's new contents (a key copied in place to fix a refusal, or a HUP
+        naming another file); a file that cannot be read or parsed keeps the key in use."""
+        path = self.config.client_key
+        try:
+            with open(path, encoding="ascii") as handle:
+                pem = handle.read()
+            if pem == self.key_pem:
+                return
+            private_key = load_private_pem(pem)
+        except (OSError, ValueError) as exc:
+            log.warning("[%s] keeping the key in use: cannot load %s: %s", self.node, path, exc)
+            return
+        log.info("[%s] Using the new private key in %s", self.node, path)
+        self.key_pem, self.private_key = pem, private_key
+
+    def _explain_refusal(self, exc: fetch.Refused) -> str:
+        return fetch.refusal_advice(
+            exc,
+            node=self.node,
+            org=self.org,
+            server_url=self.config.chef_server_url,
+            key_file=self.config.client_key,
         )
 
     async def _publish_node_record(self) -> None:
@@ -526,11 +552,21 @@ class Agent:
         return f"connecting to {self._server_host()} as {self.node}"
 
     def reload_config(self) -> None:
-        """Re-read the config file: whitelist and job settings apply to the next job."""
+        """Re-read the config file: whitelist and job settings apply to the next job; a
+        changed environment, roles, tags or attributes are published at once."""
+        before = _record_settings(self.config)
         try:
             self.config = load_config(self.config.source, self.flags)
         except (OSError, ConfigError) as exc:
             log.error("[%s] keeping the previous configuration: %s", self.node, exc)
+            return
+        if _record_settings(self.config) != before and self._nursery is not None:
+            self._nursery.start_soon(self._publish_node_record)
+
+
+def _record_settings(config: ClientConfig) -> tuple[Any, ...]:
+    """What the node record takes from the configuration."""
+    return (config.chef_environment, config.roles, config.tags, dict(config.node_attributes))
 
 
 def _signal_name(number: int | None) -> str | None:

@@ -1,7 +1,8 @@
 """``pushy client`` (also started as ``pushy-client``): the original client's command line.
 
 Exit statuses: 0 for -v/-h and a clean shutdown; 1 when the server offers no encryption and
-``allow_unencrypted`` is off (as the original); 2 for a bad command line or configuration file;
+``allow_unencrypted`` is off (as the original); 2 for a bad command line or configuration file,
+no configuration file at all (the message lists the files searched) or an unreadable client key;
 255 when the session key cannot be decrypted with the client key (as the original).
 """
 
@@ -24,7 +25,8 @@ EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_SESSION_KEY = 0, 1, 2, 255
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The original's flags (client-knife.md §A.5), same spellings."""
+    """The original's flags (client-knife.md §A.5), same spellings; then pushy's own flags for
+    the node record (chef-client's ``-E`` for the environment)."""
     parser.add_argument(
         "-c", "--config", help="configuration file (push-jobs-client.rb, client.rb or .toml)"
     )
@@ -47,6 +49,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="allow an unencrypted connection to a server that offers no CURVE key (1.x servers)",
+    )
+    parser.add_argument(
+        "-E",
+        "--environment",
+        help="the node's Chef environment, for node search (chef_environment:ENV)",
+    )
+    parser.add_argument(
+        "--role",
+        dest="roles",
+        action="append",
+        metavar="ROLE",
+        help="a role of the node, for node search (role:ROLE); repeat for more",
+    )
+    parser.add_argument(
+        "--tag",
+        dest="tags",
+        action="append",
+        metavar="TAG",
+        help="a tag of the node, for node search (tags:TAG); repeat for more",
     )
     parser.add_argument("-v", "--version", action="version", version=f"Push Client: {__version__}")
 
@@ -76,6 +97,9 @@ def run_client(args: argparse.Namespace) -> int:
             "file_dir",
             "max_body_size",
             "allow_unencrypted",
+            "environment",
+            "roles",
+            "tags",
         )
     }
     flags["log_location"] = args.logfile
@@ -84,7 +108,7 @@ def run_client(args: argparse.Namespace) -> int:
         config = load_config(path, flags)
         config.org  # noqa: B018 - validates chef_server_url early, with a clear message
     except ConfigError as exc:
-        print(f"pushy-client: {exc}", file=sys.stderr)
+        print(_unusable(str(exc), path, args.config), file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
         print(f"pushy-client: cannot read {path}: {exc.strerror}", file=sys.stderr)
@@ -104,10 +128,8 @@ def run_client(args: argparse.Namespace) -> int:
     try:
         agent = Agent(config, flags=flags)
     except OSError as exc:
-        print(
-            f"pushy-client: cannot read the client key {config.client_key}: {exc.strerror}",
-            file=sys.stderr,
-        )
+        problem = f"cannot read the client key {config.client_key}: {exc.strerror}"
+        print(_unusable(problem, path, args.config), file=sys.stderr)
         return EXIT_USAGE
     try:
         trio.run(agent.run)
@@ -118,6 +140,30 @@ def run_client(args: argparse.Namespace) -> int:
         print(str(fatal), file=sys.stderr)
         return fatal.exit_status
     return EXIT_OK
+
+
+def _unusable(problem: str, path: str | None, explicit: str | None) -> str:
+    """``problem``, and where the settings came from when no ``-c`` named the file: the
+    files searched, in order, and how to make one when none exists."""
+    from appliance.client.config import DEFAULT_SEARCH
+
+    lines = [f"pushy-client: {problem}"]
+    tried = ", ".join(DEFAULT_SEARCH)
+    if path is None:
+        lines[:0] = [
+            f"pushy-client: no configuration file: tried {tried} (in this order); none exists, "
+            "and no -c FILE was given."
+        ]
+        lines += [
+            "pushy-client: to set up this node, run on a workstation: pushy admin "
+            "node-bootstrap NODE --chef-server-url URL/organizations/ORG --key-path "
+            "/etc/chef/push-jobs-client.pem --output-dir DIR; then copy DIR/push-jobs-client.rb "
+            "and DIR/push-jobs-client.pem to /etc/chef/ (or run pushy-client -c FILE). "
+            'See "The node client" in docs/installation.md.',
+        ]
+    elif not explicit:
+        lines.append(f"pushy-client: (settings read from {path}: the first that exists of {tried})")
+    return "\n".join(lines)
 
 
 def _find(exc: BaseException, kind: type[BaseException]) -> Any:

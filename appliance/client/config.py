@@ -46,9 +46,14 @@ Decisions:
   (leading integer, rest ignored), but a string with no leading digits is an error, not 0.
   It must be at least 1024.
 
+- The node record for search: Chef's ``environment "prod"`` (a Chef::Config setting, used
+  here as the node's ``chef_environment``), and pushy's ``roles ["web"]`` (searchable as
+  ``role:web``) and ``tags ["canary"]``; Chef::Config ignores settings it does not know, so
+  the original client still reads such a file.
+
 The TOML form (a file ending in ``.toml``) has the same keys at top level, plus
 ``show_time = false``, an ``[environment_variables]`` table, and (TOML only) the node record's
-``[attributes]`` table, ``tags`` and ``roles``. The whitelist is a table in order::
+``[attributes]`` table. The whitelist is a table in order::
 
     [whitelist]
     "chef-client" = "chef-client"
@@ -115,6 +120,7 @@ DEFAULT_SEARCH = (
     "/etc/chef/client.rb",
 )
 _FLAGS_SOURCE = "command line"
+DEFAULT_SERVER_URL = "https://localhost:443"  # Chef's default: names no organization
 
 
 @dataclass(frozen=True)
@@ -168,7 +174,7 @@ _ORG_RE = re.compile(r"/organizations/+([^/]+)/*")
 class ClientConfig:
     """Everything ``pushy client`` needs; build it with `load_config` / `parse_config`."""
 
-    chef_server_url: str = "https://localhost:443"
+    chef_server_url: str = DEFAULT_SERVER_URL
     node_name: str | None = None  # None: the caller uses the machine's FQDN
     client_key: str = "/etc/chef/client.pem"
     whitelist: tuple[WhitelistEntry, ...] = field(default_factory=_default_whitelist)
@@ -190,8 +196,9 @@ class ClientConfig:
     show_time: bool = True
     proxies: Proxies = field(default_factory=Proxies)
     node_attributes: Mapping[str, Any] = field(default_factory=_empty_mapping)  # TOML only
-    tags: tuple[str, ...] = ()  # TOML only
-    roles: tuple[str, ...] = ()  # TOML only
+    chef_environment: str = "_default"  # the setting ``environment``, as Chef names it
+    tags: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()  # Chef settings found in the file that have no effect here
     source: str | None = None  # the file the settings came from
 
@@ -211,7 +218,13 @@ class ClientConfig:
         """The organization named in ``chef_server_url`` (as the original extracts it)."""
         match = _ORG_RE.search(self.chef_server_url)
         if match is None:
-            raise ConfigError(self.source, None, "chef_server must end in /organizations/ORG_NAME")
+            url = self.chef_server_url
+            said = (
+                "chef_server_url is not set"
+                if url == DEFAULT_SERVER_URL
+                else f"chef_server_url '{url}' names no organization"
+            )
+            raise ConfigError(self.source, None, f"{said}: it must end in /organizations/ORG_NAME")
         return match.group(1)
 
 

@@ -36,6 +36,7 @@ def node_record(
     automatic: dict[str, Any],
     *,
     attributes: dict[str, Any] | None = None,
+    environment: str = "_default",
     tags: tuple[str, ...] = (),
     roles: tuple[str, ...] = (),
 ) -> dict[str, Any]:
@@ -46,7 +47,7 @@ def node_record(
         "name": name,
         "chef_type": "node",
         "json_class": "Chef::Node",
-        "chef_environment": "_default",
+        "chef_environment": environment,
         "run_list": [f"role[{role}]" for role in roles],
         "automatic": automatic,
         "normal": normal,

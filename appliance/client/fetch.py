@@ -28,6 +28,61 @@ log = logging.getLogger("pushy.client")
 CONFIG_TIMEOUT_SECONDS = 5.0
 BACKOFF_FIRST_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 120.0
+# A refused fetch (HTTP 401) is explained in full at ERROR the first time and then at most
+# this often; the retries in between log one short WARNING line each (every 2 min at most).
+EXPLAIN_EVERY_SECONDS = 30 * 60.0
+
+
+class Refused(ValueError):
+    """HTTP 401 to the config fetch: the server does not accept how this node signs (an
+    unknown client, a key it does not know, a clock too far off). Retried: the operator can
+    fix it on either side while the client waits."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("HTTP 401: " + "; ".join(errors))
+
+
+def _error_texts(body: Any) -> list[str]:
+    """The texts of a Chef error body (``{"error": [...]}``), else the body as text."""
+    errors = body.get("error") if isinstance(body, dict) else None
+    if isinstance(errors, str):
+        return [errors]
+    if isinstance(errors, list) and errors:
+        return [str(e) for e in errors]
+    return [str(body)[:200]]
+
+
+def refusal_advice(exc: Refused, *, node: str, org: str, server_url: str, key_file: str) -> str:
+    """What to fix when the server refuses the config fetch, in the words of the fix."""
+    said = "; ".join(exc.errors)
+    head = f"The server {server_url} refuses node '{node}' (HTTP 401: {said}). "
+    if any("clock" in e.lower() for e in exc.errors):
+        return head + (
+            "This machine's clock is more than 15 minutes away from the server's: "
+            "synchronize it (NTP). Retrying with back-off."
+        )
+    if any("Failed to authenticate" in e for e in exc.errors):
+        fix = (
+            f"The server has no client named '{node}' in organization '{org}': create it on a "
+            f"workstation with `pushy admin node-bootstrap {node} -o {org} --key-file FILE` "
+            f"and copy FILE to {key_file}, or set node_name to the node's client name"
+        )
+    else:
+        fix = (
+            f"The server does not know the key in {key_file}: give the client a new key on a "
+            f"workstation with `pushy admin client rotate-key {node} -o {org} --key-file FILE` "
+            f"and copy FILE to {key_file}, or copy the node's right key to {key_file}"
+        )
+    return (
+        head
+        + fix
+        + (
+            ". The client re-reads the key file before every retry (no restart needed). "
+            "Retrying with back-off; this explanation is repeated every "
+            f"{EXPLAIN_EVERY_SECONDS / 60:.0f} minutes, one short line per retry in between."
+        )
+    )
 
 
 class FatalConfigError(Exception):
@@ -48,21 +103,34 @@ def server_origin(chef_server_url: str) -> tuple[str, str]:
 
 
 async def fetch_until_it_works(
-    fetch: Callable[[], Awaitable[Connection]], node: str, stopping: trio.Event
+    fetch: Callable[[], Awaitable[Connection]],
+    node: str,
+    stopping: trio.Event,
+    explain: Callable[[Refused], str] = str,
 ) -> Connection | None:
     """Retry ``fetch`` forever (capped exponential backoff with jitter): a node may boot first.
-    None once ``stopping`` is set; a ``FatalConfigError`` goes through."""
+    None once ``stopping`` is set; a ``FatalConfigError`` goes through. A refusal is logged
+    as ``explain`` words it, in full only every `EXPLAIN_EVERY_SECONDS`."""
     delay = BACKOFF_FIRST_SECONDS
+    explained_at: float | None = None
     while not stopping.is_set():
+        wait, next_delay = backoff(delay)
         try:
             return await fetch()
         except FatalConfigError:
             raise
+        except Refused as exc:
+            now = trio.current_time()
+            if explained_at is None or now - explained_at >= EXPLAIN_EVERY_SECONDS:
+                explained_at = now
+                log.error("[%s] Could not download push jobs config: %s", node, explain(exc))
+            else:
+                log.warning("[%s] still refused (%s); retrying in %.0f s", node, exc, wait)
+            sdnotify.status(f"refused by the server, retrying in {wait:.0f} s: {str(exc)[:200]}")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.error("[%s] Could not download push jobs config: %s", node, exc)
             why = "server unreachable" if isinstance(exc, OSError) else "no config"
             sdnotify.status(f"{why}, retrying in {delay:.0f} s: {str(exc)[:200]}")
-        wait, next_delay = backoff(delay)
         with trio.move_on_after(wait):
             await stopping.wait()
         delay = next_delay
@@ -88,6 +156,8 @@ def connection_from_answer(
     """What the server's answer to the config request becomes (no I/O: each side fetches its
     own way). ``ValueError``/``KeyError``/``TypeError`` for an answer worth retrying,
     ``FatalConfigError`` for one that makes running impossible."""
+    if status == 401:
+        raise Refused(_error_texts(body))
     if status != 200 or not isinstance(body, dict):
         raise ValueError(f"HTTP {status}: {body}")
     legacy = "curve_public_key" not in body
@@ -155,6 +225,7 @@ async def publish_node_record(config: ClientConfig, *, node: str, key_pem: str) 
         node,
         facts.automatic_attributes(base),
         attributes=dict(config.node_attributes),
+        environment=config.chef_environment,
         tags=config.tags,
         roles=config.roles,
     )

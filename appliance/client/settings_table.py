@@ -24,6 +24,7 @@ __all__ = [
     "FLAG_KEYS",
     "IGNORED_KEYS",
     "KNOWN",
+    "NODE_RECORD_SETTINGS",
     "NOT_RUBY_NAMES",
     "PROXY_KEYS",
     "PROXY_SCHEMES",
@@ -53,7 +54,7 @@ IGNORED_KEYS = frozenset(
     default_attribute_blacklist default_attribute_whitelist diff_disabled diff_filesize_threshold
     diff_output_threshold disable_event_loggers download_progress_interval enable_reporting
     enable_reporting_url_fatals enable_selinux_file_permission_fixup encrypted_data_bag_secret
-    enforce_default_paths enforce_path_sanity environment environment_path event_loggers
+    enforce_default_paths enforce_path_sanity environment_path event_loggers
     exception_handlers file_atomic_update file_backup_path file_staging_uses_destdir fips
     force_formatter force_logger formatter formatters group group_path http_disable_auth_on_redirect
     http_retry_count http_retry_delay interval json_attribs listen local_key_generation local_mode
@@ -69,6 +70,10 @@ IGNORED_KEYS = frozenset(
     """.split()
 )
 
+#: What the node record for search says about the node (Chef's ``environment``, and pushy's own
+#: ``roles`` and ``tags``: unknown to Chef::Config, which ignores them, so a file that sets them
+#: still works with the original client).
+NODE_RECORD_SETTINGS = ("environment", "roles", "tags")
 # Settings of the push client itself: ``node_name = 'x'`` is surely a typo for ``node_name 'x'``.
 PUSH_SETTINGS = frozenset(
     {
@@ -80,6 +85,7 @@ PUSH_SETTINGS = frozenset(
         "allow_unencrypted",
         "allowed_overwritable_env_vars",
         "max_body_size",
+        *NODE_RECORD_SETTINGS,
     }
 )
 SETTINGS = frozenset(
@@ -103,8 +109,6 @@ NOT_RUBY_NAMES = {
     "environment_variables": "write one KEY='VALUE' line per environment variable",
     "show_time": "write Mixlib::Log::Formatter.show_time = true|false",
     "attributes": "node attributes are accepted only in the TOML form",
-    "tags": "node tags are accepted only in the TOML form",
-    "roles": "node roles are accepted only in the TOML form",
 }
 KNOWN = SETTINGS | IGNORED_KEYS | set(NOT_RUBY_NAMES)
 
@@ -199,6 +203,23 @@ def _log_location(value: Any) -> str | None:
     if name == "STDERR":
         return "/dev/stderr"
     return _string(value)
+
+
+_CHEF_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _chef_name(value: Any) -> str:
+    """A role or environment name as Chef allows it (letters, digits, ``_``, ``-``)."""
+    if not isinstance(value, str) or not _CHEF_NAME.fullmatch(value):
+        raise Invalid(f"must be a name of letters, digits, _ and - (got {_show(value)})")
+    return value
+
+
+def _chef_names(value: Any) -> tuple[str, ...]:
+    names = _string_list(value)
+    for name in names:
+        _chef_name(name)
+    return names
 
 
 def _string_list(value: Any) -> tuple[str, ...]:
@@ -309,9 +330,14 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "environment_variables": _environment,
     "show_time": _bool,
     "attributes": _attributes,
+    "environment": _chef_name,
     "tags": _string_list,
-    "roles": _string_list,
+    "roles": _chef_names,
     **{key: _string for key in PROXY_KEYS},
 }
-FIELD_NAMES = {"environment_variables": "environment", "attributes": "node_attributes"}
+FIELD_NAMES = {
+    "environment_variables": "environment",
+    "attributes": "node_attributes",
+    "environment": "chef_environment",
+}
 FLAG_KEYS = SETTINGS | {"show_time"}

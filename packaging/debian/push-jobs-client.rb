@@ -18,4 +18,9 @@ file_dir "/tmp/chef-push"
 whitelist({"chef-client"=>"chef-client",
            /^restart (\w+)$/=>"systemctl restart \\1",
            "deploy"=>{:lock=>true, :command_line=>"/usr/local/bin/deploy"}})
+# For node search (pushy job start CMD -s 'role:web AND chef_environment:prod'): the node's
+# Chef environment, and pushy's own roles and tags (the original client ignores those two).
+environment "prod"
+roles ["web"]
+tags ["canary"]
 Mixlib::Log::Formatter.show_time = true

@@ -13,9 +13,19 @@ How the page is run:
   no comment — run once, and it must exit 0.
 - Each block runs as one ``bash -euo pipefail`` script: its lines run in order, the first one
   that fails fails the test, heredocs work as written.
-- ``pushy`` and ``pushy-client`` on the PATH are small wrapper scripts that exec this
-  virtualenv's Python with ``-m appliance "$@"`` (``-m appliance client "$@"`` for
-  pushy-client): the test checks the commands, not the packaging.
+- Two ways in, as step 1 gives them; the PATH starts as this machine's without any directory
+  that holds a ``pushy`` (so only what the page puts there is found):
+  ``source`` — the block marked ``source checkout (...)`` runs as written at the top of this
+  checkout (``scripts/bootstrap``, a no-op when ``.venv`` is up to date, then ``export
+  PATH="$PWD/.venv/bin:$PATH"``), and the PATH it leaves is the one every later block (and
+  "another terminal") gets: ``pushy`` and ``pushy-client`` are the virtualenv's console
+  scripts;
+  ``binary`` — the sudo install block is done in a temporary directory instead of
+  /usr/local/bin (``pushy`` → the binary, ``pushy-client`` → ``pushy``), and that directory is
+  put first on the PATH; the source checkout block is skipped. The binary is
+  ``$PUSHY_QUICKSTART_BINARY`` (.ci/run sets it after packaging/build-binary, so CI runs this
+  mode) or else ``dist/pushy`` when built and newer than every file under appliance/; else the
+  mode is skipped.
 - A fresh machine: HOME is an empty temporary directory, the working directory another one, and
   ``PUSHY_*``, ``CHEF_*`` and ``KNIFE_HOME`` are removed from the environment.
 - Ports: the page shows the defaults 10003 (API), 10002 (command channel) and 10000 (server
@@ -30,10 +40,11 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import tomllib
 from dataclasses import dataclass
@@ -51,6 +62,7 @@ STOP_SECONDS = 15
 
 _DIRECTIVE = re.compile(r"<!--\s*quickstart:\s*(.*?)\s*-->")
 _READY = re.compile(r'^background; ready when the output shows "(.+)"$')
+_SOURCE = "source checkout"
 _RETRY = re.compile(r'^retry until the output matches "(.+)"$')
 
 
@@ -114,23 +126,53 @@ def rewrite_ports(text: str, ports: dict[str, int]) -> str:
     return re.sub(r"(?<!\d)(1000[023])(?!\d)", lambda m: str(ports[m.group(1)]), text)
 
 
-def wrappers(directory: Path) -> None:
+def the_binary() -> Path:
+    """The single binary to follow the page with (see the module docstring), else skip."""
+    explicit = os.environ.get("PUSHY_QUICKSTART_BINARY")
+    if explicit:
+        binary = Path(explicit).resolve()
+        assert os.access(binary, os.X_OK), f"PUSHY_QUICKSTART_BINARY={explicit}: not executable"
+        return binary
+    built = REPO / "dist" / "pushy"
+    if not built.exists():
+        pytest.skip("no dist/pushy (packaging/build-binary; CI runs this mode after building)")
+    newest = max(p.stat().st_mtime for p in (REPO / "appliance").rglob("*.py"))
+    if built.stat().st_mtime < newest:
+        pytest.skip("dist/pushy is older than appliance/: rebuild it (packaging/build-binary)")
+    return built
+
+
+def install_binary(binary: Path, directory: Path) -> None:
+    """What the page's sudo install block does, in ``directory`` instead of /usr/local/bin."""
     directory.mkdir()
-    for name, mode in (("pushy", ""), ("pushy-client", " client")):
-        path = directory / name
-        path.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m appliance{mode} "$@"\n')
-        path.chmod(0o755)
+    (directory / "pushy").symlink_to(binary)
+    (directory / "pushy-client").symlink_to("pushy")
 
 
-def fresh_env(home: Path, bin_dir: Path) -> dict[str, str]:
+def machine_path() -> str:
+    """This machine's PATH without the directories that hold a ``pushy``."""
+    dirs = os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep)
+    return os.pathsep.join(d for d in dirs if d and not os.path.exists(os.path.join(d, "pushy")))
+
+
+def fresh_env(home: Path, path: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("PUSHY_", "CHEF_")) and k != "KNIFE_HOME"
+        if not k.startswith(("PUSHY_", "CHEF_", "PYTHON"))
+        and k not in ("KNIFE_HOME", "VIRTUAL_ENV")
     }
-    env.update(HOME=str(home), PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}")
-    env.update(PYTHONPATH=str(REPO), LC_ALL="C.UTF-8")
+    env.update(HOME=str(home), PATH=path, LC_ALL="C.UTF-8")
     return env
+
+
+def run_source_block(block: Block, env: dict[str, str], tmp: Path) -> str:
+    """Run the source checkout block at the top of the checkout; the PATH it leaves."""
+    path_file = tmp / "path-after-step-1"
+    text = f"{block.text}printf '%s' \"$PATH\" > {shlex.quote(str(path_file))}\n"
+    rc, out, err = run_block(block, text, REPO, env)
+    assert rc == 0, f"quickstart.md:{block.line}: exit status {rc}\n{block.text}\n{out}\n{err}"
+    return path_file.read_text()
 
 
 def stop_group(proc: subprocess.Popen, grace: float = STOP_SECONDS) -> None:
@@ -213,14 +255,24 @@ def start_background(
     )
 
 
-def test_quickstart_runs_as_written(tmp_path):
+@pytest.mark.parametrize("mode", ["source", "binary"])
+def test_quickstart_runs_as_written(mode, tmp_path):
     blocks = parse_blocks(QUICKSTART.read_text(encoding="utf-8"))
     assert blocks, "docs/quickstart.md has no ```sh blocks"
+    sources = [b for b in blocks if b.directive.startswith(_SOURCE)]
+    assert len(sources) == 1, "docs/quickstart.md: expected one 'source checkout' block"
     home, work, bin_dir, logs = (tmp_path / n for n in ("home", "work", "bin", "logs"))
     for d in (home, work, logs):
         d.mkdir()
-    wrappers(bin_dir)
-    env = fresh_env(home, bin_dir)
+    if mode == "binary":
+        install_binary(the_binary(), bin_dir)
+        env = fresh_env(home, f"{bin_dir}{os.pathsep}{machine_path()}")
+    else:
+        env = fresh_env(home, machine_path())
+        env["PATH"] = run_source_block(sources[0], env, tmp_path)
+        assert shutil.which("pushy-client", path=env["PATH"]) == str(
+            REPO / ".venv" / "bin" / "pushy-client"
+        ), env["PATH"]
     ports = dict(zip(DEFAULT_PORTS, free_ports(len(DEFAULT_PORTS)), strict=True))
 
     background: list[Background] = []
@@ -232,8 +284,8 @@ def test_quickstart_runs_as_written(tmp_path):
 
     try:
         for block in blocks:
-            if block.directive.startswith("skip"):
-                continue
+            if block.directive.startswith(("skip", _SOURCE)):
+                continue  # the source checkout block ran above (source mode only)
             text = rewrite_ports(block.text, ports)
             ready, retry = _READY.match(block.directive), _RETRY.match(block.directive)
             if block.directive and not (ready or retry):

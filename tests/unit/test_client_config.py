@@ -4,6 +4,7 @@ search order and precedence (client-knife.md §A.5, docs-spec.md §3, §8, §10.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -323,7 +324,8 @@ def test_every_ignored_key_is_accepted():
         ("node_name $host", 1, "global variables"),
         ("node_name 'a' if true", 1, "after the value"),
         ("show_time false", 1, "Mixlib::Log::Formatter.show_time"),
-        ("tags ['a']", 1, "only in the TOML form"),
+        ("attributes({'a' => 'b'})", 1, "only in the TOML form"),
+        ("environment = 'prod'", 1, "local variable assignment"),
         ("=begin\nnever closed", 1, "=begin without =end"),
         ("max_body_size 09", 1, "malformed number"),
         ("node_name 'a' ; \n x", 2, "unknown setting 'x'"),
@@ -434,7 +436,7 @@ def test_toml_form_equals_ruby_form():
             assert getattr(from_toml, name) == getattr(from_ruby, name), name
 
 
-def test_toml_node_record_and_ignored_keys():
+def test_toml_node_record():
     config = parse_config(
         'environment = "production"\ntags = ["web"]\nroles = ["base"]\n'
         '[attributes]\nrack = "r1"\n[attributes.push]\nzone = 3\n',
@@ -442,7 +444,37 @@ def test_toml_node_record_and_ignored_keys():
     )
     assert config.node_attributes == {"rack": "r1", "push": {"zone": 3}}
     assert config.tags == ("web",) and config.roles == ("base",)
-    assert config.ignored == ("environment",)
+    assert config.chef_environment == "production" and config.ignored == ()
+
+
+def test_ruby_node_record_settings():
+    """Chef's ``environment`` (no longer ignored) and pushy's ``roles``/``tags``, in the Ruby
+    form; flags (lists, as argparse's append gives them) replace the file's values."""
+    text = "environment 'prod'\nroles ['web', 'db-1']\ntags(['canary', 'rack 4'])\n"
+    config = ruby(text)
+    assert config.chef_environment == "prod" and config.ignored == ()
+    assert config.roles == ("web", "db-1") and config.tags == ("canary", "rack 4")
+    assert ruby("").chef_environment == "_default" and ruby("").roles == ()
+    flags = {"environment": "staging", "roles": ["lb"], "tags": None}
+    config = ruby(text, flags)
+    assert (config.chef_environment, config.roles) == ("staging", ("lb",))
+    assert config.tags == ("canary", "rack 4")
+    assert ruby("environment nil").chef_environment == "_default"
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("environment 'pro d'", "environment must be a name of letters, digits, _ and -"),
+        ("environment :prod", "environment must be a name of letters, digits, _ and -"),
+        ("roles 'web'", "roles must be an array of strings"),
+        ("roles ['web', 'a/b']", "roles must be a name of letters, digits, _ and -"),
+        ("tags [1]", "tags must be an array of strings"),
+    ],
+)
+def test_ruby_node_record_settings_bad(text, words):
+    err = error_of(text)
+    assert err.line == 1 and err.message.startswith(words), str(err)
 
 
 def test_toml_regex_keys_and_flags():
@@ -572,7 +604,12 @@ def test_org_missing(url):
     config = ruby(f"chef_server_url '{url}'")
     with pytest.raises(ConfigError) as info:
         _ = config.org
-    assert info.value.message == "chef_server must end in /organizations/ORG_NAME"
+    said = (
+        "chef_server_url is not set"
+        if url == "https://localhost:443"
+        else f"chef_server_url '{url}' names no organization"
+    )
+    assert info.value.message == f"{said}: it must end in /organizations/ORG_NAME"
     assert info.value.path == "/etc/chef/push-jobs-client.rb"
 
 
@@ -634,3 +671,11 @@ def test_lower_case_environment_lines_from_the_cookbook_are_exported():
         "http_proxy": "http://proxy:3128",
         "no_proxy": "localhost",
     }
+
+
+def test_the_packaged_example_reads_with_its_search_settings():
+    """packaging/debian/push-jobs-client.rb (shipped in /usr/share/doc/pushy-client/examples)."""
+    example = Path(__file__).resolve().parents[2] / "packaging/debian/push-jobs-client.rb"
+    config = load_config(str(example), {})
+    assert (config.org, config.node_name, config.chef_environment) == ("acme", "web1", "prod")
+    assert (config.roles, config.tags, config.ignored) == (("web",), ("canary",), ())

@@ -279,3 +279,80 @@ def test_verified_body_without_the_session_key_takes_only_rsa(keys):
         channel.verified_body(conn, stale)  # the config's max_message_skew
     rsa_signed = wire.rsa_frames(server_key, body)
     assert channel.verified_body(conn, rsa_signed, session_key=False)["type"] == "heartbeat"
+
+
+def test_a_401_is_a_refusal_with_the_server_s_words(keys):
+    node_key, _ = keys
+    body = {"error": ["Invalid signature for user or client 'node1'"]}
+    with pytest.raises(fetch.Refused) as info:
+        fetch.connection_from_answer(401, body, node_key, allow_unencrypted=False, node=NODE)
+    assert str(info.value) == "HTTP 401: Invalid signature for user or client 'node1'"
+    assert isinstance(info.value, ValueError)  # retried like any answer worth retrying
+
+
+@pytest.mark.parametrize(
+    ("said", "words"),
+    [
+        (
+            "Invalid signature for user or client 'node1'",
+            "The server does not know the key in /k.pem: give the client a new key on a "
+            "workstation with `pushy admin client rotate-key node1 -o acme --key-file FILE` "
+            "and copy FILE to /k.pem, or copy the node's right key to /k.pem",
+        ),
+        (
+            "Failed to authenticate as 'node1'. Ensure that your node_name and client key "
+            "are correct.",
+            "The server has no client named 'node1' in organization 'acme': create it",
+        ),
+        (
+            "Failed to authenticate as node1. Synchronize the clock on your host.",
+            "clock is more than 15 minutes away",
+        ),
+    ],
+)
+def test_refusal_advice_says_what_to_fix(said, words):
+    text = fetch.refusal_advice(
+        fetch.Refused([said]),
+        node=NODE,
+        org="acme",
+        server_url="http://s/organizations/acme",
+        key_file="/k.pem",
+    )
+    assert text.startswith(
+        f"The server http://s/organizations/acme refuses node 'node1' (HTTP 401: {said}). "
+    )
+    assert words in text
+
+
+async def test_a_refusal_is_explained_once_then_short_lines(autojump_clock, monkeypatch, caplog):
+    """The full explanation at the first refusal and again every EXPLAIN_EVERY_SECONDS; one
+    short WARNING line for each retry in between; the retries keep backing off."""
+    monkeypatch.setattr(channel.random, "random", lambda: 0.0)
+    stopping = trio.Event()
+    start = trio.current_time()
+
+    async def refused() -> Any:
+        if trio.current_time() - start > fetch.EXPLAIN_EVERY_SECONDS + 300:
+            stopping.set()
+        raise fetch.Refused(["Invalid signature for user or client 'node1'"])
+
+    with caplog.at_level(logging.INFO, logger="pushy.client"):
+        got = await fetch.fetch_until_it_works(
+            refused, NODE, stopping, lambda exc: f"EXPLAINED {exc}"
+        )
+    assert got is None
+    records = [(r.levelname, r.getMessage()) for r in caplog.records]
+    full = [i for i, (level, _) in enumerate(records) if level == "ERROR"]
+    assert [records[i][1] for i in full] == [
+        "[node1] Could not download push jobs config: EXPLAINED HTTP 401: Invalid signature "
+        "for user or client 'node1'"
+    ] * 2
+    between = records[full[0] + 1 : full[1]]
+    assert {level for level, _ in between} == {"WARNING"}
+    assert between[0][1] == (
+        "[node1] still refused (HTTP 401: Invalid signature for user or client 'node1'); "
+        "retrying in 2 s"
+    )
+    assert between[-1][1].endswith("retrying in 120 s")
+    # 1+2+4+...+64 s, then every 120 s: about 20 retries in 30 minutes
+    assert 15 <= len(between) <= 25, records
