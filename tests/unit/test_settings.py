@@ -63,6 +63,13 @@ CASES: dict[str, tuple[object, object, object, list[object], list[object]]] = {
     ),
     "store_password_file": (None, "/etc/pushy/db.pw", "/etc/pushy/db.pw", [1, True], ["db.pw"]),
     "lease_timeout": (10.0, 3, 3.0, ["10", True], [0, 0.5, 3601, math.nan]),
+    "metrics_allow": (
+        ("127.0.0.0/8", "::1/128"),
+        ["10.0.0.0/8", "192.0.2.7", " fd00::/8 "],
+        ("10.0.0.0/8", "192.0.2.7/32", "fd00::/8"),
+        ["127.0.0.0/8", [1], "", True, {}],
+        [["10.0.0.1/8"], ["localhost"], ["10.0.0.0/33"], [""]],
+    ),
 }
 
 
