@@ -32,9 +32,7 @@ server = server_fixture("metrics", keep_alive_time=1, wait_complete_time=0.5)
 def fleet(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClientFleet]:
     f = ClientFleet(server, ORG, tmp_path_factory.mktemp("metrics-clients"))
     try:
-        for name in NODES:
-            f.add(name, whitelist=WHITELIST)
-        f.wait_available(*NODES)
+        f.add_available(NODES, whitelist=WHITELIST)
         yield f
     finally:
         f.close()
@@ -134,8 +132,7 @@ def test_nodes_heartbeats_and_config_fetches(server: Server, fleet: ClientFleet)
 
 
 def test_a_stopped_node_is_counted_offline(server: Server, fleet: ClientFleet) -> None:
-    fleet.add("gone", whitelist=WHITELIST)
-    fleet.wait_available("gone")
+    fleet.add_available(["gone"], whitelist=WHITELIST)
     assert nodes(Scrape(server), "online", "available") == len(NODES) + 1
     fleet.clients.pop("gone").kill()
     wait_for(
