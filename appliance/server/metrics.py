@@ -114,7 +114,7 @@ class PushyCollector:
         )
         lost = CounterMetricFamily(
             "pushy_node_messages_dropped",
-            "Node messages dropped, by reason (bad signature, clock skew, unknown node, ...).",
+            "Node messages dropped, by reason (bad_signature, bad_timestamp, ...).",
             labels=["reason"],
         )
         for reason, n in sorted(dropped.items()):
