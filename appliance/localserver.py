@@ -104,9 +104,7 @@ class LocalServer(ManagedProcess):
 
     def launch(self, *extra: str) -> None:
         """Start the process (its settings written to its config file) without waiting."""
-        self.config_path.write_text(
-            "".join(f"{k} = {json.dumps(v)}\n" for k, v in self.settings.items())
-        )
+        self._write_config()
         self.ready_path.unlink(missing_ok=True)
         command = [*pushy_command(), "server", "--config", str(self.config_path)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
@@ -118,6 +116,18 @@ class LocalServer(ManagedProcess):
                 cwd=self.cwd,
                 env=env,
             )
+
+    def reload(self, **settings: Any) -> None:
+        """Change settings in the config file and tell the running server (SIGHUP)."""
+        assert self.proc is not None
+        self.settings.update(settings)
+        self._write_config()
+        self.proc.send_signal(signal.SIGHUP)
+
+    def _write_config(self) -> None:
+        self.config_path.write_text(
+            "".join(f"{k} = {json.dumps(v)}\n" for k, v in self.settings.items())
+        )
 
     def start(self, *extra: str) -> LocalServer:
         """Start and wait until ready; raises RuntimeError (with the log) if it is not."""

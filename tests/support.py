@@ -529,6 +529,13 @@ class ClientFleet:
             client.start(*flags, env=env, program=program)
         return client
 
+    def add_available(self, names: Iterable[str], **options: Any) -> None:
+        """Register and start a client for each of ``names``; wait until all are available."""
+        names = list(names)
+        for name in names:
+            self.add(name, **options)
+        self.wait_available(*names)
+
     def states(self) -> dict[str, str]:
         """node name → availability, as the server lists them."""
         r = self.admin.get(f"/organizations/{self.org}/pushy/node_states")

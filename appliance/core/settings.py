@@ -22,7 +22,7 @@ Decisions:
   ``log_level``, ``voting_timeout``, ``default_running_timeout``, ``wait_complete_time``,
   ``keep_alive_time``, ``org_feed_expiration``, ``max_time_skew``, ``config_lifetime``,
   ``session_key_grace``, ``validate_client_node_name``, ``job_retention_days``,
-  ``rehab_timer`` and ``server_name``; each is read where it is used, so it applies to the
+  ``rehab_timer``, ``server_name`` and ``metrics_allow``; each is read where it is used, so it applies to the
   next job, request, message or timer (a new ``server_name``, checked again at every reload,
   goes into the configs fetched and the job commits sent after it; nodes already connected
   keep their connection until they fetch a config again). Every other key (ports, addresses,
@@ -43,6 +43,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+
+from appliance.core.netallow import parse_networks
 
 __all__ = [
     "IGNORED_KEYS",
@@ -128,6 +130,8 @@ class Settings:
     # HTTPS on the API port (both or neither; docs/operations.md "HTTPS")
     api_tls_cert: str | None = None
     api_tls_key: str | None = None
+    # who may read GET /metrics (no Chef signing: Prometheus cannot sign); empty: no /metrics
+    metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
     @property
     def store_url(self) -> str | None:
@@ -271,6 +275,16 @@ def _store(key: str, value: Any) -> str:
     raise _fail(key, '"file" or a PostgreSQL URL (postgresql://USER@HOST:PORT/DB)', value)
 
 
+def _networks(key: str, value: Any) -> tuple[str, ...]:
+    what = 'an array of CIDR networks, e.g. ["127.0.0.0/8", "::1/128"]'
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _fail(key, what, value)
+    try:
+        return tuple(str(network) for network in parse_networks(value))
+    except ValueError as exc:
+        raise SettingsError(key, f"setting {key!r} must be {what}: {exc}") from None
+
+
 def _log_level(key: str, value: Any) -> str:
     if not isinstance(value, str) or value.lower() not in _LOG_LEVELS:
         raise _fail(key, "one of " + ", ".join(_LOG_LEVELS), value)
@@ -324,6 +338,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "lease_timeout": _number("a number from 1 to 3600", lambda v: 1 <= v <= 3600),
     "api_tls_cert": _abs_path,
     "api_tls_key": _abs_path,
+    "metrics_allow": _networks,
 }
 _PORT_KEYS = ("server_heartbeat_port", "command_port", "api_port", "edge_link_port")
 
@@ -387,6 +402,7 @@ LIVE_KEYS = frozenset(
         "job_retention_days",
         "rehab_timer",
         "server_name",
+        "metrics_allow",
     }
 )
 #: Live while HTTPS stays on (the certificate is loaded again), restart-only to turn it on/off.

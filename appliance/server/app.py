@@ -15,6 +15,7 @@ from appliance.core.settings import Settings
 from appliance.server import (
     feed_routes,
     identity_routes,
+    metrics,
     openapi,
     pushy_routes,
     search_routes,
@@ -42,6 +43,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app.register_blueprint(ws_routes.blueprint(ctx))
     app.register_blueprint(identity_routes.blueprint(ctx))
     app.register_blueprint(search_routes.blueprint(ctx))
+    app.register_blueprint(metrics.blueprint(ctx))
 
     @app.before_request
     async def read_body_first() -> None:

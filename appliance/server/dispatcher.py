@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -99,6 +100,8 @@ class Dispatcher:
         # a node that got ``run`` is then always counted in the window, even after a kill -9
         self._runs_after_sync: list[tuple[int, NodeKey, str]] = []
         self._runs_due = trio.Event()
+        # told of each job as it finishes (GET /metrics: the job duration histogram)
+        self.on_job_finished: Callable[[jobfsm.Job], None] | None = None
 
     # Inputs from the sockets and timers ------------------------------------------------------
     def node_message(self, key: NodeKey, address: bytes, body: dict[str, Any], now: float) -> None:
@@ -257,6 +260,7 @@ class Dispatcher:
         job = self.state.jobs[job_id]
         self.live.add(job)
         self._publish(job, 0, self._org_events_of(job, org_events_before))
+        self._finished(job, step)  # e.g. quorum_failed at once: no node available
         self._run(job, step.effects, now)
         return job
 
@@ -317,9 +321,20 @@ class Dispatcher:
                     if text:
                         self._publish_output(job, node, stream, 0, text, now)
         self._publish(job, first_new, self.state.note_job_events(job, first_new))
+        self._finished(job, step)
         self._run(job, step.effects, now)
         self.live.poke(job.id)
         return seq
+
+    def _finished(self, job: jobfsm.Job, step: jobfsm.Step) -> None:
+        """Tell ``on_job_finished`` of a job this step finished (a finished job's status never
+        changes again, so each job is told once)."""
+        if (
+            self.on_job_finished is not None
+            and jobfsm.job_finished(job)
+            and any(change[0] == "status" for change in step.changes)
+        ):
+            self.on_job_finished(job)
 
     def _run(self, job: jobfsm.Job | None, effects: list, now: float) -> None:
         """Queue effects and, unless a drain is already under way further up, drain the queue."""

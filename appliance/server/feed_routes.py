@@ -122,7 +122,7 @@ async def job_feed(ctx: ServerContext, org: str, job_id: str, *, stalls: StallWa
     if job_id not in ctx.live:
         data = {"timestamp": render.sse_timestamp(ctx.clock.now()), **render.job_detail(job)}
         return _stream_response(render.sse_event("summary", "job-1", data))
-    sub = ctx.hub.subscribe(("job", job_id))
+    sub = ctx.hub.subscribe(("job", job_id), "sse")
     start = _after_id(request.headers.get("Last-Event-ID"), "job-", len(job.events))
     backlog = list(job.events[start:])
 
@@ -171,7 +171,7 @@ async def org_feed(ctx: ServerContext, org: str, *, stalls: StallWatch) -> Respo
     s = ctx.settings
     await reader(ctx, org)
     require_accept(EVENT_STREAM)
-    sub = ctx.hub.subscribe(("org", org))
+    sub = ctx.hub.subscribe(("org", org), "sse")
     now = ctx.clock.now()
     horizon = now - s.org_feed_expiration
     buffered = [e for e in ctx.state.org_events if e.org == org and e.t >= horizon]

@@ -6,7 +6,7 @@ with ``Last-Event-ID`` (the job feed replays from the job's event list).
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,25 +31,28 @@ class Subscriber:
     send: trio.MemorySendChannel
     receive: trio.MemoryReceiveChannel
     dropped: bool = False
+    kind: str = ""  # what reads it: "sse", "websocket" (GET /metrics counts them)
 
 
 @dataclass
 class Hub:
     topics: dict[Any, set[Subscriber]] = field(default_factory=lambda: defaultdict(set))
 
-    def subscribe(self, topic: Any) -> Subscriber:
+    def subscribe(self, topic: Any, kind: str = "") -> Subscriber:
         send, receive = trio.open_memory_channel(SUBSCRIBER_BUFFER)
-        sub = Subscriber(send, receive)
+        sub = Subscriber(send, receive, kind=kind)
         self.topics[topic].add(sub)
         return sub
 
-    def subscribe_many(self, topics: Iterable[Any], buffer: int = SUBSCRIBER_BUFFER) -> Subscriber:
+    def subscribe_many(
+        self, topics: Iterable[Any], buffer: int = SUBSCRIBER_BUFFER, kind: str = ""
+    ) -> Subscriber:
         """One subscriber on several topics: one channel, so items keep their publish order.
 
         Dropped from every topic once its buffer is full (the closed channel makes the other
         topics' next publish drop it too); ``unsubscribe`` it from each topic when done."""
         send, receive = trio.open_memory_channel(buffer)
-        sub = Subscriber(send, receive)
+        sub = Subscriber(send, receive, kind=kind)
         for topic in topics:
             self.topics[topic].add(sub)
         return sub
@@ -87,3 +90,10 @@ class Hub:
 
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self.topics.values())
+
+    def readers(self) -> Counter[str]:
+        """Subscribers by kind, each once however many topics it reads."""
+        subs: set[Subscriber] = set()
+        for topic_subs in self.topics.values():
+            subs.update(topic_subs)
+        return Counter(sub.kind for sub in subs)

@@ -76,8 +76,9 @@ RESPONSES: dict[str, Schema] = {
 }
 
 _SIGNING_TEXT = """\
-Every route except /pushy/_status and /pushy/openapi.json needs a request signed the Chef
-way (mixlib-authentication), with the requester's RSA private key (a user's or a client's):
+Every route except /pushy/_status, /pushy/openapi.json and /metrics (allowed by address:
+metrics_allow) needs a request signed the Chef way (mixlib-authentication), with the
+requester's RSA private key (a user's or a client's):
 
 - X-Ops-Userid: the user or client name.
 - X-Ops-Timestamp: UTC, YYYY-MM-DDTHH:MM:SSZ; must be within 900 s of the server's clock.
@@ -129,7 +130,7 @@ _DOCUMENT: dict[str, Any] = {
             "description": "Chef Server API subset: orgs, users, clients, keys, groups, nodes.",
         },
         {"name": "search", "description": "Chef node search."},
-        {"name": "status", "description": "Unauthenticated health and description."},
+        {"name": "status", "description": "Unauthenticated health, description and metrics."},
     ],
     "security": [{"chefSignedHeaders": []}],
     "paths": {},  # filled from the app's routes by ``document``

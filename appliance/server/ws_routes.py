@@ -166,7 +166,7 @@ class _Stream:
 
     async def run(self) -> None:
         hub = self.ctx.hub
-        sub = hub.subscribe_many(self.topics, BUFFER)
+        sub = hub.subscribe_many(self.topics, BUFFER, "websocket")
         hello = self._hello()  # no checkpoint since subscribing: nothing missed, nothing twice
         close = (CLOSE_GOING_AWAY, "server shutting down")
         try:

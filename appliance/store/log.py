@@ -34,10 +34,12 @@ import errno
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from appliance.core import migrations
+from appliance.core.timings import Timings
 from appliance.store.errors import StorageError, storage_error
 from appliance.store.files import fsync_dir, write_atomically
 from appliance.store.frames import (
@@ -98,6 +100,9 @@ class EventLog:
         self._dirty = False
         self._rollback_error: OSError | None = None  # why the last rollback failed
         self._last_seq = 0
+        # each append's write and its fdatasync (GET /metrics reads them)
+        self.write_timings = Timings()
+        self.sync_timings = Timings()
 
     # -- open and replay -------------------------------------------------------------------
 
@@ -230,13 +235,17 @@ class EventLog:
                 )
         view = memoryview(data)
         try:
+            started = time.perf_counter()
             written = 0
             while written < len(data):  # each pass writes >= 1 byte or raises
                 n = self._write(self._fd, view[written:])
                 if n <= 0:
                     raise OSError(errno.EIO, "write returned no progress")
                 written += n
+            wrote = time.perf_counter()
             self._fdatasync(self._fd)
+            self.write_timings.observe(wrote - started)
+            self.sync_timings.observe(time.perf_counter() - wrote)
         except OSError as exc:
             self._rollback()
             raise storage_error(exc, "appending to the event log", self._segment or "") from exc

@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import psycopg
 
 from appliance.core import migrations
+from appliance.core.timings import Timings
 from appliance.store.errors import LogCorruption, StorageError, UnsupportedFormat
 from appliance.store.replay import OpenReport
 
@@ -145,6 +147,9 @@ class PgLog:
         self._last_seq = 0
         self._since_snapshot = 0  # bytes of the records after the newest snapshot
         self._ready = False
+        # each append's statements and its commit, the file log's write and fdatasync
+        self.write_timings = Timings()
+        self.sync_timings = Timings()
 
     # -- connection ------------------------------------------------------------------------
 
@@ -380,6 +385,7 @@ class PgLog:
             raise Fenced("no lease held")
         conn = self._connection()
         try:
+            started = time.perf_counter()
             with conn.transaction():
                 self.check_lease(conn)
                 end = conn.execute("SELECT max(seq) FROM pushy_log").fetchone()
@@ -392,6 +398,9 @@ class PgLog:
                         [(seq, self.format, self.epoch, payload) for seq, payload in records],
                     )
                 conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(expect - 1)))
+                wrote = time.perf_counter()
+            self.write_timings.observe(wrote - started)
+            self.sync_timings.observe(time.perf_counter() - wrote)  # the COMMIT
         except Diverged:
             raise  # the lease is still ours: the server reads the log again, then writes on
         except Fenced:

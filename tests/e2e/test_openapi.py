@@ -291,6 +291,7 @@ def admin(server) -> Chef:
 def test_status_and_identity_responses_match(server, admin):
     base = server.url
     check("/pushy/_status", httpx.get(f"{base}/pushy/_status", timeout=10))
+    check("/metrics", httpx.get(f"{base}/metrics", timeout=10), 200)  # text/plain
     r = admin.post("/organizations", {"name": "idorg", "full_name": "Id Org"})
     check("/organizations", r)
     check("/organizations", admin.post("/organizations", {"name": "idorg", "full_name": "x"}), 409)

@@ -66,6 +66,13 @@ CASES: dict[str, tuple[object, object, object, list[object], list[object]]] = {
     "lease_timeout": (10.0, 3, 3.0, ["10", True], [0, 0.5, 3601, math.nan]),
     "api_tls_cert": (None, "/etc/pushy/tls/a.crt", "/etc/pushy/tls/a.crt", [1, True], ["a.crt"]),
     "api_tls_key": (None, "/etc/pushy/tls/a.key", "/etc/pushy/tls/a.key", [[], False], ["a.key"]),
+    "metrics_allow": (
+        ("127.0.0.0/8", "::1/128"),
+        ["10.0.0.0/8", "192.0.2.7", " fd00::/8 "],
+        ("10.0.0.0/8", "192.0.2.7/32", "fd00::/8"),
+        ["127.0.0.0/8", [1], "", True, {}],
+        [["10.0.0.1/8"], ["localhost"], ["10.0.0.0/33"], [""]],
+    ),
 }
 
 
