@@ -22,7 +22,7 @@ Decisions:
   ``log_level``, ``voting_timeout``, ``default_running_timeout``, ``wait_complete_time``,
   ``keep_alive_time``, ``org_feed_expiration``, ``max_time_skew``, ``config_lifetime``,
   ``session_key_grace``, ``validate_client_node_name``, ``job_retention_days``,
-  ``rehab_timer`` and ``server_name``; each is read where it is used, so it applies to the
+  ``rehab_timer``, ``server_name`` and ``dashboard_session_lifetime``; each is read where it is used, so it applies to the
   next job, request, message or timer (a new ``server_name``, checked again at every reload,
   goes into the configs fetched and the job commits sent after it; nodes already connected
   keep their connection until they fetch a config again). Every other key (ports, addresses,
@@ -119,6 +119,8 @@ class Settings:
     store: str = "file"
     store_password_file: str | None = None  # the database password, alone in the file
     lease_timeout: float = 10.0  # seconds a silent active keeps the lease (PostgreSQL store)
+    # the web dashboard: how long a session (its cookie) lasts after the log-in link is used
+    dashboard_session_lifetime: float = 43200.0
 
     @property
     def store_url(self) -> str | None:
@@ -306,6 +308,9 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "store": _store,
     "store_password_file": _abs_path,
     "lease_timeout": _number("a number from 1 to 3600", lambda v: 1 <= v <= 3600),
+    "dashboard_session_lifetime": _number(
+        "a number from 60 to 2592000 (30 days)", lambda v: 60 <= v <= 2_592_000
+    ),
 }
 _PORT_KEYS = ("server_heartbeat_port", "command_port", "api_port", "edge_link_port")
 
@@ -369,6 +374,7 @@ LIVE_KEYS = frozenset(
         "job_retention_days",
         "rehab_timer",
         "server_name",
+        "dashboard_session_lifetime",
     }
 )
 

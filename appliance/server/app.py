@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from appliance.core.settings import Settings
 from appliance.server import (
+    dashboard_routes,
     feed_routes,
     identity_routes,
     openapi,
@@ -42,6 +43,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app.register_blueprint(ws_routes.blueprint(ctx))
     app.register_blueprint(identity_routes.blueprint(ctx))
     app.register_blueprint(search_routes.blueprint(ctx))
+    app.register_blueprint(dashboard_routes.blueprint(ctx))
 
     @app.before_request
     async def read_body_first() -> None:

@@ -13,6 +13,7 @@ from appliance.core.keys import load_public_pem, public_pem
 from appliance.core.nodes import NodeKey
 from appliance.core.settings import Settings
 from appliance.core.state import State
+from appliance.core.websessions import SessionBook
 from appliance.server.advertise import Advertiser
 from appliance.server.clock import Clock
 from appliance.server.dispatcher import Dispatcher
@@ -46,6 +47,8 @@ class ServerContext:
     shutdown: trio.Event = field(default_factory=trio.Event)
     lease: LeaseKeeper | None = None  # a PostgreSQL store's active: its lease
     ports: dict[str, int] = field(default_factory=dict)
+    # the web dashboard's log-in links and sessions (in memory: a restart ends them)
+    sessions: SessionBook = field(default_factory=SessionBook)
 
     @property
     def live(self) -> LiveJobs:

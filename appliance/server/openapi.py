@@ -130,6 +130,11 @@ _DOCUMENT: dict[str, Any] = {
         },
         {"name": "search", "description": "Chef node search."},
         {"name": "status", "description": "Unauthenticated health and description."},
+        {
+            "name": "dashboard",
+            "description": "The web dashboard: its pages, log-in links and sessions "
+            "(docs/dashboard.md).",
+        },
     ],
     "security": [{"chefSignedHeaders": []}],
     "paths": {},  # filled from the app's routes by ``document``
@@ -159,7 +164,19 @@ _DOCUMENT: dict[str, Any] = {
                     },
                     "max_clock_skew_seconds": 900,
                 },
-            }
+            },
+            "dashboardSession": {
+                "type": "apiKey",
+                "in": "cookie",
+                "name": "pushy_session",
+                "description": "The web dashboard's session (docs/dashboard.md), opened by "
+                "POST /pushy/dashboard/session with a one-time log-in link's token. Accepted "
+                "by the routes that list it, as the session's user, with the same permission "
+                "checks as a signed request; only when the request has no "
+                "X-Ops-Authorization-1. Writes (POST, PUT, DELETE) also need the session's "
+                "X-CSRF-Token header and an Origin equal to the server's own (403 otherwise); "
+                "a websocket handshake needs that Origin.",
+            },
         },
     },
 }

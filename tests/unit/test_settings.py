@@ -63,6 +63,7 @@ CASES: dict[str, tuple[object, object, object, list[object], list[object]]] = {
     ),
     "store_password_file": (None, "/etc/pushy/db.pw", "/etc/pushy/db.pw", [1, True], ["db.pw"]),
     "lease_timeout": (10.0, 3, 3.0, ["10", True], [0, 0.5, 3601, math.nan]),
+    "dashboard_session_lifetime": (43200.0, 3600, 3600.0, ["12h", True], [59, 2_592_001]),
 }
 
 
