@@ -26,7 +26,7 @@ function h(tag, attrs, ...children) {
     else if (key === "dataset") Object.assign(el.dataset, value);
     else el.setAttribute(key, value === true ? "" : String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     el.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -104,6 +104,10 @@ function debounce(fn, ms) {
 
 async function start() {
   document.getElementById("logout").addEventListener("click", logout);
+  // a log-in link opened in a tab that shows the dashboard already: start over with it
+  window.addEventListener("hashchange", () => {
+    if (location.hash.startsWith("#login=")) location.reload();
+  });
   const hash = location.hash;
   if (hash.startsWith("#login=")) {
     // the token came in the fragment (never sent to a server); spend it, then forget it
