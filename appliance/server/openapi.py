@@ -76,8 +76,8 @@ RESPONSES: dict[str, Schema] = {
 }
 
 _SIGNING_TEXT = """\
-Every route except /pushy/_status and /pushy/openapi.json needs a request signed the Chef
-way (mixlib-authentication), with the requester's RSA private key (a user's or a client's):
+Every route except /pushy/_status, /pushy/openapi.json and the web dashboard's page and
+session routes needs a request signed the Chef way (mixlib-authentication), with the requester's RSA private key (a user's or a client's):
 
 - X-Ops-Userid: the user or client name.
 - X-Ops-Timestamp: UTC, YYYY-MM-DDTHH:MM:SSZ; must be within 900 s of the server's clock.
