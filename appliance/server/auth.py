@@ -30,6 +30,7 @@ SESSION_COOKIE = "pushy_session"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SESSION_ENDED = "no dashboard session (it ended or was never opened): log in again"
+CHALLENGE = {"WWW-Authenticate": chefauth.WWW_AUTHENTICATE}  # on every 401, as §6.1 has it
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def verify_session(
     found = ctx.sessions.find(cookies[SESSION_COOKIE], now=ctx.clock.now())
     user = ctx.state.identity.users.get(found.user) if found is not None else None
     if found is None or user is None:
-        fail(401, error_list(SESSION_ENDED))
+        fail(401, error_list(SESSION_ENDED), CHALLENGE)
     if method not in SAFE_METHODS and headers.get("Origin") != own_origin(headers, scheme):
         fail(403, error_list("cross-site request refused: Origin is not this server"))
     if method not in SAFE_METHODS and method != "WEBSOCKET":

@@ -31,6 +31,7 @@ from appliance.core.schemacheck import first_problem
 from appliance.core.websessions import Grant, Session
 from appliance.server.apidoc import json_reply, operation, path_param, ref, register, request_body
 from appliance.server.auth import (
+    CHALLENGE,
     SAFE_METHODS,
     SESSION_COOKIE,
     SESSION_ENDED,
@@ -186,7 +187,11 @@ async def open_session(ctx: ServerContext) -> Response:
     grant = ctx.sessions.redeem(body["token"], now=now)
     if grant is None or grant.user not in ctx.state.identity.users:
         log.warning("a dashboard log-in link was refused: unknown, already used or expired")
-        fail(401, error_list("this log-in link is unknown, used or expired: ask for a new one"))
+        fail(
+            401,
+            error_list("this log-in link is unknown, used or expired: ask for a new one"),
+            CHALLENGE,
+        )
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     lifetime = ctx.settings.dashboard_session_lifetime
     session = ctx.sessions.open(token, csrf, grant, now=now, ttl=lifetime)
@@ -233,7 +238,7 @@ async def open_session(ctx: ServerContext) -> Response:
 async def session(ctx: ServerContext) -> Response:
     cookies = request.cookies
     if not by_session(request.headers, cookies):
-        fail(401, error_list(SESSION_ENDED))
+        fail(401, error_list(SESSION_ENDED), CHALLENGE)
     method = request.method
     verify_session(ctx, None, request.headers, cookies, method, request.scheme)
     token = cookies[SESSION_COOKIE]
