@@ -16,14 +16,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, ClientFleet, Server, new_user, set_group
+from tests.support import ClientFleet, Server, new_user, pushy_as_pivotal, set_group
 
 pytest.importorskip("playwright")
 from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
@@ -89,23 +87,7 @@ def shots(tmp_path) -> Path:
 
 def login_link(fleet: ClientFleet, user: str) -> str:
     """A link made as an operator makes it: ``pushy admin login-link`` signed as pivotal."""
-    server = fleet.server
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PUSHY_", "CHEF_"))}
-    env.update(
-        PUSHY_SERVER_URL=server.url,
-        PUSHY_USER="pivotal",
-        PUSHY_KEY=str(server.pivotal_key),
-        PYTHONPATH=str(REPO),
-        HOME=str(server.state_dir),
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "appliance", "admin", "login-link", user, "--org", ORG],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    done = pushy_as_pivotal(fleet.server, "admin", "login-link", user, "--org", ORG)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 

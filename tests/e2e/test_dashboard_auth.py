@@ -9,9 +9,6 @@ requests. The browser journey is tests/e2e/test_dashboard.py.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from http.cookies import SimpleCookie
 
@@ -20,7 +17,15 @@ import pytest
 import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
-from tests.support import REPO, Chef, error_of, new_user, server_fixture, set_group, setup_org
+from tests.support import (
+    Chef,
+    error_of,
+    new_user,
+    pushy_as_pivotal,
+    server_fixture,
+    set_group,
+    setup_org,
+)
 
 server = server_fixture("dashboard-auth")
 ORG = "dash"
@@ -281,27 +286,8 @@ def test_the_page_forbids_inline_scripts_and_framing(server):
         assert httpx.get(f"{server.url}/dashboard/{name}").status_code == 404
 
 
-def _pushy(server, *argv: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PUSHY_", "CHEF_"))}
-    env.update(
-        PUSHY_SERVER_URL=server.url,
-        PUSHY_USER="pivotal",
-        PUSHY_KEY=str(server.pivotal_key),
-        PYTHONPATH=str(REPO),
-        HOME=str(server.state_dir),
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "appliance", *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
-
-
 def test_the_admin_command_prints_a_link_that_logs_in(server, users):
-    done = _pushy(server, "admin", "login-link", "rita", "--org", ORG, "--ttl", "120")
+    done = pushy_as_pivotal(server, "admin", "login-link", "rita", "--org", ORG, "--ttl", "120")
     assert done.returncode == 0, done.stderr
     url = done.stdout.strip()
     assert url.startswith(f"{server.url}/#login=") and "\n" not in url
@@ -309,10 +295,10 @@ def test_the_admin_command_prints_a_link_that_logs_in(server, users):
     browser = Browser(server.url)
     r = browser.login(url.split("#login=", 1)[1])
     assert r.status_code == 200 and r.json()["user"] == "rita"
-    done = _pushy(server, "admin", "login-link", "rita", "--org", ORG, "-F", "json")
+    done = pushy_as_pivotal(server, "admin", "login-link", "rita", "--org", ORG, "-F", "json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["url"].startswith(f"{server.url}/#login=")
-    done = _pushy(server, "admin", "login-link", "rita", "--ttl", "0")
+    done = pushy_as_pivotal(server, "admin", "login-link", "rita", "--ttl", "0")
     assert done.returncode == 100 and "--ttl" in done.stderr
-    done = _pushy(server, "admin", "login-link", "nobody", "--org", ORG)
+    done = pushy_as_pivotal(server, "admin", "login-link", "nobody", "--org", ORG)
     assert done.returncode == 100 and "nobody" in done.stderr
