@@ -257,7 +257,7 @@ SCHEMAS: dict[str, Schema] = {
                 "only one).",
             },
             "ttl": {
-                "type": "integer",
+                "type": "number",
                 "minimum": 1,
                 "maximum": 3600,
                 "description": "Seconds the link stays valid (default 300).",
