@@ -302,3 +302,21 @@ def test_the_admin_command_prints_a_link_that_logs_in(server, users):
     assert done.returncode == 100 and "--ttl" in done.stderr
     done = pushy_as_pivotal(server, "admin", "login-link", "nobody", "--org", ORG)
     assert done.returncode == 100 and "nobody" in done.stderr
+
+
+def test_no_token_reaches_the_server_log(server, users):
+    """Links, session cookies and CSRF tokens are credentials: the log names users only."""
+    token = link(users["admin"], "wendy", org=ORG)
+    browser = Browser(server.url)
+    assert browser.login(token).status_code == 200
+    cookie = browser.http.cookies["pushy_session"]
+    assert (
+        browser.write("POST", JOBS, {"command": "chef-client", "nodes": ["n9"]}).status_code == 201
+    )
+    assert browser.write("DELETE", SESSION).status_code == 200
+    assert Browser(server.url).login(token).status_code == 401  # a refused reuse is logged too
+    log = server.log()
+    assert "dashboard session opened for wendy" in log  # the log does say what happened
+    assert "dashboard session of wendy (org dash) closed" in log
+    for secret in (token, cookie, browser.csrf):
+        assert secret not in log
