@@ -213,3 +213,4 @@ def test_a_reader_sees_jobs_but_no_control_and_its_writes_are_refused(fleet, bro
     finally:
         page.context.close()
         fleet.admin.post(f"/organizations/{ORG}/pushy/jobs/{live}/abort")
+        fleet.wait_available("n1")  # ready for the next test, whatever the order
