@@ -252,6 +252,20 @@ def setup_org(
     return admin, keys
 
 
+def pushy_as_pivotal(server: Server, *argv: str) -> subprocess.CompletedProcess:
+    """``pushy ARGV`` in a subprocess, signed as the superuser, configured by nothing else."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PUSHY_", "CHEF_"))}
+    env.update(
+        PUSHY_SERVER_URL=server.url,
+        PUSHY_USER="pivotal",
+        PUSHY_KEY=str(server.pivotal_key),
+        PYTHONPATH=str(REPO),
+        HOME=str(server.state_dir),
+    )
+    command = [sys.executable, "-m", "appliance", *argv]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
+
+
 def error_of(r: httpx.Response) -> object:
     """The ``error`` of a JSON error body."""
     assert r.headers["content-type"].startswith("application/json"), (r.status_code, r.text)

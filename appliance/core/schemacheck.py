@@ -173,6 +173,10 @@ def fits(schema: Schema, value: Any) -> bool:
                 len(value) >= want if key == "minLength" else len(value) <= want
             ):
                 return False
+        elif key in ("minimum", "maximum"):
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if number and not (value >= want if key == "minimum" else value <= want):
+                return False
         elif key == "items":
             if isinstance(value, list) and not all(fits(want, v) for v in value):
                 return False

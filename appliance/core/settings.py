@@ -22,7 +22,7 @@ Decisions:
   ``log_level``, ``voting_timeout``, ``default_running_timeout``, ``wait_complete_time``,
   ``keep_alive_time``, ``org_feed_expiration``, ``max_time_skew``, ``config_lifetime``,
   ``session_key_grace``, ``validate_client_node_name``, ``job_retention_days``,
-  ``rehab_timer``, ``server_name`` and ``metrics_allow``; each is read where it is used, so it applies to the
+  ``rehab_timer``, ``server_name``, ``metrics_allow`` and ``dashboard_session_lifetime``; each is read where it is used, so it applies to the
   next job, request, message or timer (a new ``server_name``, checked again at every reload,
   goes into the configs fetched and the job commits sent after it; nodes already connected
   keep their connection until they fetch a config again). Every other key (ports, addresses,
@@ -132,6 +132,8 @@ class Settings:
     api_tls_key: str | None = None
     # who may read GET /metrics (no Chef signing: Prometheus cannot sign); empty: no /metrics
     metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # the web dashboard: how long a session (its cookie) lasts after the log-in link is used
+    dashboard_session_lifetime: float = 43200.0
 
     @property
     def store_url(self) -> str | None:
@@ -339,6 +341,9 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "api_tls_cert": _abs_path,
     "api_tls_key": _abs_path,
     "metrics_allow": _networks,
+    "dashboard_session_lifetime": _number(
+        "a number from 60 to 2592000 (30 days)", lambda v: 60 <= v <= 2_592_000
+    ),
 }
 _PORT_KEYS = ("server_heartbeat_port", "command_port", "api_port", "edge_link_port")
 
@@ -403,6 +408,7 @@ LIVE_KEYS = frozenset(
         "rehab_timer",
         "server_name",
         "metrics_allow",
+        "dashboard_session_lifetime",
     }
 )
 #: Live while HTTPS stays on (the certificate is loaded again), restart-only to turn it on/off.

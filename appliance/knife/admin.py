@@ -252,6 +252,29 @@ def _group_show(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------
+# The web dashboard
+
+
+def _login_link(args: argparse.Namespace) -> int:
+    if not 1 <= args.ttl <= 3600:
+        raise CliError("--ttl: seconds from 1 to 3600")
+    api = connect(args)
+    body: dict[str, Any] = {"user": args.user_name, "ttl": args.ttl}
+    if api.org:
+        body["org"] = api.org
+    reply = api.post("/pushy/dashboard/login_links", body)
+    if args.format == "json":
+        return _out(args, reply)
+    print(reply["url"])
+    _note(
+        f"Open it in a browser by {reply['expires_at']} (UTC); it logs {reply['user']} in to "
+        f"org {reply['org']} once, then stops working. Anyone holding it can use it: send it "
+        "only to that user."
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
 # node-bootstrap
 
 
@@ -422,6 +445,21 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     leaf(groups, "list", _group_list, "list groups")
     p = leaf(groups, "show", _group_show, "show a group's members")
     p.add_argument("group", metavar="GROUP")
+
+    p = objects.add_parser(
+        "login-link",
+        parents=[common],
+        help="print a one-time link that logs USER in to the web dashboard",
+        description="Ask the server for a one-time URL that opens the web dashboard as USER "
+        "(in the org of --org or the configured URL; the user's only org otherwise). The URL "
+        "works once, within --ttl seconds; it becomes a session cookie in the browser that "
+        "opens it. Signed as the configured user: the superuser, or USER itself.",
+    )
+    p.set_defaults(func=_login_link)
+    p.add_argument("user_name", metavar="USER")
+    p.add_argument(
+        "--ttl", type=int, default=300, metavar="SECONDS", help="how long the link works (300)"
+    )
 
     p = objects.add_parser(
         "node-bootstrap",

@@ -109,6 +109,7 @@ class Operation:
     signed: bool = True
     writes: bool = False
     websocket: bool = False
+    session: bool = False  # the web dashboard's session cookie is accepted too
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> Schema:
@@ -129,6 +130,8 @@ class Operation:
         out["responses"] = dict(sorted(merged.items()))
         if not self.signed:
             out["security"] = []
+        elif self.session:
+            out["security"] = [{"chefSignedHeaders": []}, {"dashboardSession": []}]
         out.update(self.extra)
         return out
 

@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from appliance.core.settings import Settings
 from appliance.server import (
+    dashboard_routes,
     feed_routes,
     identity_routes,
     metrics,
@@ -44,6 +45,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app.register_blueprint(identity_routes.blueprint(ctx))
     app.register_blueprint(search_routes.blueprint(ctx))
     app.register_blueprint(metrics.blueprint(ctx))
+    app.register_blueprint(dashboard_routes.blueprint(ctx))
 
     @app.before_request
     async def read_body_first() -> None:

@@ -15,6 +15,7 @@ from appliance.core.nodes import NodeKey
 from appliance.core.servedfetches import ServedFetches
 from appliance.core.settings import Settings
 from appliance.core.state import State
+from appliance.core.websessions import SessionBook
 from appliance.server.advertise import Advertiser
 from appliance.server.clock import Clock
 from appliance.server.dispatcher import Dispatcher
@@ -53,6 +54,8 @@ class ServerContext:
     served_fetches: ServedFetches = field(default_factory=lambda: ServedFetches(DEFAULT_SKEW))
     fetches_in_flight: dict[bytes, trio.Event] = field(default_factory=dict)
     tls: ServerTls | None = None  # HTTPS on the API port (a reload loads its certificate again)
+    # the web dashboard's log-in links and sessions (in memory: a restart ends them)
+    sessions: SessionBook = field(default_factory=SessionBook)
 
     @property
     def live(self) -> LiveJobs:

@@ -114,6 +114,7 @@ NOTE = "documented alias"
     {"200": _sse("The event stream.", _JOB_EVENTS)},
     description=_FEED_JOB_DESC,
     parameters=[ORG, JOB, LAST_EVENT_ID],
+    session=True,
 )
 async def job_feed(ctx: ServerContext, org: str, job_id: str, *, stalls: StallWatch) -> Response:
     await reader(ctx, org)
@@ -166,6 +167,7 @@ async def job_feed(ctx: ServerContext, org: str, job_id: str, *, stalls: StallWa
     {"200": _sse("The event stream.", _ORG_EVENTS)},
     description=_FEED_ORG_DESC,
     parameters=[ORG, LAST_EVENT_ID],
+    session=True,
 )
 async def org_feed(ctx: ServerContext, org: str, *, stalls: StallWatch) -> Response:
     s = ctx.settings

@@ -76,9 +76,9 @@ RESPONSES: dict[str, Schema] = {
 }
 
 _SIGNING_TEXT = """\
-Every route except /pushy/_status, /pushy/openapi.json and /metrics (allowed by address:
-metrics_allow) needs a request signed the Chef way (mixlib-authentication), with the
-requester's RSA private key (a user's or a client's):
+Every route except /pushy/_status, /pushy/openapi.json, /metrics (allowed by address:
+metrics_allow) and the web dashboard's page and session routes needs a request signed the Chef
+way (mixlib-authentication), with the requester's RSA private key (a user's or a client's):
 
 - X-Ops-Userid: the user or client name.
 - X-Ops-Timestamp: UTC, YYYY-MM-DDTHH:MM:SSZ; must be within 900 s of the server's clock.
@@ -131,6 +131,11 @@ _DOCUMENT: dict[str, Any] = {
         },
         {"name": "search", "description": "Chef node search."},
         {"name": "status", "description": "Unauthenticated health, description and metrics."},
+        {
+            "name": "dashboard",
+            "description": "The web dashboard: its pages, log-in links and sessions "
+            "(docs/dashboard.md).",
+        },
     ],
     "security": [{"chefSignedHeaders": []}],
     "paths": {},  # filled from the app's routes by ``document``
@@ -160,7 +165,19 @@ _DOCUMENT: dict[str, Any] = {
                     },
                     "max_clock_skew_seconds": 900,
                 },
-            }
+            },
+            "dashboardSession": {
+                "type": "apiKey",
+                "in": "cookie",
+                "name": "pushy_session",
+                "description": "The web dashboard's session (docs/dashboard.md), opened by "
+                "POST /pushy/dashboard/session with a one-time log-in link's token. Accepted "
+                "by the routes that list it, as the session's user, with the same permission "
+                "checks as a signed request; only when the request has no "
+                "X-Ops-Authorization-1. Writes (POST, PUT, DELETE) also need the session's "
+                "X-CSRF-Token header and an Origin equal to the server's own (403 otherwise); "
+                "a websocket handshake needs that Origin.",
+            },
         },
     },
 }

@@ -71,14 +71,14 @@ async def durable(ctx: ServerContext, records: list[dict[str, Any]]) -> None:
 
 
 async def reader(ctx: ServerContext, org: str) -> identity.Principal:
-    auth = await authenticate(ctx, org)
+    auth = await authenticate(ctx, org, session=True)
     if not identity.can_read_jobs(ctx.state.identity, org, auth.principal):
         forbidden(auth.principal.name)
     return auth.principal
 
 
 async def writer(ctx: ServerContext, org: str) -> identity.Principal:
-    auth = await authenticate(ctx, org)
+    auth = await authenticate(ctx, org, session=True)
     if not identity.can_write_jobs(ctx.state.identity, org, auth.principal):
         forbidden(auth.principal.name)
     return auth.principal
@@ -249,6 +249,7 @@ async def _own_session_key(
     {"200": json_reply("Job summaries.", {"type": "array", "items": ref("JobSummary")})},
     description="Needs read access (pushy_job_readers when that group exists).",
     parameters=[ORG],
+    session=True,
 )
 async def list_jobs(ctx: ServerContext, org: str) -> Response:
     await reader(ctx, org)
@@ -280,6 +281,7 @@ async def list_jobs(ctx: ServerContext, org: str) -> Response:
         {"command": "chef-client", "nodes": ["web1", "web2"], "quorum": 1},
     ),
     writes=True,
+    session=True,
 )
 async def create_job(ctx: ServerContext, org: str) -> Response:
     s = ctx.settings
@@ -317,6 +319,7 @@ async def create_job(ctx: ServerContext, org: str) -> Response:
             STRING,
         ),
     ],
+    session=True,
 )
 async def get_job(ctx: ServerContext, org: str, job_id: str) -> Response:
     await reader(ctx, org)
@@ -340,6 +343,7 @@ async def get_job(ctx: ServerContext, org: str, job_id: str) -> Response:
     "No request body.",
     parameters=[ORG, JOB],
     writes=True,
+    session=True,
 )
 async def abort_job(ctx: ServerContext, org: str, job_id: str) -> Response:
     await writer(ctx, org)
@@ -380,6 +384,7 @@ async def abort_job(ctx: ServerContext, org: str, job_id: str) -> Response:
             "channel", "stdout or stderr.", {"type": "string", "enum": ["stdout", "stderr"]}
         ),
     ],
+    session=True,
 )
 async def job_output(
     ctx: ServerContext, org: str, job_id: str, node: str, channel: str
@@ -419,6 +424,7 @@ _STARTED = frozenset({"running", "succeeded", "failed", "aborted", "crashed", "t
     "Online nodes of the org and their availability",
     {"200": json_reply("Online nodes, by name.", {"type": "array", "items": ref("NodeStateItem")})},
     parameters=[ORG],
+    session=True,
 )
 async def node_states(
     ctx: ServerContext, org: str, *, cache: dict[str, tuple[int, bytes]]
@@ -447,6 +453,7 @@ async def node_states(
     "One node's state (never 404: an unknown node is offline)",
     {"200": json_reply("The node's state.", ref("NodeState"))},
     parameters=[ORG, NODE],
+    session=True,
 )
 async def node_state(ctx: ServerContext, org: str, node: str) -> Response:
     await reader(ctx, org)

@@ -247,6 +247,46 @@ SCHEMAS: dict[str, Schema] = {
         },
         ["node_name", "status", "availability"],
     ),
+    # the web dashboard's log-in (dashboard_routes)
+    "LoginLinkRequest": obj(
+        {
+            "user": {**NAME, "description": "Who the link logs in."},
+            "org": {
+                **NAME,
+                "description": "The organization the dashboard shows (default: the user's "
+                "only one).",
+            },
+            "ttl": {
+                "type": "number",
+                "minimum": 1,
+                "maximum": 3600,
+                "description": "Seconds the link stays valid (default 300).",
+            },
+        },
+        ["user"],
+    ),
+    "LoginLink": obj(
+        {
+            "url": {**URI, "description": "Open it once, within ttl seconds."},
+            "user": STRING,
+            "org": STRING,
+            "expires_at": {**STRING, "description": "UTC, YYYY-MM-DDTHH:MM:SSZ."},
+        },
+        ["url", "user", "org", "expires_at"],
+    ),
+    "SessionOpen": obj({"token": {**NAME, "description": "The link's token."}}, ["token"]),
+    "DashboardSession": obj(
+        {
+            "user": STRING,
+            "org": STRING,
+            "superuser": {"type": "boolean"},
+            "can_read": {"type": "boolean", "description": "May see jobs and nodes."},
+            "can_write": {"type": "boolean", "description": "May start and abort jobs."},
+            "expires_at": {**STRING, "description": "UTC, YYYY-MM-DDTHH:MM:SSZ."},
+            "csrf_token": {**STRING, "description": "Send it as X-CSRF-Token on writes."},
+        },
+        ["user", "org", "superuser", "can_read", "can_write", "expires_at", "csrf_token"],
+    ),
 }
 
 # SSE event data and websocket messages: documentation (not validated by HTTP tooling).

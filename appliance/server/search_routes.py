@@ -73,7 +73,7 @@ class _OrgIndex:
 
 
 async def _reader(ctx: ServerContext, org: str) -> None:
-    auth = await authenticate(ctx, org)
+    auth = await authenticate(ctx, org, session=True)
     require_accept(JSON)
     if not _may_read(ctx.state.identity, org, auth.principal):
         fail(403, error_list("missing read permission"))
@@ -86,6 +86,7 @@ async def _reader(ctx: ServerContext, org: str) -> None:
     "Search indexes",
     {"200": json_reply("The indexes.", ref("SearchIndexes"))},
     parameters=[ORG_P],
+    session=True,
 )
 async def index_list(ctx: ServerContext, org: str) -> Response:
     await _reader(ctx, org)
@@ -101,6 +102,7 @@ async def index_list(ctx: ServerContext, org: str) -> Response:
     {"200": json_reply("One page of matching nodes.", ref("SearchResult"))},
     description="Only the node index exists (another index: 404).",
     parameters=[ORG_P, INDEX_P, *SEARCH_PARAMS],
+    session=True,
 )
 @operation(
     "POST",
@@ -115,6 +117,7 @@ async def index_list(ctx: ServerContext, org: str) -> Response:
         {"name": ["name"], "ip": ["ipaddress"]},
     ),
     writes=False,
+    session=True,
 )
 async def run(
     ctx: ServerContext, org: str, index: str, *, indexes: dict[str, _OrgIndex]

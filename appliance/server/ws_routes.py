@@ -48,7 +48,7 @@ from appliance.core import identity, render
 from appliance.core.schemacheck import first_problem
 from appliance.core.state import OrgEvent
 from appliance.server.apidoc import json_reply, operation, ref, register
-from appliance.server.auth import forbidden, verify
+from appliance.server.auth import by_session, forbidden, verify, verify_session
 from appliance.server.context import ServerContext
 from appliance.server.feeds import Output, Subscriber
 from appliance.server.pushy_routes import PREFIX
@@ -137,9 +137,14 @@ def parse_subscription(text: str | bytes, current: Subscription) -> Subscription
             "client-messages": {"subscribe": ref("WsClientSubscribe")},
         }
     },
+    session=True,
 )
 async def status_stream(ctx: ServerContext, org: str) -> None:
-    auth = verify(ctx, org, websocket.headers, "GET", websocket.path, b"")
+    headers, cookies = websocket.headers, websocket.cookies
+    if by_session(headers, cookies):  # the web dashboard (its Origin is checked)
+        auth = verify_session(ctx, org, headers, cookies, "WEBSOCKET", websocket.scheme)
+    else:
+        auth = verify(ctx, org, headers, "GET", websocket.path, b"")
     if not identity.can_read_jobs(ctx.state.identity, org, auth.principal):
         forbidden(auth.principal.name)
     await websocket.accept()

@@ -185,6 +185,11 @@ def row(**cells: Expect) -> dict[str, Expect]:
 PUBLIC = {who: (200, None) for who in IDENTITIES}  # no authentication at all (§6.9)
 
 
+def COOKIE_ONLY(status: int) -> dict[str, Expect]:  # noqa: N802 - a row, like PUBLIC
+    """The dashboard's session routes: the same answer whatever is signed."""
+    return {who: (status, None) for who in IDENTITIES}
+
+
 def pushy_read(ok: int = 200) -> dict[str, Expect]:
     """§6.1 read access with ``pushy_job_readers`` existing: its members and the superuser."""
     return row(
@@ -380,6 +385,37 @@ ROUTES: dict[tuple[str, str], Route] = {
     # unauthenticated ---------------------------------------------------------------------
     ("GET", "/pushy/_status"): Route("public", fixed("/pushy/_status"), PUBLIC),
     ("GET", "/pushy/openapi.json"): Route("public", fixed("/pushy/openapi.json"), PUBLIC),
+    # the web dashboard: its page and files are public; its session routes read the session
+    # cookie only (signed headers are no credential there: without a cookie, 401; a log-in
+    # without the server's own Origin, 403). tests/e2e/test_dashboard_auth.py has the rest.
+    ("GET", "/"): Route("public", fixed("/"), PUBLIC),
+    ("GET", "/dashboard/{name}"): Route("public", fixed("/dashboard/app.js"), PUBLIC),
+    ("POST", "/pushy/dashboard/session"): Route(
+        "json", fixed("/pushy/dashboard/session", {"token": "x"}), COOKIE_ONLY(403)
+    ),
+    ("GET", "/pushy/dashboard/session"): Route(
+        "json", fixed("/pushy/dashboard/session"), COOKIE_ONLY(401)
+    ),
+    ("DELETE", "/pushy/dashboard/session"): Route(
+        "json", fixed("/pushy/dashboard/session"), COOKIE_ONLY(401)
+    ),
+    ("POST", "/pushy/dashboard/login_links"): Route(
+        "json",
+        fixed("/pushy/dashboard/login_links", {"user": USER_OF[MEMBER], "org": ORG}),
+        row(  # the superuser for anyone, a user for itself; clients are no users (401)
+            superuser=(201, None),
+            admin=(403, None),
+            writer=(403, None),
+            reader=(403, None),
+            member=(201, None),
+            outsider=(403, None),
+            other_org_client=(401, "unknown"),
+            node=(401, "unknown"),
+            other_node=(401, "unknown"),
+            validator=(401, "unknown"),
+            replay=(201, None),  # a second link (each is one-time)
+        ),
+    ),
     # push jobs -----------------------------------------------------------------------------
     ("GET", "/organizations/{org}/pushy/config/{node}"): Route(
         "json", config_target("config"), CONFIG

@@ -127,6 +127,9 @@ def test_the_active_serves_and_the_standby_answers_503_without_zeromq(ha):
     r = httpx.get(f"{standby.url}/organizations/haorg/pushy/jobs")
     assert r.status_code == 503 and r.headers["content-type"] == "application/json"
     assert "standby" in r.json()["error"][0]
+    # the web dashboard too: only the active serves it (sessions live in its memory)
+    assert httpx.get(f"{active.url}/").status_code == 200
+    assert httpx.get(f"{standby.url}/").status_code == 503
     assert listening_ports(standby.proc.pid) == {standby.api_port}
     assert {active.ports["command_port"], active.ports["server_heartbeat_port"]} <= (
         listening_ports(active.proc.pid)

@@ -61,6 +61,7 @@ def test_first_problem_walks_the_declared_order() -> None:
         ({"anyOf": [{"const": "*"}, {"type": "array"}]}, ["*", []], ["all", {}]),
         (obj({"a": {"type": "string"}}, ["a"]), [{"a": "x"}], [5, {}, {"a": 1}, {"a": "", "b": 1}]),
         ({"additionalProperties": {"type": "string"}}, [{"k": "v"}], [{"k": 1}]),
+        ({"minimum": 1, "maximum": 3}, [1, 3, 2.5, "0", True, None], [0, 0.5, 4, 3.01]),
     ],
 )
 def test_fits_reads_each_keyword_as_json_schema_does(schema, good, bad) -> None:

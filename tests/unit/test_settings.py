@@ -73,6 +73,7 @@ CASES: dict[str, tuple[object, object, object, list[object], list[object]]] = {
         ["127.0.0.0/8", [1], "", True, {}],
         [["10.0.0.1/8"], ["localhost"], ["10.0.0.0/33"], [""]],
     ),
+    "dashboard_session_lifetime": (43200.0, 3600, 3600.0, ["12h", True], [59, 2_592_001]),
 }
 
 
