@@ -31,8 +31,9 @@ from appliance.knife import output
 from appliance.knife.credentials import connect
 from appliance.knife.follow import EventStream, Follower, exit_code
 from appliance.knife.nodes import search_node_names
+from appliance.knife.output import colour_wanted
 from appliance.knife.session import Api, ApiError, CliError, error_text
-from appliance.knife.stream import OutputLines, colour_wanted
+from appliance.knife.stream import OutputLines
 from appliance.sse import SseEvent
 
 QUORUM_RE = re.compile(r"([0-9]+)(%?)")

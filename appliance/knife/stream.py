@@ -19,10 +19,9 @@ on a terminal, and never when ``NO_COLOR`` is set to a non-empty value (no-color
 
 from __future__ import annotations
 
-import os
 import zlib
-from collections.abc import Callable, Mapping
-from typing import Any, TextIO
+from collections.abc import Callable
+from typing import Any
 
 STREAMS = ("stdout", "stderr")
 #: node states in which a node has run its command (and may have output)
@@ -57,18 +56,6 @@ Fetch = Callable[[str, str], "bytes | None"]  # (node, stream) -> the stream so 
 
 # ---------------------------------------------------------------------------------------------
 # pure parts
-
-
-def colour_wanted(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
-    """Colour only on a terminal, and not when ``NO_COLOR`` is set and not empty."""
-    env = os.environ if environ is None else environ
-    if env.get("NO_COLOR"):
-        return False
-    isatty = getattr(stream, "isatty", None)
-    try:
-        return bool(isatty and isatty())
-    except (OSError, ValueError):  # a closed stream
-        return False
 
 
 def node_colour(node: str) -> str:

@@ -122,7 +122,9 @@ def test_org_create_writes_the_validator_key_only_when_asked(home, admin):
     assert ok(pushy(home, "admin", "org", "list")).splitlines() == sorted(orgs)
 
     err = failed(pushy(home, "admin", "org", "create", "acme"))
-    assert err.startswith("ERROR: POST /organizations: 409 organization 'acme' already exists")
+    assert err.startswith(
+        "ERROR: POST /organizations: HTTP 409 Conflict: organization 'acme' already exists"
+    )
 
 
 # --------------------------------------------------------------------------- users and groups
@@ -264,7 +266,9 @@ def test_client_create_rotate_key_and_delete(home, admin, server):
 
     assert ok(pushy(home, "admin", "client", "delete", "c1")) == "Deleted client[c1]\n"
     err = failed(pushy(home, "admin", "client", "delete", "c1"))
-    assert f"DELETE /organizations/{ORG}/clients/c1: 404 client 'c1' not found" in err
+    assert (
+        f"DELETE /organizations/{ORG}/clients/c1: HTTP 404 Not Found: client 'c1' not found" in err
+    )
 
 
 # --------------------------------------------------------------------------- node-bootstrap
