@@ -146,6 +146,9 @@ def _parser(*, server_only: bool = False) -> argparse.ArgumentParser:
     from appliance.knife.cli import add_parsers as add_operator_commands
 
     add_operator_commands(sub)
+    from appliance.completion import add_parser as add_completion
+
+    add_completion(sub)
     parser.epilog = EXIT_CODES.replace(
         "(every operator command, pushy raw included)",
         "of the operator commands (job, node, admin, watch, raw)",
@@ -187,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         from appliance.bench.cli import run_bench
 
         return run_bench(args)
+    if args.command == "completion":
+        from appliance.completion import run_completion
+
+        return run_completion(args, _parser())
     if getattr(args, "operator", False):
         from appliance.knife.cli import dispatch
 
