@@ -527,6 +527,16 @@ def test_start_on_a_terminal_shows_progress_then_a_summary(fleet):
     assert "Voting." not in text and "Complete.\n" not in text  # no knife status lines
 
 
+def test_no_colour_with_no_color_or_the_flag_on_a_terminal(fleet):
+    job_id = fleet.run("ok", ["k1"])["id"]
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    coloured = run_on_pty(argv(fleet, "job", "status", job_id), env, REPO)
+    assert "\x1b[36mcommand:" in coloured, coloured
+    for extra, more in ((["--no-color"], {}), ([], {"NO_COLOR": "1"})):
+        text = run_on_pty(argv(fleet, "job", "status", job_id, *extra), {**env, **more}, REPO)
+        assert "\x1b[" not in text and "command:     ok\n" in text, (extra, text)
+
+
 # ---------------------------------------------------------------------------------------------
 # following, in process against the real server
 
