@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 
 from appliance.knife.output import FORMATS, disable_colour
 from appliance.knife.session import CliError
@@ -79,7 +80,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _with_epilog(parser: argparse.ArgumentParser) -> None:
     """The exit status table under every operator command's --help."""
-    parser.epilog = EXIT_CODES
+    raw = issubclass(parser.formatter_class, argparse.RawDescriptionHelpFormatter)
+    parser.epilog = textwrap.fill(EXIT_CODES, 90) if raw else EXIT_CODES
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
