@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from appliance.core.keys import generate_rsa, private_pem
 from tests.support import REPO
 
@@ -66,47 +68,26 @@ def test_first_start_creates_private_state(server):
     assert "pivotal.pem" in server.log()
 
 
-def test_raw_request_signs_as_the_superuser(server):
-    env = {"PUSHY_SERVER_URL": server.url, "PUSHY_KEY": str(server.pivotal_key)}
-    r = pushy(
-        "raw",
-        "-m",
-        "POST",
-        "/organizations",
-        "-d",
-        '{"name": "rawco", "full_name": "Raw"}',
-        env=env,
-    )
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["clientname"] == "rawco-validator"
-    r = pushy("raw", "/organizations/nosuch/pushy/jobs", env=env)
-    assert r.returncode == 1
-    assert r.stderr.startswith(
-        "ERROR: HTTP 404 Not Found: organization 'nosuch' does not exist.\n"
-    ), r.stderr
-
-
 NO_CONFIG = {"PUSHY_SERVER_URL": "", "PUSHY_USER": "", "PUSHY_KEY": "", "PUSHY_ORG": ""}
 NO_CONFIG |= {"PUSHY_PROFILE": "", "CHEF_PROFILE": "", "KNIFE_HOME": ""}
 
 
-def test_raw_reads_knife_config_credentials_and_profiles(server, tmp_path):
+def test_raw_signs_with_flags_knife_config_credentials_and_profiles(server, tmp_path):
     key = str(server.pivotal_key)
     home = tmp_path / "home"
     (home / ".chef").mkdir(parents=True)
     env = {**NO_CONFIG, "HOME": str(home), "CHEF_CREDENTIALS_FILE": ""}
     flags = ["--server-url", server.url, "-u", "pivotal", "-k", key]
-    r = pushy(
-        "raw",
-        "-m",
-        "POST",
-        "/organizations",
-        "-d",
-        '{"name": "rawcfg", "full_name": "R"}',
-        *flags,
-        env=env,
-    )
+    body = '{"name": "rawcfg", "full_name": "R"}'
+    r = pushy("raw", "-m", "POST", "/organizations", "-d", body, *flags, env=env)
     assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["clientname"] == "rawcfg-validator"
+    by_environment = {**env, "PUSHY_SERVER_URL": server.url, "PUSHY_KEY": key}
+    r = pushy("raw", "/organizations/nosuch/pushy/jobs", env=by_environment)
+    assert r.returncode == 1
+    assert r.stderr.startswith(
+        "ERROR: HTTP 404 Not Found: organization 'nosuch' does not exist.\n"
+    ), r.stderr
     (home / ".chef" / "credentials").write_text(
         f"[prod]\nclient_name = 'pivotal'\nclient_key = '{key}'\n"
         f"chef_server_url = '{server.url}/organizations/rawcfg'\n"
@@ -144,10 +125,17 @@ def test_one_exit_status_when_the_server_cannot_be_reached(tmp_path):
         r = pushy(*command, env=env)
         assert r.returncode == 100, (command, r.stderr)
         assert r.stderr.startswith("ERROR: cannot reach http://127.0.0.1:9"), r.stderr
-    for command in ([], ["raw"], ["job", "start"]):
-        r = pushy(*command, "--help")
-        text = " ".join(r.stdout.split())
-        assert "100 the server cannot be reached" in text and "130 interrupted" in text, command
+
+
+def test_every_operator_command_help_ends_with_the_exit_status_table(capsys):
+    from appliance.cli import main
+
+    for command in ([], ["raw"], ["job", "start"], ["node", "status"], ["admin", "org", "list"]):
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "100 the server cannot be reached" in text, command
+        assert "2 a bad command line" in text and "130 interrupted" in text, command
 
 
 def complete(script: str, *words: str) -> list[str]:
