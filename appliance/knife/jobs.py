@@ -434,9 +434,10 @@ line per output line: "NODE: text" for stdout, "NODE [stderr]: text" for stderr,
 each node (the lines of different nodes interleave as they arrive). A line is printed once its
 newline arrives (an unfinished one when its node or the job ends). The lines go where the
 progress goes: stdout, or stderr with -F json. On a terminal the node name is coloured (a
-colour per node, [stderr] red); never when NO_COLOR is set. Live output is not replayed and a
-reader that falls behind can miss lines: a gap the byte offsets show is read back over REST or
-reported by a notice line; pushy job output ID prints everything. Not with --poll or --nowait.
+colour per node, [stderr] red); never with --no-color or NO_COLOR set. Live output is not
+replayed and a reader that falls behind can miss lines: a gap the byte offsets show is read
+back over REST or reported by a notice line; pushy job output ID prints everything. Not with
+--poll or --nowait.
 
 Exit status (knife's): 0 when the job is complete and every node succeeded, nacked or was
 unavailable (with --exit-strict: only when every node succeeded), 1 otherwise or when the
@@ -511,8 +512,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         action="store_true",
         help="Print each node's output while the job runs (implies --capture; not in "
         "knife-push), one line per output line: 'NODE: text', stderr as 'NODE [stderr]: "
-        "text'; on stderr with -F json. Node names coloured on a terminal unless NO_COLOR is "
-        "set.",
+        "text'; on stderr with -F json. Node names coloured on a terminal unless --no-color "
+        "or NO_COLOR is set.",
     )
     start.add_argument(
         "--with-env",

@@ -13,8 +13,9 @@ by a notice line naming ``pushy job output``. At the end of a job on a few nodes
 which no event arrived at all is read over REST once (a quick command may have printed
 everything before the feed was open).
 
-Colour (the node name, a stable colour from a small palette; the ``[stderr]`` tag red) only
-on a terminal, and never when ``NO_COLOR`` is set to a non-empty value (no-color.org).
+Colour (the node name, a stable colour from a small palette; the ``[stderr]`` tag red) as
+``knife.output.colour_wanted`` says: only on a terminal, never with ``--no-color`` or a
+non-empty ``NO_COLOR`` (no-color.org).
 """
 
 from __future__ import annotations

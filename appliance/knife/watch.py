@@ -27,9 +27,10 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from appliance.core.httptext import http_error
 from appliance.knife.credentials import connect
 from appliance.knife.output import colour_wanted
-from appliance.knife.session import Api, CliError, error_text
+from appliance.knife.session import Api, CliError
 
 if TYPE_CHECKING:
     from rich.live import Live
@@ -357,8 +358,8 @@ class _Watcher:
                 return  # --once
             except ConnectionRejected as exc:
                 if exc.status_code < 500:
-                    raise CliError(f"{self.url}: {exc.status_code} {_rejection(exc)}") from None
-                reason = f"{exc.status_code} {_rejection(exc)}"
+                    raise CliError(f"{self.url}: {_rejection(exc)}") from None
+                reason = _rejection(exc)
             except (HandshakeError, ConnectionClosed, OSError, trio.TooSlowError) as exc:
                 cause = exc.__cause__ if isinstance(exc, HandshakeError) else exc
                 if not ever_connected and not self.view.connected and isinstance(cause, OSError):
@@ -507,7 +508,7 @@ def _rejection(exc: ConnectionRejected) -> str:
         body = json.loads(body)
     except ValueError:
         body = body.decode("utf-8", "replace")
-    return error_text(body)
+    return http_error(exc.status_code, body)
 
 
 def _reason(exc: BaseException) -> str:

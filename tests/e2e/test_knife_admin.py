@@ -174,7 +174,7 @@ def test_user_create_and_permissions_through_groups(home, admin, server, tmp_pat
 
     # alice signs with the written key, configured by knife.rb only
     err = failed(pushy(alice_home, "admin", "group", "list"))
-    assert f"403 'alice' is not associated with organization '{ORG}'" in err
+    assert f"HTTP 403 Forbidden: 'alice' is not associated with organization '{ORG}'" in err
     ok(pushy(home, "admin", "user", "add-to-org", "alice", ORG))
     assert "admins" in ok(pushy(alice_home, "admin", "group", "list")).split()
 
@@ -202,7 +202,7 @@ def test_user_create_and_permissions_through_groups(home, admin, server, tmp_pat
     assert alice.get(jobs).status_code == 403
 
     err = failed(pushy(home, "admin", "group", "add", "alice", "nosuchgroup"))
-    assert "404 group 'nosuchgroup' not found" in err
+    assert "HTTP 404 Not Found: group 'nosuchgroup' not found" in err
     err = failed(pushy(home, "admin", "group", "add", "ghost", "admins"))
     assert "400" in err and "user 'ghost' is not a member" in err
 
