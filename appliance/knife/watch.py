@@ -2,7 +2,7 @@
 
 The stream (``/organizations/ORG/pushy/ws``, see ``appliance.server.ws_routes``) is read with
 trio-websocket. On a terminal the view is redrawn in place a few times a second by rich's
-``Live`` (imported only then: it is a tenth of a second of start-up), and what happens
+``Live`` (imported only then: tens of milliseconds of start-up), and what happens
 meanwhile (a lost connection, a restarted server) is printed above it, so the view is never
 torn; otherwise each message becomes one plain line (``-F json``: the message itself, one
 JSON line). The pure part (`View`, `line`, `render`) turns messages into what is shown,
