@@ -36,6 +36,7 @@ _LIBRARIES = (
     ("quart-trio", "quart_trio", "quart-trio"),
     ("trio-websocket", "trio_websocket", "trio-websocket"),
     ("orjson", "orjson", "orjson"),
+    ("rich", "rich", "rich"),
 )
 
 
@@ -128,35 +129,6 @@ def _parser(*, server_only: bool = False) -> argparse.ArgumentParser:
     add_edge(sub)
     if server_only:
         return parser
-    raw = sub.add_parser(
-        "raw",
-        help="send one Chef-signed request to the server (like knife raw)",
-        description="Send one signed request and print the response body. Exit 0 on a 2xx "
-        "answer, 1 on an HTTP error, 2 on a usage error, 3 when the server cannot be reached.",
-    )
-    raw.add_argument("path", help="request path, e.g. /organizations or /pushy/_status")
-    raw.add_argument("-m", "--method", default="GET", help="HTTP method (default GET)")
-    raw.add_argument("-d", "--data", help="JSON request body")
-    raw.add_argument("-i", "--input", type=Path, help="read the JSON request body from a file")
-    raw.add_argument(
-        "--server-url",
-        default=os.environ.get("PUSHY_SERVER_URL", "http://127.0.0.1:10003"),
-        help="server base URL (env PUSHY_SERVER_URL; default http://127.0.0.1:10003)",
-    )
-    raw.add_argument(
-        "-u",
-        "--user",
-        default=os.environ.get("PUSHY_USER", "pivotal"),
-        help="user or client name to sign as (env PUSHY_USER; default pivotal)",
-    )
-    raw.add_argument(
-        "-k",
-        "--key",
-        type=Path,
-        default=Path(os.environ.get("PUSHY_KEY", "/var/lib/pushy/pivotal.pem")),
-        help="private key file (env PUSHY_KEY; default /var/lib/pushy/pivotal.pem)",
-    )
-    raw.add_argument("--accept", default="application/json", help="Accept header")
     from appliance.client.cli import add_arguments as add_client_arguments
     from appliance.demo import add_parser as add_demo
 
@@ -170,9 +142,17 @@ def _parser(*, server_only: bool = False) -> argparse.ArgumentParser:
     from appliance.bench.cli import add_parser as add_bench
 
     add_bench(sub)
+    from appliance.knife.cli import EXIT_CODES
     from appliance.knife.cli import add_parsers as add_operator_commands
 
     add_operator_commands(sub)
+    from appliance.completion import add_parser as add_completion
+
+    add_completion(sub)
+    parser.epilog = EXIT_CODES.replace(
+        "(every operator command, pushy raw included)",
+        "of the operator commands (job, node, admin, watch, raw)",
+    )
     return parser
 
 
@@ -210,14 +190,14 @@ def main(argv: list[str] | None = None) -> int:
         from appliance.bench.cli import run_bench
 
         return run_bench(args)
+    if args.command == "completion":
+        from appliance.completion import run_completion
+
+        return run_completion(args, _parser())
     if getattr(args, "operator", False):
         from appliance.knife.cli import dispatch
 
         return dispatch(args)
-    if args.command == "raw":
-        from appliance.rawrequest import run_raw
-
-        return run_raw(args)
     _parser().print_help()
     return EXIT_USAGE
 

@@ -33,6 +33,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from appliance.core import chefauth
+from appliance.core.httptext import http_error
 from appliance.core.keys import load_private_pem
 from appliance.sse import SseEvent, SseParser
 from appliance.tlstrust import (
@@ -102,7 +103,7 @@ class HttpError(Exception):
     """A status the caller did not expect (`SignedClient.json`)."""
 
     def __init__(self, status: int, body: Any) -> None:
-        super().__init__(f"HTTP {status}: {str(body)[:300]}")
+        super().__init__(http_error(status, body))
         self.status = status
         self.body = body
 

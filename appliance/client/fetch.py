@@ -19,6 +19,7 @@ from appliance import sdnotify
 from appliance.client import facts
 from appliance.client.channel import Connection, jittered
 from appliance.client.config import ClientConfig
+from appliance.core.httptext import http_error
 from appliance.core.keys import decrypt_session_key, load_public_pem
 from appliance.core.wire import PROTOCOL_VERSION
 from appliance.signedhttp import signed_request
@@ -159,7 +160,7 @@ def connection_from_answer(
     if status == 401:
         raise Refused(_error_texts(body))
     if status != 200 or not isinstance(body, dict):
-        raise ValueError(f"HTTP {status}: {body}")
+        raise ValueError(http_error(status, body))
     legacy = "curve_public_key" not in body
     if legacy and not allow_unencrypted:
         raise FatalConfigError(

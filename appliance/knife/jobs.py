@@ -30,9 +30,10 @@ from typing import Any
 from appliance.knife import output
 from appliance.knife.credentials import connect
 from appliance.knife.follow import EventStream, Follower, exit_code
-from appliance.knife.nodes import search_node_names
+from appliance.knife.nodes import EXIT_UNKNOWN_NODE, missing_clients, search_node_names
+from appliance.knife.output import colour_wanted
 from appliance.knife.session import Api, ApiError, CliError, error_text
-from appliance.knife.stream import OutputLines, colour_wanted
+from appliance.knife.stream import OutputLines
 from appliance.sse import SseEvent
 
 QUORUM_RE = re.compile(r"([0-9]+)(%?)")
@@ -44,6 +45,7 @@ MSG_NO_NODES = (
     "No nodes to run job on. Specify nodes as arguments or use -s to specify a search query."
 )
 EXIT_FAILED = 1  # knife: the job did not succeed, or a missing argument / file
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,6 +197,8 @@ def run_start(args: argparse.Namespace) -> int:
     if not nodes:
         raise CliError(MSG_NO_NODES, EXIT_FAILED)
     quorum = parse_quorum(args.quorum, len(nodes))
+    if not args.search and not getattr(args, "allow_unknown_nodes", False):
+        refuse_unknown(api, nodes)
     file = file_field(read_job_file(args.file)) if args.file is not None else None
     env = parse_env(args.with_env) if args.with_env is not None else None
     limits = {
@@ -238,9 +242,40 @@ def run_start(args: argparse.Namespace) -> int:
         tty=chatter.isatty(),
         output=sink,
     )
-    job = follower.run()
+    try:
+        job = follower.run()
+    except KeyboardInterrupt:
+        if chatter.isatty():
+            print(file=chatter, flush=True)  # end the progress line
+        print(interrupted_text(job_id), file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     output.emit(shown(job, args.format), args.format, sys.stdout)
     return exit_code(job, strict=args.exit_strict)
+
+
+def refuse_unknown(api: Api, nodes: list[str]) -> None:
+    """Named nodes the organization does not have: no job (the server would start it and
+    count them unavailable, failing a 100% quorum a voting timeout later)."""
+    unknown = missing_clients(api, list(dict.fromkeys(nodes)))
+    if not unknown:
+        return
+    names = ", ".join(f"'{n}'" for n in unknown)
+    what = "no node named" if len(unknown) == 1 else "no nodes named"
+    raise CliError(
+        f"{what} {names} in organization '{api.org}' (no client of that name); no job "
+        "started (--allow-unknown-nodes starts it anyway: the server counts such a node "
+        "unavailable)",
+        EXIT_UNKNOWN_NODE,
+    )
+
+
+def interrupted_text(job_id: str) -> str:
+    """Ctrl-C stops following, not the job: say so, and how to get back to it."""
+    return (
+        f"pushy job start: interrupted; job {job_id} goes on on the server.\n"
+        f"  follow it: pushy job status {job_id}  (events: pushy job watch {job_id})\n"
+        f"  abort it:  pushy job abort {job_id}"
+    )
 
 
 def _output_reader(api: Api, job_id: str) -> Callable[[str, str], bytes | None]:
@@ -399,14 +434,21 @@ line per output line: "NODE: text" for stdout, "NODE [stderr]: text" for stderr,
 each node (the lines of different nodes interleave as they arrive). A line is printed once its
 newline arrives (an unfinished one when its node or the job ends). The lines go where the
 progress goes: stdout, or stderr with -F json. On a terminal the node name is coloured (a
-colour per node, [stderr] red); never when NO_COLOR is set. Live output is not replayed and a
-reader that falls behind can miss lines: a gap the byte offsets show is read back over REST or
-reported by a notice line; pushy job output ID prints everything. Not with --poll or --nowait.
+colour per node, [stderr] red); never with --no-color or NO_COLOR set. Live output is not
+replayed and a reader that falls behind can miss lines: a gap the byte offsets show is read
+back over REST or reported by a notice line; pushy job output ID prints everything. Not with
+--poll or --nowait.
 
 Exit status (knife's): 0 when the job is complete and every node succeeded, nacked or was
 unavailable (with --exit-strict: only when every node succeeded), 1 otherwise or when the
 command, the nodes or the --file are missing or --with-env is not a JSON object, 100 on a bad
---quorum or a server/network error. --nowait exits 0 once the job is started.
+--quorum or a server/network error. --nowait exits 0 once the job is started. Ctrl-C while
+following exits 130 and leaves the job running on the server (stderr says how to follow or
+abort it: pushy job status ID, pushy job abort ID).
+
+Named NODEs the organization has no client for (typos): nothing is started, exit 1 (knife
+starts the job, which fails its quorum with those nodes unavailable); --allow-unknown-nodes
+starts it anyway. Nodes from --search are not checked (they exist).
 
 Differences from knife-push: a 400 from the server is reported as "ERROR: <its message>"
 (exit 100) instead of retrying as a Push Jobs 1.0 request that would silently drop --with-env,
@@ -470,8 +512,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         action="store_true",
         help="Print each node's output while the job runs (implies --capture; not in "
         "knife-push), one line per output line: 'NODE: text', stderr as 'NODE [stderr]: "
-        "text'; on stderr with -F json. Node names coloured on a terminal unless NO_COLOR is "
-        "set.",
+        "text'; on stderr with -F json. Node names coloured on a terminal unless --no-color "
+        "or NO_COLOR is set.",
     )
     start.add_argument(
         "--with-env",
@@ -491,6 +533,12 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="Once more than N nodes (or N%% of them) ended failed, crashed or timed out, no "
         "further node starts: the job ends aborted (stopped_by: max_errors) once the running "
         "ones finish. Default: no limit.",
+    )
+    start.add_argument(
+        "--allow-unknown-nodes",
+        action="store_true",
+        help="start the job even when a named NODE has no client in the organization (the "
+        "server counts it unavailable; by default nothing is started and the exit status is 1)",
     )
     start.add_argument("--as-user", metavar="USER", help="Run the job as the indicated user.")
     start.add_argument("--in-dir", metavar="DIR", help="Run the job in the indicated directory.")

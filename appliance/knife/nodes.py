@@ -54,11 +54,12 @@ def search_node_names(api: Api, query: str, *, page_rows: int = SEARCH_PAGE_ROWS
 
 
 def node_states(api: Api, names: list[str]) -> list[dict[str, Any]]:
-    """knife's ``node status``: all nodes' states, or one GET per name; an argument holding
-    ``:`` is a search query whose nodes are looked up one by one."""
+    """knife's ``node status``: all nodes' states (the offline ones too, unlike knife), or
+    one GET per name; an argument holding ``:`` is a search query whose nodes are looked up
+    one by one."""
     if not names:
         states = api.get(api.org_path("pushy/node_states"))
-        return states if isinstance(states, list) else []
+        return with_offline_nodes(api, states if isinstance(states, list) else [])
     found: list[dict[str, Any]] = []
     for arg in names:
         for name in search_node_names(api, arg) if ":" in arg else [arg]:
@@ -72,18 +73,44 @@ def status_lines(states: list[dict[str, Any]]) -> str:
     return "".join(f"{s.get('node_name')}\t{s.get('availability')}\n" for s in states)
 
 
+def missing_clients(api: Api, names: list[str]) -> list[str]:
+    """The ``names`` the organization has no client for (one GET of the client list). A
+    caller who may not list clients gets no verdict: every name counts as known."""
+    if not names:
+        return []
+    reply = api.request("GET", api.org_path("clients"))
+    clients = reply.body() if reply.status == 200 else None
+    if not isinstance(clients, dict):
+        return []
+    return [name for name in names if name not in clients]
+
+
 def unknown_nodes(api: Api, states: list[dict[str, Any]], named: set[str]) -> list[str]:
     """The ``named`` nodes among ``states`` that the organization has no client for: the
     server answers "offline, unavailable" for any name, so a typo looked like a node that is
-    down. (A caller who may not read clients gets no verdict: every node counts as known.)"""
-    unknown = []
-    for state in states:
-        name = state.get("node_name")
-        if name in named and state.get("status") == "offline":
-            quoted = urllib.parse.quote(str(name), safe="")
-            if api.request("GET", api.org_path(f"clients/{quoted}")).status == 404:
-                unknown.append(str(name))
-    return unknown
+    down."""
+    offline = [
+        str(s.get("node_name"))
+        for s in states
+        if s.get("node_name") in named and s.get("status") == "offline"
+    ]
+    return missing_clients(api, offline)
+
+
+def with_offline_nodes(api: Api, states: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The server lists only the nodes it has online (as the original does), so a node whose
+    client stopped would vanish from the list: the organization's other nodes (its Chef node
+    records) are added as ``unavailable``, as the server answers for each of them by name. A
+    caller who may not list the node records gets the server's list alone."""
+    reply = api.request("GET", api.org_path("nodes"))
+    records = reply.body() if reply.status == 200 else None
+    if not isinstance(records, dict):
+        return states
+    listed = {s.get("node_name") for s in states}
+    extra = [
+        {"node_name": name, "availability": "unavailable"} for name in records if name not in listed
+    ]
+    return sorted(states + extra, key=lambda s: str(s.get("node_name")))
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -133,8 +160,10 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "status",
         parents=[common],
         help="show nodes' push jobs availability (knife node status)",
-        description="Print NAME<TAB>AVAILABILITY (available/unavailable) for every node the "
-        "server knows, or for the named nodes (one GET each). An argument containing ':' is a "
+        description="Print NAME<TAB>AVAILABILITY (available/unavailable) for every node of "
+        "the organization (the server's online nodes, and the other node records as "
+        "unavailable: knife lists only the online ones), or for the named nodes (one GET "
+        "each). An argument containing ':' is a "
         "node search query (e.g. 'role:web'); its nodes are listed. -F json prints the "
         "server's objects instead. Exit 0; 1 when a named node does not exist in the "
         "organization (said on stderr, the others printed); 100 on a server error (e.g. an "

@@ -4,15 +4,40 @@ The text formatter is Chef's ``Knife::Core::TextFormatter``: hash keys sorted, `
 to the longest key plus one, a one-element list of plain values shown as that value, nested
 hashes and lists on their own lines indented two spaces, list items that are hashes separated
 by a blank line. Keys are cyan only on a terminal.
+
+Colour anywhere in the CLI is decided by `colour_wanted`: never with ``--no-color`` (the
+dispatcher calls `disable_colour`), never when ``NO_COLOR`` is set to a non-empty value
+(no-color.org), never when the output is not a terminal.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 FORMATS = ("summary", "text", "json")
 CYAN, RESET = "\x1b[36m", "\x1b[0m"
+_colour_off = False  # --no-color was given
+
+
+def disable_colour() -> None:
+    """``--no-color``: no colour for the rest of this command."""
+    global _colour_off
+    _colour_off = True
+
+
+def colour_wanted(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
+    """Colour only on a terminal, without ``--no-color`` and without a non-empty ``NO_COLOR``."""
+    env = os.environ if environ is None else environ
+    if _colour_off or env.get("NO_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except (OSError, ValueError):  # a closed stream
+        return False
 
 
 def _plain(value: Any) -> bool:
@@ -66,6 +91,5 @@ def emit(data: Any, fmt: str, stream: TextIO) -> None:
     if fmt == "json":
         stream.write(format_json(data))
     else:
-        isatty = getattr(stream, "isatty", None)
-        stream.write(format_text(data, color=bool(isatty and isatty())))
+        stream.write(format_text(data, color=colour_wanted(stream)))
     stream.flush()

@@ -14,8 +14,11 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from appliance import signedhttp
+from appliance.core.httptext import error_text, http_error
 from appliance.core.keys import KeyFormatError, load_private_pem
 from appliance.tlstrust import EXIT_UNTRUSTED, TlsOptions
+
+__all__ = ["JSON", "Api", "ApiError", "CliError", "Credentials", "error_text"]
 
 EXIT_ERROR = 100  # knife's status for any uncaught error (HTTP, network, bad option value)
 JSON = signedhttp.JSON
@@ -34,18 +37,7 @@ class ApiError(CliError):
     def __init__(self, status: int, body: Any, method: str, path: str) -> None:
         self.status = status
         self.body = body
-        super().__init__(f"{method} {path}: {status} {error_text(body)}")
-
-
-def error_text(body: Any) -> str:
-    """The human part of a Chef/pushy error body (``{"error": ...}``, ``{"error": [...]}``)."""
-    if isinstance(body, dict):
-        err = body.get("error", body.get("message", body))
-        if isinstance(err, list):
-            return "; ".join(str(e) for e in err)
-        return str(err)
-    text = str(body).strip()
-    return text[:500] if text else "(no body)"
+        super().__init__(f"{method} {path}: {http_error(status, body)}")
 
 
 @dataclass(frozen=True)
@@ -104,6 +96,18 @@ class Api:
     ) -> signedhttp.Reply:
         """Any reply, error statuses included; unreachable server → CliError."""
         raw = b"" if body is None else json.dumps(body).encode("utf-8")
+        return self.request_bytes(method, path, raw, accept=accept, headers=headers)
+
+    def request_bytes(
+        self,
+        method: str,
+        path: str,
+        raw: bytes,
+        *,
+        accept: str = JSON,
+        headers: dict[str, str] | None = None,
+    ) -> signedhttp.Reply:
+        """`request` with the body as bytes, sent as they are."""
         try:
             return signedhttp.send(
                 self.creds.server_url,

@@ -13,16 +13,16 @@ by a notice line naming ``pushy job output``. At the end of a job on a few nodes
 which no event arrived at all is read over REST once (a quick command may have printed
 everything before the feed was open).
 
-Colour (the node name, a stable colour from a small palette; the ``[stderr]`` tag red) only
-on a terminal, and never when ``NO_COLOR`` is set to a non-empty value (no-color.org).
+Colour (the node name, a stable colour from a small palette; the ``[stderr]`` tag red) as
+``knife.output.colour_wanted`` says: only on a terminal, never with ``--no-color`` or a
+non-empty ``NO_COLOR`` (no-color.org).
 """
 
 from __future__ import annotations
 
-import os
 import zlib
-from collections.abc import Callable, Mapping
-from typing import Any, TextIO
+from collections.abc import Callable
+from typing import Any
 
 STREAMS = ("stdout", "stderr")
 #: node states in which a node has run its command (and may have output)
@@ -57,18 +57,6 @@ Fetch = Callable[[str, str], "bytes | None"]  # (node, stream) -> the stream so 
 
 # ---------------------------------------------------------------------------------------------
 # pure parts
-
-
-def colour_wanted(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
-    """Colour only on a terminal, and not when ``NO_COLOR`` is set and not empty."""
-    env = os.environ if environ is None else environ
-    if env.get("NO_COLOR"):
-        return False
-    isatty = getattr(stream, "isatty", None)
-    try:
-        return bool(isatty and isatty())
-    except (OSError, ValueError):  # a closed stream
-        return False
 
 
 def node_colour(node: str) -> str:

@@ -1,9 +1,12 @@
 """``pushy watch``: node availability and running jobs, live, from the server's websocket stream.
 
 The stream (``/organizations/ORG/pushy/ws``, see ``appliance.server.ws_routes``) is read with
-trio-websocket. On a terminal the view is redrawn in place a few times a second; otherwise
-each message becomes one plain line (``-F json``: the message itself, one JSON line). The pure
-part (`View`, `line`, `render`) turns messages into what is shown, without sockets or clocks.
+trio-websocket. On a terminal the view is redrawn in place a few times a second by rich's
+``Live`` (imported only then: tens of milliseconds of start-up), and what happens
+meanwhile (a lost connection, a restarted server) is printed above it, so the view is never
+torn; otherwise each message becomes one plain line (``-F json``: the message itself, one
+JSON line). The pure part (`View`, `line`, `render`) turns messages into what is shown,
+without sockets or clocks.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
 import trio
@@ -24,9 +27,15 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from appliance.core.httptext import http_error
 from appliance.knife.credentials import connect
-from appliance.knife.session import Api, CliError, error_text
+from appliance.knife.output import colour_wanted
+from appliance.knife.session import Api, CliError
 from appliance.tlstrust import EXIT_UNTRUSTED, client_context, untrusted_message, verify_error
+
+if TYPE_CHECKING:
+    from rich.live import Live
+    from rich.text import Text
 
 REDRAW_SECONDS = 0.25  # at most four redraws a second
 FIRST_BACKOFF, MAX_BACKOFF = 1.0, 30.0
@@ -297,12 +306,9 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     live = args.format != "json" and bool(getattr(out, "isatty", lambda: False)())
     watcher = _Watcher(api, args, out, sys.stderr, live)
-    interrupted = False
     try:
         trio.run(watcher.main)
     except* KeyboardInterrupt:  # Ctrl-C is how a watch ends: not an error
-        interrupted = True
-    if interrupted:
         watcher.finish()
     return 0
 
@@ -322,20 +328,25 @@ class _Watcher:
         self.tls = api.creds.tls
         self.subscribe = subscription(args.jobs, not args.no_nodes)
         self.dirty = trio.Event()
-        self.drawn_lines = 0
+        self.live_view: Live | None = None
 
     async def main(self) -> None:
         if not self.live or self.args.once:
             await self._connect_loop()
             return
+        self.live_view = live_display(self.out)
+        self.live_view.start()
         error: CliError | None = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._redraw_loop)
-            try:
-                await self._connect_loop()
-            except CliError as exc:  # raised as itself, not inside an exception group
-                error = exc
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._redraw_loop)
+                try:
+                    await self._connect_loop()
+                except CliError as exc:  # raised as itself, not inside an exception group
+                    error = exc
+                nursery.cancel_scope.cancel()
+        finally:
+            self.finish()  # Ctrl-C too: the last view stays, the cursor comes back
         if error is not None:
             raise error
 
@@ -349,8 +360,8 @@ class _Watcher:
                 return  # --once
             except ConnectionRejected as exc:
                 if exc.status_code < 500:
-                    raise CliError(f"{self.url}: {exc.status_code} {_rejection(exc)}") from None
-                reason = f"{exc.status_code} {_rejection(exc)}"
+                    raise CliError(f"{self.url}: {_rejection(exc)}") from None
+                reason = _rejection(exc)
             except (
                 HandshakeError,
                 ConnectionClosed,
@@ -375,8 +386,7 @@ class _Watcher:
                 raise CliError(f"no connection to {self.url} for {GIVE_UP_SECONDS:.0f} s")
             self.view.connected = False
             self.dirty.set()
-            self.err.write(f"pushy watch: {reason[:MAX_REASON]}; reconnecting in {backoff:.0f} s\n")
-            self.err.flush()
+            self._note(f"pushy watch: {reason[:MAX_REASON]}; reconnecting in {backoff:.0f} s")
             await trio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 
@@ -436,17 +446,67 @@ class _Watcher:
             self._draw()
             await trio.sleep(REDRAW_SECONDS)
 
+    def _note(self, text: str) -> None:
+        """A line about the connection: above the live view (never through it), else stderr."""
+        if self.live_view is not None:
+            self.live_view.console.print(text, markup=False, highlight=False, soft_wrap=True)
+            return
+        self.err.write(text + "\n")
+        self.err.flush()
+
     def _draw(self) -> None:
-        lines = render(self.view, width=_width(), clock=time.strftime("%H:%M:%S"))
-        up = f"\x1b[{self.drawn_lines}F" if self.drawn_lines else ""
-        self.out.write(up + "".join(f"{text}\x1b[K\n" for text in lines) + "\x1b[J")
-        self.out.flush()
-        self.drawn_lines = len(lines)
+        if self.live_view is None:
+            return
+        width = self.live_view.console.width
+        lines = render(self.view, width=width, clock=time.strftime("%H:%M:%S"))
+        self.live_view.update(styled(lines), refresh=True)
 
     def finish(self) -> None:
-        """After Ctrl-C: leave the last view on screen (a terminal) and a clean line end."""
-        if self.live and not self.args.once:
+        """At the end (Ctrl-C too): the last view left on screen, the cursor back, a clean
+        line end."""
+        if self.live_view is not None:
             self._draw()
+            self.live_view.stop()
+            self.live_view = None
+
+
+def live_display(out: TextIO) -> Live:
+    """rich's in-place view on ``out``: drawn only when told (`Live.update`), coloured only
+    as `colour_wanted` says; nothing else is redirected through it."""
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console(
+        file=out,
+        force_terminal=True,
+        color_system="standard" if colour_wanted(out) else None,
+        highlight=False,
+    )
+    return Live(
+        console=console,
+        auto_refresh=False,
+        redirect_stdout=False,
+        redirect_stderr=False,
+        vertical_overflow="crop",
+    )
+
+
+def styled(lines: list[str]) -> Text:
+    """The view's lines as rich text: the header bold, what needs a look (nodes not
+    available, the server's error, a lost connection) in colour."""
+    from rich.text import Text
+
+    text = Text(no_wrap=True, overflow="crop")
+    for index, content in enumerate(lines):
+        if index:
+            text.append("\n")
+        style = ""
+        if index == 0:
+            style = "bold" if content.endswith("(connected)") else "bold yellow"
+        elif content.startswith(("  not available:", "server said:")):
+            style = "red"
+        text.append(content, style=style)
+    return text
 
 
 def _width() -> int:
@@ -461,7 +521,7 @@ def _rejection(exc: ConnectionRejected) -> str:
         body = json.loads(body)
     except ValueError:
         body = body.decode("utf-8", "replace")
-    return error_text(body)
+    return http_error(exc.status_code, body)
 
 
 def _reason(exc: BaseException) -> str:

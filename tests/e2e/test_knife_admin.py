@@ -122,7 +122,9 @@ def test_org_create_writes_the_validator_key_only_when_asked(home, admin):
     assert ok(pushy(home, "admin", "org", "list")).splitlines() == sorted(orgs)
 
     err = failed(pushy(home, "admin", "org", "create", "acme"))
-    assert err.startswith("ERROR: POST /organizations: 409 organization 'acme' already exists")
+    assert err.startswith(
+        "ERROR: POST /organizations: HTTP 409 Conflict: organization 'acme' already exists"
+    )
 
 
 # --------------------------------------------------------------------------- users and groups
@@ -172,7 +174,7 @@ def test_user_create_and_permissions_through_groups(home, admin, server, tmp_pat
 
     # alice signs with the written key, configured by knife.rb only
     err = failed(pushy(alice_home, "admin", "group", "list"))
-    assert f"403 'alice' is not associated with organization '{ORG}'" in err
+    assert f"HTTP 403 Forbidden: 'alice' is not associated with organization '{ORG}'" in err
     ok(pushy(home, "admin", "user", "add-to-org", "alice", ORG))
     assert "admins" in ok(pushy(alice_home, "admin", "group", "list")).split()
 
@@ -200,7 +202,7 @@ def test_user_create_and_permissions_through_groups(home, admin, server, tmp_pat
     assert alice.get(jobs).status_code == 403
 
     err = failed(pushy(home, "admin", "group", "add", "alice", "nosuchgroup"))
-    assert "404 group 'nosuchgroup' not found" in err
+    assert "HTTP 404 Not Found: group 'nosuchgroup' not found" in err
     err = failed(pushy(home, "admin", "group", "add", "ghost", "admins"))
     assert "400" in err and "user 'ghost' is not a member" in err
 
@@ -264,7 +266,9 @@ def test_client_create_rotate_key_and_delete(home, admin, server):
 
     assert ok(pushy(home, "admin", "client", "delete", "c1")) == "Deleted client[c1]\n"
     err = failed(pushy(home, "admin", "client", "delete", "c1"))
-    assert f"DELETE /organizations/{ORG}/clients/c1: 404 client 'c1' not found" in err
+    assert (
+        f"DELETE /organizations/{ORG}/clients/c1: HTTP 404 Not Found: client 'c1' not found" in err
+    )
 
 
 # --------------------------------------------------------------------------- node-bootstrap

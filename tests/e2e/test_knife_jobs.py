@@ -206,6 +206,60 @@ def test_quorum_failure_with_an_unavailable_node_exits_1(fleet):
     assert fleet.job(started(r))["status"] == "quorum_failed"
 
 
+def jobs_count(fleet: ClientFleet) -> int:
+    r = fleet.admin.get(f"/organizations/{ORG}/pushy/jobs")
+    assert r.status_code == 200, r.text
+    return len(r.json())
+
+
+def test_a_job_naming_an_unknown_node_is_refused_before_it_starts(fleet):
+    before = jobs_count(fleet)
+    r = pushy(fleet, "job", "start", "ok", "k1", "nosuch", "nosuch2")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "Started." not in r.stdout
+    assert r.stderr.startswith(
+        f"ERROR: no nodes named 'nosuch', 'nosuch2' in organization '{ORG}' (no client of "
+        "that name); no job started (--allow-unknown-nodes starts it anyway"
+    ), r.stderr
+    assert jobs_count(fleet) == before
+    # a registered node that is down is no typo: started, and counted unavailable
+    r = pushy(fleet, "job", "start", "ok", "k1", "koff", "-q", "1")
+    assert fleet.job(started(r))["nodes"] == {"succeeded": ["k1"], "unavailable": ["koff"]}
+    # the option goes ahead: the server's answer to such a job is the original's
+    r = pushy(fleet, "job", "start", "ok", "k1", "nosuch", "-q", "1", "--allow-unknown-nodes")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert fleet.job(started(r))["nodes"] == {"succeeded": ["k1"], "unavailable": ["nosuch"]}
+
+
+def test_ctrl_c_while_following_leaves_the_job_running_and_says_how_to_reach_it(fleet):
+    proc = subprocess.Popen(
+        argv(fleet, "job", "start", "sleep", "k1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        match = JOB_ID.match(proc.stdout.readline())
+        assert match, proc.stderr.read()
+        job_id = match.group(1)
+        fleet.wait_nodes(job_id, {"running": ["k1"]})
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert f"job {job_id} goes on on the server" in err, err
+    assert f"pushy job status {job_id}" in err and f"pushy job abort {job_id}" in err, err
+    assert "Traceback" not in err
+    assert fleet.job(job_id)["status"] == "running"
+    r = pushy(fleet, "job", "abort", job_id)  # the command it named works
+    assert r.returncode == 0, r.stderr
+    assert fleet.wait_job(job_id)["status"] == "aborted"
+
+
 def test_nowait_exits_right_after_started(fleet):
     r = pushy(fleet, "job", "start", "slow", "k2", "--nowait")
     assert r.returncode == 0, (r.stdout, r.stderr)
@@ -418,6 +472,36 @@ def test_node_status_of_a_node_that_does_not_exist_says_so_and_fails(fleet):
     assert r.returncode == 1 and json.loads(r.stdout) == []
 
 
+def test_node_status_lists_a_stopped_node_as_unavailable(fleet):
+    """The server lists only its online nodes (as the original does); the CLI adds the
+    organization's other nodes as knife shows a node that is down: NAME<TAB>unavailable."""
+    client = fleet.add("kstop", whitelist=WHITELIST)
+    try:
+        fleet.wait_available("kstop")
+        body = {"name": "kstop", "chef_type": "node", "json_class": "Chef::Node"}
+        if fleet.admin.put(f"/organizations/{ORG}/nodes/kstop", body).status_code == 404:
+            made = fleet.admin.post(f"/organizations/{ORG}/nodes", body)  # 409: the client's
+            assert made.status_code in (201, 409), made.text
+        assert "kstop\tavailable" in pushy(fleet, "node", "status").stdout.splitlines()
+        assert client.stop() == 0
+        wait_for(lambda: "kstop" not in fleet.states(), 30, what="kstop gone from node_states")
+        r = pushy(fleet, "node", "status")
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert "kstop\tunavailable" in lines, lines
+        assert "koff\tunavailable" in lines and "k1\tavailable" in lines, lines
+        assert lines == sorted(lines)
+        r = pushy(fleet, "node", "status", "kstop")
+        assert (r.returncode, r.stdout) == (0, "kstop\tunavailable\n"), r.stderr
+        r = pushy(fleet, "node", "status", "-F", "json")
+        assert {"node_name": "kstop", "availability": "unavailable"} in json.loads(r.stdout)
+    finally:
+        client.kill()
+        fleet.clients.pop("kstop", None)
+        fleet.admin.delete(f"/organizations/{ORG}/nodes/kstop")
+        fleet.admin.delete(f"/organizations/{ORG}/clients/kstop")
+
+
 def test_node_list(fleet):
     r = pushy(fleet, "node", "list")
     assert r.returncode == 0 and r.stdout == "k1\nk2\nkoff\n", r.stderr
@@ -441,6 +525,16 @@ def test_start_on_a_terminal_shows_progress_then_a_summary(fleet):
     assert "\n" not in "".join(redraws[:-1])  # the live line never scrolled
     assert "command:" in rest and "\x1b[36m" in rest  # then the job, keys cyan on a tty
     assert "Voting." not in text and "Complete.\n" not in text  # no knife status lines
+
+
+def test_no_colour_with_no_color_or_the_flag_on_a_terminal(fleet):
+    job_id = fleet.run("ok", ["k1"])["id"]
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    coloured = run_on_pty(argv(fleet, "job", "status", job_id), env, REPO)
+    assert "\x1b[36mcommand:" in coloured, coloured
+    for extra, more in ((["--no-color"], {}), ([], {"NO_COLOR": "1"})):
+        text = run_on_pty(argv(fleet, "job", "status", job_id, *extra), {**env, **more}, REPO)
+        assert "\x1b[" not in text and "command:     ok\n" in text, (extra, text)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -540,7 +540,7 @@ def test_watch_auth_failure_exits_100_with_the_servers_reason(server, tmp_path):
         watch_command(server, key=key), capture_output=True, text=True, timeout=60, cwd=REPO
     )
     assert r.returncode == 100, (r.stdout, r.stderr)
-    assert "401" in r.stderr and "Invalid signature for user or client 'pivotal'" in r.stderr
+    assert "HTTP 401 Unauthorized: Invalid signature for user or client 'pivotal'" in r.stderr
 
 
 def test_watch_unreachable_server_exits_100(server, tmp_path):

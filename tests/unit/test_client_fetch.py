@@ -244,7 +244,7 @@ def test_answer_becomes_a_connection_without_io(keys):
     )
     assert (conn.session_key, conn.incarnation, conn.interval) == (SESSION_KEY, "inc-1", 2.0)
     assert not conn.legacy and not conn.got_command_message.is_set()
-    with pytest.raises(ValueError, match=r"^HTTP 404: b'gone'$"):
+    with pytest.raises(ValueError, match=r"^HTTP 404 Not Found: gone$"):
         fetch.connection_from_answer(404, b"gone", node_key, allow_unencrypted=False, node=NODE)
     with pytest.raises(ValueError, match="HTTP 200"):
         fetch.connection_from_answer(200, [1], node_key, allow_unencrypted=False, node=NODE)

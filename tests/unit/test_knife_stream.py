@@ -12,13 +12,13 @@ import pytest
 
 from appliance import cli
 from appliance.knife.follow import CLEAR_LINE, Follower, ProgressLine, StatusLines
+from appliance.knife.output import colour_wanted
 from appliance.knife.stream import (
     PALETTE,
     RESET,
     STDERR_COLOUR,
     LineAssembler,
     OutputLines,
-    colour_wanted,
     format_line,
     node_colour,
     prefix,
