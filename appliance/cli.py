@@ -37,6 +37,7 @@ _LIBRARIES = (
     ("trio-websocket", "trio_websocket", "trio-websocket"),
     ("orjson", "orjson", "orjson"),
     ("rich", "rich", "rich"),
+    ("prometheus-client", "prometheus_client", "prometheus-client"),
 )
 
 

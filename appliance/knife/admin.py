@@ -323,6 +323,9 @@ def _node_bootstrap(args: argparse.Namespace) -> int:
         client_key=client_key,
         whitelist=whitelist,
         file_dir=args.file_dir,
+        environment=args.environment,
+        roles=args.role,
+        tags=args.tag,
     )
     path = api.org_path("clients")
     try:
@@ -478,6 +481,18 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "--output-dir", metavar="DIR", help=f"write DIR/{CONFIG_NAME} and DIR/{KEY_NAME}"
     )
     p.add_argument("--file-dir", metavar="DIR", help="the client's file_dir")
+    p.add_argument(
+        "-E",
+        "--environment",
+        metavar="ENV",
+        help="the node's Chef environment, for search (chef_environment:ENV)",
+    )
+    p.add_argument(
+        "--role", action="append", default=[], metavar="ROLE", help="a role, for search (repeat)"
+    )
+    p.add_argument(
+        "--tag", action="append", default=[], metavar="TAG", help="a tag, for search (repeat)"
+    )
     p.add_argument("--key-file", metavar="FILE", help="write the key here (mode 0600)")
     p.add_argument(
         "--key-path",

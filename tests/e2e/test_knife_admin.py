@@ -301,6 +301,10 @@ def test_node_bootstrap_writes_a_config_a_real_client_runs(home, admin, tmp_path
         str(tmp_path / "files"),
         "--whitelist",
         '{"hello": "echo hello from nb1"}',
+        "-E",
+        "prod",
+        "--role",
+        "web",
     )
     config, key = out_dir / "push-jobs-client.rb", out_dir / "push-jobs-client.pem"
     assert f"next_step: pushy-client -c {config}" in ok(result)
@@ -318,6 +322,12 @@ def test_node_bootstrap_writes_a_config_a_real_client_runs(home, admin, tmp_path
             return admin.get(state).json().get("availability") == "available"
 
         wait_for(available, 30, what="nb1 available")
+
+        def found() -> bool:  # the README's query, on the node record the client published
+            r = pushy(home, "node", "list", "--search", "role:web AND chef_environment:prod")
+            return r.returncode == 0 and r.stdout.split() == ["nb1"]
+
+        wait_for(found, 30, what="nb1 found by role and environment")
         r = admin.post(
             f"/organizations/{ORG}/pushy/jobs",
             {"command": "hello", "nodes": ["nb1"], "capture_output": True},

@@ -51,3 +51,28 @@ def test_write_node_dir_makes_a_private_key_and_a_config_the_client_reads(tmp_pa
     config = load_config(str(path), {})
     assert config.node_name == "n1" and config.client_key == str(node_dir / "client.pem")
     assert config.file_dir == str(node_dir / "files")
+
+
+def test_node_search_settings_are_written_for_the_client_to_read():
+    from appliance.client.config import parse_config
+
+    text = client_config_text(
+        chef_server_url="http://127.0.0.1:10003/organizations/demo",
+        node_name="web1",
+        client_key="/etc/chef/client.pem",
+        whitelist={"hello": "echo hi"},
+        environment="prod",
+        roles=["web", "db"],
+        tags=["canary"],
+    )
+    config = parse_config(text, "push-jobs-client.rb")
+    assert config.chef_environment == "prod"
+    assert config.roles == ("web", "db") and config.tags == ("canary",)
+    plain = client_config_text(
+        chef_server_url="http://127.0.0.1:10003/organizations/demo",
+        node_name="web1",
+        client_key="/etc/chef/client.pem",
+        whitelist={"hello": "echo hi"},
+    )
+    assert "environment" not in plain and "roles" not in plain
+    assert parse_config(plain, "push-jobs-client.rb").chef_environment == "_default"
