@@ -32,11 +32,13 @@ from tests.support import Chef, ClientFleet
 
 
 class Front:
-    """What nodes know of the service: HAProxy's URL (and the superuser's key)."""
+    """What nodes and the CLI know of the service: HAProxy's URL and the superuser's key (what
+    `tests.support.setup_org` and `ClientFleet` take of a server)."""
 
     def __init__(self, url: str, pivotal_key: Path) -> None:
         self.url = url
         self.pivotal_key = pivotal_key
+        self.verify = True  # plain HTTP: the tests' own requests verify nothing
 
 
 class HaCampaign(Campaign):

@@ -385,6 +385,9 @@ ROUTES: dict[tuple[str, str], Route] = {
     # unauthenticated ---------------------------------------------------------------------
     ("GET", "/pushy/_status"): Route("public", fixed("/pushy/_status"), PUBLIC),
     ("GET", "/pushy/openapi.json"): Route("public", fixed("/pushy/openapi.json"), PUBLIC),
+    # allowed by address, not by signature (metrics_allow: loopback by default, this client's
+    # address); a signature changes nothing. tests/e2e/test_metrics.py has the refusals.
+    ("GET", "/metrics"): Route("public", fixed("/metrics"), PUBLIC),
     # the web dashboard: its page and files are public; its session routes read the session
     # cookie only (signed headers are no credential there: without a cookie, 401; a log-in
     # without the server's own Origin, 403). tests/e2e/test_dashboard_auth.py has the rest.

@@ -32,20 +32,12 @@ from appliance.bench.replay import ORG, _node_name, build_state
 from appliance.core import records
 from appliance.store.migrate import migrate_file_to_postgresql
 from appliance.store.pglog import PgLog
-from tests.campaigns.hakill import run_campaign
+from tests.campaigns.hakill import Front, run_campaign
 from tests.hacluster import Forwarder, HaServer, HaSet
 from tests.support import Chef, ClientFleet, wait_for
 
 LEASE = 3.0  # seconds: the tests' lease_timeout (the default is 10)
 WHITELIST = '{"hello"=>"echo hello", "slow"=>"sleep 4; echo slow done", "nap"=>"sleep 1"}'
-
-
-class Front:
-    """What nodes and the CLI know of the service: HAProxy's URL and the superuser's key."""
-
-    def __init__(self, ha: HaSet) -> None:
-        self.url = ha.proxy.url
-        self.pivotal_key = ha.servers[0].pivotal_key
 
 
 @pytest.fixture
@@ -64,7 +56,9 @@ def fleet_of(ha, tmp_path):
     made: list[ClientFleet] = []
 
     def make(*names: str) -> ClientFleet:
-        fleet = ClientFleet(Front(ha), "haorg", tmp_path / "clients")  # type: ignore[arg-type]
+        fleet = ClientFleet(
+            Front(ha.proxy.url, ha.servers[0].pivotal_key), "haorg", tmp_path / "clients"
+        )  # type: ignore[arg-type]
         made.append(fleet)
         for name in names:
             fleet.add(name, whitelist=WHITELIST)
