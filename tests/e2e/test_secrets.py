@@ -29,6 +29,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,7 +206,10 @@ def _play(s: Scenario, clients: list[ManagedProcess]) -> None:
     }
     job = run_job(s, "n1", body)
     assert job["nodes"] == {"succeeded": ["n1"]}, client.log()
-    # a reconfigure: a second config fetch, so a second session key
+    # a reconfigure: a second config fetch, so a second session key. Signed a second later at
+    # least: the same second signs the same bytes, a replay that gets the same key again
+    # (core.servedfetches)
+    time.sleep(1.1)
     fetches = client.log().count("Retrieving configuration from")
     client.proc.send_signal(signal.SIGUSR1)
     wait_for(
