@@ -19,6 +19,7 @@ from appliance import sdnotify
 from appliance.client import facts
 from appliance.client.channel import Connection, jittered
 from appliance.client.config import ClientConfig
+from appliance.core import servedfetches
 from appliance.core.httptext import http_error
 from appliance.core.keys import decrypt_session_key, load_public_pem
 from appliance.core.wire import PROTOCOL_VERSION
@@ -62,6 +63,12 @@ def refusal_advice(exc: Refused, *, node: str, org: str, server_url: str, key_fi
         return head + (
             "This machine's clock is more than 15 minutes away from the server's: "
             "synchronize it (NTP). Retrying with back-off."
+        )
+    if servedfetches.REPLAYED in exc.errors:
+        return head + (
+            "It answered this very signed request before (signatures are per second: this "
+            "client fetched within the same second, e.g. right after a restart). Retrying "
+            "with a new signature."
         )
     if any("Failed to authenticate" in e for e in exc.errors):
         fix = (

@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 
 from appliance.core.nodes import NodeKey
 
+# the 401's text for a replay the server will not answer (a client recognises it: a fetch
+# signed again within the same second is one)
+REPLAYED = "This signed request was already answered; sign a new one"
 MARGIN = 60.0  # kept this much past the window: the clock read by the check and by us differ
 PER_NODE = 16  # a node fetches after a restart, a reconfigure or a lost server: a few a window
 CAP = 100_000  # entries in all (~200 bytes each)

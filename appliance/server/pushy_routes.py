@@ -207,9 +207,6 @@ async def _session_key(
     return decision.session_key
 
 
-REPLAYED = "This signed request was already answered; sign a new one"
-
-
 async def _own_session_key(
     ctx: ServerContext, org: str, node: str, auth: Authenticated, ccpk: str | None
 ) -> bytes:
@@ -226,7 +223,7 @@ async def _own_session_key(
         return seen.served.session_key
     if seen is not None:  # with another ccpk (not signed), or dropped from a full memory
         log.warning("config fetch of %s/%s: a replayed signature refused", org, node)
-        fail(401, render.error_list(REPLAYED))
+        fail(401, render.error_list(servedfetches.REPLAYED))
     done = ctx.fetches_in_flight[sig] = trio.Event()
     try:
         session = await _session_key(ctx, org, node, auth, ccpk)

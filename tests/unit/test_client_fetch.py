@@ -22,7 +22,7 @@ from appliance.client.channel import (
     outbound_frames,
 )
 from appliance.client.config import ClientConfig
-from appliance.core import wire
+from appliance.core import servedfetches, wire
 from appliance.core.keys import encrypt_session_key, generate_rsa, public_pem
 
 NODE = "node1"
@@ -307,6 +307,10 @@ def test_a_401_is_a_refusal_with_the_server_s_words(keys):
         (
             "Failed to authenticate as node1. Synchronize the clock on your host.",
             "clock is more than 15 minutes away",
+        ),
+        (
+            servedfetches.REPLAYED,
+            "this client fetched within the same second",
         ),
     ],
 )
