@@ -1,8 +1,9 @@
 """Drift check for the packaged defaults, run by packaging/build-deb with the build venv.
 
 - pushy-server.toml names every server setting exactly once (commented out), and the file
-  with every line uncommented loads to the built-in defaults (server_name and
-  store_password_file aside: unset by default, shown with an example); settings marked
+  with every line uncommented loads to the built-in defaults (server_name,
+  store_password_file, api_tls_cert and api_tls_key aside: unset by default, shown with an
+  example); settings marked
   "Live." are exactly the ones a reload changes.
 - the example push-jobs-client.rb loads with the client's own parser.
 """
@@ -32,6 +33,8 @@ def main(toml_path: str, client_example: str) -> int:
         )
     data.pop("server_name")
     data.pop("store_password_file")  # an example path; unset by default
+    data.pop("api_tls_cert")  # example paths too: HTTPS is off by default
+    data.pop("api_tls_key")
     loaded, _ = server_settings.load_settings(data)
     if loaded != server_settings.Settings():
         return fail(f"{toml_path}: the commented values are not the defaults")
