@@ -26,7 +26,7 @@ def test_the_packaged_settings_are_the_defaults_and_the_client_example_loads(cap
 
 def test_a_packaged_value_that_is_not_the_default_is_caught(tmp_path, capsys):
     text = (DEBIAN / "pushy-server.toml").read_text()
-    assert "#log_format = \"text\"" in text
+    assert '#log_format = "text"' in text
     changed = tmp_path / "pushy-server.toml"
     changed.write_text(text.replace('#log_format = "text"', '#log_format = "json"'))
     check = _check_defaults()
