@@ -20,7 +20,7 @@ from appliance.client import facts
 from appliance.client.channel import Connection, jittered
 from appliance.client.config import ClientConfig
 from appliance.core import servedfetches
-from appliance.core.httptext import http_error
+from appliance.core.httptext import MAX_TEXT, error_strings, http_error
 from appliance.core.keys import decrypt_session_key, load_public_pem
 from appliance.core.wire import PROTOCOL_VERSION
 from appliance.signedhttp import signed_request
@@ -43,16 +43,6 @@ class Refused(ValueError):
     def __init__(self, errors: list[str]) -> None:
         self.errors = errors
         super().__init__("HTTP 401: " + "; ".join(errors))
-
-
-def _error_texts(body: Any) -> list[str]:
-    """The texts of a Chef error body (``{"error": [...]}``), else the body as text."""
-    errors = body.get("error") if isinstance(body, dict) else None
-    if isinstance(errors, str):
-        return [errors]
-    if isinstance(errors, list) and errors:
-        return [str(e) for e in errors]
-    return [str(body)[:200]]
 
 
 def refusal_advice(exc: Refused, *, node: str, org: str, server_url: str, key_file: str) -> str:
@@ -165,7 +155,7 @@ def connection_from_answer(
     own way). ``ValueError``/``KeyError``/``TypeError`` for an answer worth retrying,
     ``FatalConfigError`` for one that makes running impossible."""
     if status == 401:
-        raise Refused(_error_texts(body))
+        raise Refused([text[:MAX_TEXT] for text in error_strings(body)])
     if status != 200 or not isinstance(body, dict):
         raise ValueError(http_error(status, body))
     legacy = "curve_public_key" not in body

@@ -22,21 +22,19 @@ def _plain(value: Any) -> str:
         return str(value)
 
 
-def error_text(body: Any) -> str:
-    """The human part of an error body: its ``error`` (or ``message``) strings, joined."""
+def error_strings(body: Any) -> list[str]:
+    """An error body's ``error`` (or ``message``) strings; any other body as one text."""
     if isinstance(body, bytes | bytearray):
         body = bytes(body).decode("utf-8", "replace")
     if isinstance(body, dict):
         err = body.get("error", body.get("message", body))
-        if isinstance(err, list):
-            text = "; ".join(_plain(e) for e in err)
-        else:
-            text = _plain(err)
-    elif body is None:
-        text = ""
-    else:
-        text = _plain(body)
-    text = " ".join(text.split())  # one line, whatever the body's layout
+        return [_plain(e) for e in err] if isinstance(err, list) else [_plain(err)]
+    return [] if body is None else [_plain(body)]
+
+
+def error_text(body: Any) -> str:
+    """The human part of an error body: its ``error`` (or ``message``) strings, joined."""
+    text = " ".join("; ".join(error_strings(body)).split())  # one line, whatever the layout
     if len(text) > MAX_TEXT:
         text = text[: MAX_TEXT - 1] + "…"
     return text
