@@ -90,19 +90,7 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def _parser(*, server_only: bool = False) -> argparse.ArgumentParser:
-    """The command line. ``server_only`` leaves out the other commands: ``pushy server`` must
-    not import the CLI's and the client's HTTP stack (a tenth of a second) at every start."""
-    parser = argparse.ArgumentParser(
-        prog="pushy",
-        description="Push whitelisted commands to a fleet of nodes (Chef Push Jobs 2.1 compatible).",
-    )
-    parser.add_argument(
-        "--version",
-        action=_VersionAction,
-        help="print the version, the bundled libraries' versions and whether this is a binary",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+def _add_server(sub: argparse._SubParsersAction, command: str | None) -> None:
     server = sub.add_parser(
         "server",
         help="run the push jobs server",
@@ -125,31 +113,86 @@ def _parser(*, server_only: bool = False) -> argparse.ArgumentParser:
         help="write the bound ports as JSON to this file once the server is ready",
     )
     server.add_argument("-l", "--log-level", help="debug, info, warning, error")
-    from appliance.edge.cli import add_parsers as add_edge
 
-    add_edge(sub)
-    if server_only:
-        return parser
-    from appliance.client.cli import add_arguments as add_client_arguments
-    from appliance.demo import add_parser as add_demo
+
+def _add_edge(sub: argparse._SubParsersAction, command: str | None) -> None:
+    from appliance.edge.cli import add_parsers
+
+    add_parsers(sub)
+
+
+def _add_client(sub: argparse._SubParsersAction, command: str | None) -> None:
+    from appliance.client.cli import add_arguments
 
     client = sub.add_parser(
         "client",
         help="run the node client (a drop-in for the original push-jobs client)",
         description="Connect this node to the push jobs server and run whitelisted jobs.",
     )
-    add_client_arguments(client)
-    add_demo(sub)
-    from appliance.bench.cli import add_parser as add_bench
+    add_arguments(client)
 
-    add_bench(sub)
+
+def _add_demo(sub: argparse._SubParsersAction, command: str | None) -> None:
+    from appliance.demo import add_parser
+
+    add_parser(sub)
+
+
+def _add_bench(sub: argparse._SubParsersAction, command: str | None) -> None:
+    from appliance.bench.cli import add_parser
+
+    add_parser(sub)
+
+
+def _add_operator(sub: argparse._SubParsersAction, command: str | None) -> None:
+    from appliance.knife.cli import add_parsers
+
+    add_parsers(sub, command)
+
+
+def _add_completion(sub: argparse._SubParsersAction, command: str | None) -> None:
+    from appliance.completion import add_parser
+
+    add_parser(sub)
+
+
+# (the commands a group adds, the function adding them: all, or only the one named), in
+# ``pushy --help``'s order. A command line naming a command builds only its parser: each
+# imports its own stack (the bench and demo pull in the server's, the operator commands
+# httpx), and a parser of every command cost a script calling ``pushy job …`` most of a
+# second per call.
+_GROUPS: tuple[tuple[tuple[str, ...], Any], ...] = (
+    (("server",), _add_server),
+    (("edge", "edge-key"), _add_edge),
+    (("client",), _add_client),
+    (("demo",), _add_demo),
+    (("bench",), _add_bench),
+    (("job", "node", "admin", "watch", "ssl", "raw"), _add_operator),
+    (("completion",), _add_completion),
+)
+
+
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line: only ``command``'s group when it names one (see `_GROUPS`), else
+    every command (``pushy --help``, a mistyped command, the completion script)."""
+    parser = argparse.ArgumentParser(
+        prog="pushy",
+        description="Push whitelisted commands to a fleet of nodes (Chef Push Jobs 2.1 compatible).",
+    )
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="print the version, the bundled libraries' versions and whether this is a binary",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = [add for names, add in _GROUPS if command in names and command != "completion"]
+    if chosen:  # the top level's help is not printed: no epilog
+        chosen[0](sub, command)
+        return parser
+    for _, add in _GROUPS:
+        add(sub, None)
     from appliance.knife.cli import EXIT_CODES
-    from appliance.knife.cli import add_parsers as add_operator_commands
 
-    add_operator_commands(sub)
-    from appliance.completion import add_parser as add_completion
-
-    add_completion(sub)
     parser.epilog = EXIT_CODES.replace(
         "(every operator command, pushy raw included)",
         "of the operator commands (job, node, admin, watch, raw)",
@@ -168,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return child_main(words[1:])
     first = next((w for w in words if not w.startswith("-")), None)
-    args = _parser(server_only=first in ("server", "edge")).parse_args(argv)
+    args = _parser(first).parse_args(argv)
     if args.command == "server":
         return _server(args)
     if args.command == "edge":

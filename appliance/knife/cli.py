@@ -67,17 +67,30 @@ def common_options(connection: argparse.ArgumentParser) -> argparse.ArgumentPars
     return common
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from appliance import rawrequest
-    from appliance.knife import admin, jobs, nodes, sslcerts, watch
+# command → the module adding its parser, imported only for that command or for every one
+COMMANDS = {
+    "job": "appliance.knife.jobs",
+    "node": "appliance.knife.nodes",
+    "admin": "appliance.knife.admin",
+    "watch": "appliance.knife.watch",
+    "ssl": "appliance.knife.sslcerts",
+    "raw": "appliance.rawrequest",
+}
+
+
+def add_parsers(sub: argparse._SubParsersAction, only: str | None = None) -> None:
+    """Every operator command, or only ``only`` (the one a command line names)."""
+    import importlib
 
     connection = connection_options()
     common = common_options(connection)
-    for module in (jobs, nodes, admin, watch, sslcerts):
-        module.add_parser(sub, common)
-    rawrequest.add_parser(sub, connection)
-    for name in ("job", "node", "admin", "watch", "raw"):
-        _with_epilog(sub.choices[name])
+    for name, module_name in COMMANDS.items():
+        if only not in (None, name):
+            continue
+        module = importlib.import_module(module_name)
+        module.add_parser(sub, connection if name == "raw" else common)
+        if name != "ssl":
+            _with_epilog(sub.choices[name])
 
 
 def _with_epilog(parser: argparse.ArgumentParser) -> None:
