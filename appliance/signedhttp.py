@@ -123,7 +123,21 @@ def unreachable(exc: httpx.TransportError, tls: TlsOptions | None = None) -> Unr
     while cause is not None and not isinstance(cause, OSError):
         cause = cause.__cause__ or cause.__context__
     before = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.WriteError)
-    return Unreachable(cause if isinstance(cause, OSError) else str(exc), before_sending=before)
+    if isinstance(cause, OSError):
+        return Unreachable(cause, before_sending=before)
+    return Unreachable(_with_https_hint(exc), before_sending=before)
+
+
+def _with_https_hint(exc: httpx.TransportError) -> str:
+    """An HTTPS port hangs up on a plain HTTP request without a word: say what to try."""
+    try:
+        url = exc.request.url
+    except RuntimeError:  # no request attached
+        return str(exc)
+    if isinstance(exc, httpx.RemoteProtocolError) and url.scheme == "http":
+        https = url.copy_with(scheme="https", path="/", query=None)
+        return f"{str(exc).rstrip('.')}; is it an HTTPS port? Try {str(https).rstrip('/')}"
+    return str(exc)
 
 
 def signed_headers(

@@ -234,6 +234,9 @@ def test_plain_http_client_against_https_is_refused_cleanly(tls, tmp_path):
     r = cli(tls, "node", "status", home=tmp_path, url=plain)
     assert r.returncode == 100
     assert "Traceback" not in r.stderr and "cannot reach" in r.stderr
+    assert f"is it an HTTPS port? Try https://localhost:{tls.server.ports['api_port']}" in (
+        r.stderr
+    )
     r = pushy(
         "ssl",
         "check",
