@@ -24,8 +24,9 @@ How the page is run:
   /usr/local/bin (``pushy`` → the binary, ``pushy-client`` → ``pushy``), and that directory is
   put first on the PATH; the source checkout block is skipped. The binary is
   ``$PUSHY_QUICKSTART_BINARY`` (.ci/run sets it after packaging/build-binary, so CI runs this
-  mode) or else ``dist/pushy`` when built and newer than every file under appliance/; else the
-  mode is skipped.
+  mode; ``skip`` skips it: .ci/run's test suite, while the binary is still being built) or else
+  ``dist/pushy`` when built and newer than every file under appliance/; else the mode is
+  skipped.
 - A fresh machine: HOME is an empty temporary directory, the working directory another one, and
   ``PUSHY_*``, ``CHEF_*`` and ``KNIFE_HOME`` are removed from the environment.
 - Ports: the page shows the defaults 10003 (API), 10002 (command channel) and 10000 (server
@@ -129,6 +130,8 @@ def rewrite_ports(text: str, ports: dict[str, int]) -> str:
 def the_binary() -> Path:
     """The single binary to follow the page with (see the module docstring), else skip."""
     explicit = os.environ.get("PUSHY_QUICKSTART_BINARY")
+    if explicit == "skip":
+        pytest.skip("PUSHY_QUICKSTART_BINARY=skip (.ci/run runs this mode after its build)")
     if explicit:
         binary = Path(explicit).resolve()
         assert os.access(binary, os.X_OK), f"PUSHY_QUICKSTART_BINARY={explicit}: not executable"
