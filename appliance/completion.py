@@ -111,14 +111,20 @@ function __pushy_complete
             set path (string trim -- "$path $word")
         end
     end
-    if string match -q -- '-*' (commandline -ct)
+    set -l current (commandline -ct)
+    if string match -q -- '-*' $current
         __pushy_options "$path"
     else
-        __pushy_subcommands "$path"
+        set -l subcommands (__pushy_subcommands "$path")
+        if set -q subcommands[1]
+            printf '%%s\n' $subcommands
+        else
+            __fish_complete_path $current
+        end
     end
 end
 
-complete -c pushy -a '(__pushy_complete)'
+complete -c pushy -f -a '(__pushy_complete)'
 """
 
 
@@ -136,6 +142,7 @@ def script(shell: str, parser: argparse.ArgumentParser) -> str:
     if shell == "zsh":
         head = (
             '# pushy completion for zsh: load it with  eval "$(pushy completion zsh)"\n'
+            "(( $+functions[compdef] )) || { autoload -U +X compinit && compinit -i; }\n"
             "autoload -U +X bashcompinit && bashcompinit\n"
         )
         return head + text
